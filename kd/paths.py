@@ -1,0 +1,104 @@
+"""Every on-disk location of a run, defined once (stdlib only; imported by launch/ and kd/).
+
+Layout of a run directory::
+
+    RUN/manifest.json              resolved config, versions, job ids, stage states
+    RUN/jobs/                      submitit folders (sbatch text, stdout/stderr per job)
+    RUN/data/<name>.jsonl          raw text pulled from the HF dataset (or a copy of the local JSONL)
+    RUN/data/<name>_<json_key>.{bin,idx}      Megatron indexed dataset (modelopt's naming)
+    RUN/distill/checkpoints/iter_NNNNNNN/     Megatron checkpoints (+ latest_checkpointed_iteration.txt)
+    RUN/distill/tensorboard/
+    RUN/export/hf/                 distilled student in HF format (AnyModel layout if heterogeneous)
+    RUN/eval/<role>.json           one results file per model (schema in kd/results.py)
+    RUN/report/report.{md,csv,png}
+    RUN/stages/<stage>.done        completion markers written by each stage on success
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+STAGES = (
+    "prepare_data",
+    "distill",
+    "export_hf",
+    "eval_student_before",
+    "eval_teacher",
+    "eval_student_after",
+    "report",
+)
+EVAL_ROLES = ("student_before", "student_after", "teacher")
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root).absolute())
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.json"
+
+    @property
+    def jobs(self) -> Path:
+        return self.root / "jobs"
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    def data_prefix(self, source_name: str, json_key: str = "text") -> Path:
+        """Megatron prefix that ``megatron_preprocess_data`` writes for ``data/<name>.jsonl``."""
+        return self.data / f"{source_name}_{json_key}"
+
+    @property
+    def distill(self) -> Path:
+        return self.root / "distill"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.distill / "checkpoints"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.distill / "tensorboard"
+
+    @property
+    def hf_export(self) -> Path:
+        return self.root / "export" / "hf"
+
+    @property
+    def eval(self) -> Path:
+        return self.root / "eval"
+
+    def eval_result(self, role: str) -> Path:
+        assert role in EVAL_ROLES, role
+        return self.eval / f"{role}.json"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report"
+
+    @property
+    def stages(self) -> Path:
+        return self.root / "stages"
+
+    def stage_done(self, stage: str) -> Path:
+        assert stage in STAGES, stage
+        return self.stages / f"{stage}.done"
+
+
+def latest_iteration(checkpoints: Path) -> int | None:
+    """The iteration recorded in Megatron's tracker file, or None when no checkpoint exists."""
+    tracker = Path(checkpoints) / "latest_checkpointed_iteration.txt"
+    if not tracker.is_file():
+        return None
+    text = tracker.read_text().strip()
+    return int(text) if text.isdigit() else None
+
+
+def iteration_dir(checkpoints: Path, iteration: int) -> Path:
+    return Path(checkpoints) / f"iter_{iteration:07d}"

@@ -1,0 +1,232 @@
+"""The one results-file shape: written by the eval stage, read by the report (stdlib only).
+
+Every eval job writes ``RUN/eval/<role>.json`` with this schema (``SCHEMA`` = "kdlaunch.results/v1")::
+
+    {
+      "schema": "kdlaunch.results/v1",
+      "source": "kdlaunch",              # "lm-eval" when converted from an lm-eval results_*.json
+      "role": "teacher",                 # student_before | student_after | teacher | null (unknown)
+      "model": "/ckpt/Llama-3.1-8B",     # checkpoint path (or hub id) that was evaluated
+      "model_kind": "hf",                # "hf" (standard) | "anymodel" (config.json has block_configs) | null
+      "settings": {                      # everything that decides which questions were asked, and how
+        "tasks": ["mmlu"],
+        "num_fewshot": 5,                # as lm-eval recorded it (read from the subject tasks)
+        "limit": 100,                    # per subject task; null = the full test set
+        "batch_size": "4",
+        "dtype": "bfloat16",
+        "device": "cuda",
+        "dataset_path": "cais/mmlu",     # where the subject tasks read their data
+        "include_path": null,            # lm-eval task overrides in use (see kd/mmlu_local.py)
+        "seed": 1234
+      },
+      "groups": {                        # the five MMLU groups, always all five
+        "mmlu":                 {"acc": 0.6839, "acc_stderr": 0.0061, "n": 5700},
+        "mmlu_humanities":      {...}, "mmlu_other": {...},
+        "mmlu_social_sciences": {...}, "mmlu_stem":  {...}
+      },
+      "task_versions": {"mmlu": 2, "mmlu_stem": 2, "mmlu_anatomy": 1.0, ...},
+      "versions": {"lm_eval": "0.4.13", "transformers": "4.57.6", "torch": "2.13.0"},
+      "timestamp": "2026-11-27T22:05:57Z",   # when the numbers were computed (UTC)
+      "eval_seconds": 812.4,
+      "fingerprint": "<sha256>",         # of what determines the numbers (kd.evaluate.fingerprint)
+      "cache": {"hit": false, "file": "/cache/<fingerprint>.json"}   # null when not cached
+    }
+
+``acc`` and ``acc_stderr`` are fractions (lm-eval's ``acc,none`` / ``acc_stderr,none``; the
+group numbers are lm-eval's size-weighted micro averages), ``n`` is the number of test questions
+behind the number (lm-eval's ``sample_len``). ``acc_stderr`` is null when lm-eval had none
+(``bootstrap_iters=0``). ``load`` reads both this shape and lm-eval's own ``results_*.json``
+(or the dict ``simple_evaluate`` returns), so the report takes either.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+SCHEMA = "kdlaunch.results/v1"
+# lm-eval group key -> report column, in report order.
+GROUPS = {
+    "mmlu": "MMLU",
+    "mmlu_humanities": "Humanities",
+    "mmlu_other": "Other",
+    "mmlu_social_sciences": "Social Sciences",
+    "mmlu_stem": "STEM",
+}
+ROLES = ("student_before", "student_after", "teacher")
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> Path:
+    """Write JSON next to ``path`` under a temporary name, then rename it into place.
+
+    A job killed mid-write leaves at most a stray ``.tmp`` file, never a half ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=True, default=str)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def from_lm_eval(
+    res: dict,
+    *,
+    role: str | None = None,
+    model: str | None = None,
+    model_kind: str | None = None,
+    settings: dict | None = None,
+    versions: dict | None = None,
+    timestamp: str | None = None,
+    cache: dict | None = None,
+) -> dict:
+    """Build a record of our schema from lm-eval's results (file contents or returned dict).
+
+    Keyword arguments override what can be read from ``res``; what neither gives stays null.
+    """
+    if role is not None and role not in ROLES:
+        raise ValueError(f"unknown role {role!r}: use one of {ROLES}")
+    config = res.get("config") or {}
+    found_settings = {
+        "tasks": ["mmlu"],
+        "num_fewshot": _num_fewshot(res),
+        "limit": _number(config.get("limit")),
+        "batch_size": _str_or_none(config.get("batch_size")),
+        "dtype": _model_arg(config, "dtype") or _str_or_none(config.get("model_dtype")),
+        "device": _str_or_none(config.get("device")),
+        "dataset_path": _dataset_path(res),
+        "include_path": None,
+        "seed": config.get("random_seed"),
+    }
+    found_versions = {
+        "lm_eval": res.get("lm_eval_version"),
+        "transformers": res.get("transformers_version"),
+    }
+    return {
+        "schema": SCHEMA,
+        "source": "lm-eval",
+        "role": role,
+        "model": model or _model_arg(config, "pretrained") or res.get("model_name"),
+        "model_kind": model_kind,
+        "settings": {**found_settings, **(settings or {})},
+        "groups": _groups(res),
+        "task_versions": {k: v for k, v in sorted((res.get("versions") or {}).items())},
+        "versions": {**found_versions, **(versions or {})},
+        "timestamp": timestamp or _lm_eval_date(res),
+        "eval_seconds": _number(res.get("total_evaluation_time_seconds")),
+        "fingerprint": None,
+        "cache": cache,
+    }
+
+
+def load(path: str | Path) -> dict:
+    """Read a results file: ours (returned as is) or lm-eval's ``results_*.json`` (converted)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"results file {path} does not exist: run the eval stage first "
+                         "or pass the path of an existing results JSON")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); re-run the eval that wrote it") from e
+    if isinstance(data, dict) and data.get("schema") == SCHEMA:
+        return data
+    if isinstance(data, dict) and ("groups" in data or "results" in data):
+        return from_lm_eval(data)
+    raise ValueError(f"{path} is neither a {SCHEMA} file nor lm-eval results "
+                     "(expected the keys 'schema', or 'groups'/'results')")
+
+
+def comparable_settings(record: dict) -> dict:
+    """What must be equal between two records for their numbers to be compared."""
+    settings = record.get("settings") or {}
+    return {
+        "num_fewshot": settings.get("num_fewshot"),
+        "limit": settings.get("limit"),
+        "task_versions": record.get("task_versions") or {},
+        "questions": {k: g.get("n") for k, g in record["groups"].items()},
+    }
+
+
+def _groups(res: dict) -> dict:
+    table = res.get("groups") or {}
+    fallback = res.get("results") or {}
+    out = {}
+    for key in GROUPS:
+        entry = table.get(key) or fallback.get(key)
+        if entry is None or "acc,none" not in entry:
+            raise ValueError(f"lm-eval results have no '{key}' acc: evaluate the full `mmlu` "
+                             "task group (tasks=['mmlu']), not single subjects")
+        out[key] = {
+            "acc": float(entry["acc,none"]),
+            "acc_stderr": _number(entry.get("acc_stderr,none")),
+            "n": _group_size(entry),
+        }
+    return out
+
+
+def _group_size(entry: dict) -> int | None:
+    if "sample_len" in entry:
+        return int(entry["sample_len"])
+    count = (entry.get("sample_count") or {}).get("acc,none")
+    return int(count) if count is not None else None
+
+
+def _num_fewshot(res: dict) -> int | list[int] | None:
+    # lm-eval records n-shot per subject and category but not for the top `mmlu` group.
+    shots = {int(v) for k, v in (res.get("n-shot") or {}).items() if k.startswith("mmlu_")}
+    if not shots:
+        return None
+    return shots.pop() if len(shots) == 1 else sorted(shots)
+
+
+def _dataset_path(res: dict) -> str | None:
+    paths = {c.get("dataset_path") for c in (res.get("configs") or {}).values()}
+    paths.discard(None)
+    if not paths:
+        return None
+    return paths.pop() if len(paths) == 1 else ",".join(sorted(paths))
+
+
+def _model_arg(config: dict, name: str) -> str | None:
+    args = config.get("model_args")
+    if isinstance(args, dict):
+        return _str_or_none(args.get(name))
+    if isinstance(args, str):
+        match = re.search(rf"(?:^|,){name}=([^,]*)", args)
+        return match.group(1) if match else None
+    return None
+
+
+def _lm_eval_date(res: dict) -> str | None:
+    date = res.get("date")
+    if isinstance(date, (int, float)):
+        import datetime as dt
+
+        return dt.datetime.fromtimestamp(date, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return _str_or_none(date)
+
+
+def _number(value: Any) -> float | int | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return value
+    try:
+        return float(value)
+    except (TypeError, ValueError):  # lm-eval writes "N/A" for missing stderrs
+        return None
+
+
+def _str_or_none(value: Any) -> str | None:
+    return None if value is None else str(value)

@@ -1,0 +1,125 @@
+#!/usr/bin/env python3
+"""Queue the whole KD pipeline: data prep -> distill -> HF export -> MMLU evals -> report.
+
+    python launch/distill.py --cluster slurm --config configs/experiments/seed_llama31_8b.yaml
+    python launch/distill.py --cluster local --config tiny_demo train.train_iters=20
+    python launch/distill.py --cluster my_cluster --config X.yaml --dry-run
+
+Overrides are dotted key=value pairs; keys starting with ``cluster.`` go to the cluster
+profile (``cluster.partition=batch``), all others to the experiment (``train.lr=3e-4``).
+With no arguments it runs the embedded default: the tiny demo on this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from launch import config as cfg  # noqa: E402
+from launch import manifest as mf  # noqa: E402
+from launch.schema import ConfigError, to_dict  # noqa: E402
+
+DEFAULT_CLUSTER = "local"
+DEFAULT_CONFIG = "tiny_demo"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("--cluster", default=DEFAULT_CLUSTER,
+                   help="cluster profile name (configs/clusters/NAME.yaml) or path; default local")
+    p.add_argument("--config", default=DEFAULT_CONFIG,
+                   help="experiment YAML (path or name in configs/experiments); default tiny_demo")
+    p.add_argument("--run-dir", type=Path, help="run directory (default runs/<name>-<timestamp>)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the job graph and every sbatch script; submit nothing")
+    p.add_argument("--new-run", action="store_true",
+                   help="if --run-dir holds a run with a different config, start a new run in "
+                        "RUN_DIR-2 (-3, ...) instead of refusing")
+    p.add_argument("--wait", action="store_true",
+                   help="(SLURM) wait for the run to end and print its status and report")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    return p.parse_args(argv)
+
+
+def split_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
+    exp, cl = [], []
+    for o in overrides:
+        (cl if o.startswith("cluster.") else exp).append(o.removeprefix("cluster."))
+    return exp, cl
+
+
+def choose_run_dir(args: argparse.Namespace, exp_name: str, exp_hash: str) -> Path:
+    """The run directory: refuse one that belongs to a different config (unless --new-run)."""
+    if args.run_dir is None:
+        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        return (Path("runs") / f"{exp_name}-{stamp}").absolute()
+    run_dir = args.run_dir.absolute()
+    candidate, n = run_dir, 1
+    while True:
+        old = mf.read(candidate / "manifest.json")
+        if old is None or old.get("config_hash") == exp_hash:
+            return candidate
+        if not args.new_run:
+            raise ConfigError(
+                f"--run-dir {run_dir} belongs to a different config (hash "
+                f"{old.get('config_hash')} there, {exp_hash} now); its results are kept. Use "
+                f"another --run-dir, or pass --new-run to start a new run beside it")
+        n += 1
+        candidate = run_dir.with_name(f"{run_dir.name}-{n}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    exp_over, cl_over = split_overrides(args.overrides)
+    try:
+        experiment = cfg.load_experiment(args.config, exp_over)
+        cluster = cfg.load_cluster(args.cluster, cl_over)
+        exp_resolved = to_dict(experiment)
+        exp_hash = mf.config_hash(exp_resolved)
+        run_dir = choose_run_dir(args, experiment.name, exp_hash)
+        from launch import plan as planner
+
+        graph = planner.plan(experiment, cluster, run_dir)
+        from launch import preflight, submit
+
+        preflight.check_layout(experiment, cluster)
+        if args.dry_run:
+            print(submit.dry_run_text(graph, cluster, experiment.name))
+            try:
+                preflight.check(experiment, cluster)
+            except ConfigError as e:
+                print(f"\npre-flight: a real launch would stop here: {e}")
+            return 0
+        preflight.check(experiment, cluster)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        print("nothing was queued.", file=sys.stderr)
+        return 2
+    run_dir.mkdir(parents=True, exist_ok=True)  # default mode: the user's umask decides
+    manifest = mf.read(run_dir / "manifest.json") or mf.new(run_dir, exp_resolved,
+                                                            to_dict(cluster))
+    manifest["cluster"] = to_dict(cluster)
+    mf.write(run_dir / "manifest.json", manifest)
+    print(submit.describe(graph))
+    code = submit.launch(graph, cluster, manifest, experiment.name, wait=args.wait)
+    if cluster.executor == "local":
+        _print_report(run_dir)
+    print(f"run directory: {run_dir}")
+    return code
+
+
+def _print_report(run_dir: Path) -> None:
+    report = run_dir / "report" / "report.md"
+    if report.is_file():
+        print("\n" + report.read_text())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""Experiment + cluster + run directory -> JobGraph: pure data, no I/O.
+
+The graph of the seed pipeline::
+
+    prepare_data -> distill -> export_hf -> eval_student_after --+
+    eval_student_before (no dependency) -------------------------+-> report
+    eval_teacher        (no dependency) -------------------------+
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kd.paths import RunPaths
+from kd.specs import (
+    DataSource,
+    DataSpec,
+    DistillSpec,
+    EvalSpec,
+    ExportSpec,
+    KDOptions,
+    ReportSpec,
+)
+from launch.config import Cluster, Experiment, tasks_per_node
+
+
+@dataclass(frozen=True)
+class Job:
+    stage: str
+    module: str  # kd module whose run(spec) the job calls
+    spec: Any
+    deps: tuple[str, ...] = ()
+    nodes: int = 1
+    tasks_per_node: int = 1
+    gpus_per_node: int = 0
+    cpus_per_task: int = 1
+    time_min: int = 60
+    mem_gb: int | None = None
+    requeue: bool = False  # requeue on timeout (Checkpointable with max_num_timeout>0)
+
+
+@dataclass(frozen=True)
+class JobGraph:
+    run_dir: Path
+    jobs: tuple[Job, ...] = field(default_factory=tuple)
+
+    def job(self, stage: str) -> Job:
+        for j in self.jobs:
+            if j.stage == stage:
+                return j
+        raise KeyError(stage)
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        return tuple(j.stage for j in self.jobs)
+
+    def dependents(self, stage: str) -> tuple[str, ...]:
+        """Every stage that (transitively) depends on ``stage``."""
+        out: list[str] = []
+        for j in self.jobs:  # topological order: parents come first
+            if stage in j.deps or any(d in out for d in j.deps):
+                out.append(j.stage)
+        return tuple(out)
+
+
+def _abs(path: str | None) -> str | None:
+    """Local paths become absolute (jobs run elsewhere); Hub ids and None pass through."""
+    if path is None:
+        return None
+    expanded = os.path.expanduser(path)
+    if os.path.isabs(expanded) or os.path.exists(expanded) or expanded.startswith("."):
+        return os.path.abspath(expanded)
+    return path
+
+
+def data_blend(exp: Experiment, paths: RunPaths) -> tuple[tuple[float, str], ...]:
+    """The Megatron blend ((weight, prefix), ...) the data stage produces (seed: ``1.0 prefix``)."""
+    blend = []
+    for s in exp.data.sources:
+        if s.prefix:
+            blend.append((s.weight, _abs(s.prefix)))
+            continue
+        keys = exp.data.json_keys
+        for key in keys:
+            blend.append((s.weight / len(keys), str(paths.data_prefix(s.name, key))))
+    return tuple(blend)
+
+
+def plan(exp: Experiment, cluster: Cluster, run_dir: str | Path) -> JobGraph:
+    paths = RunPaths(Path(run_dir))
+    res = cluster.stages
+    gpus = cluster.gpus_per_node
+    eval_gpus = 1 if (gpus and cluster.gpu_eval) else 0
+    device = "cuda" if gpus else "cpu"
+    jobs: list[Job] = []
+
+    def add(stage: str, module: str, spec: Any, deps: tuple[str, ...] = (), **kw: Any) -> None:
+        kw.setdefault("cpus_per_task", res.cpus_per_task)
+        kw.setdefault("mem_gb", res.mem_gb)
+        jobs.append(Job(stage=stage, module=module, spec=spec, deps=deps, **kw))
+
+    student, teacher = _abs(exp.student.path), _abs(exp.teacher.path)
+    needs_data = any(not s.prefix for s in exp.data.sources)
+    if needs_data:
+        sources = tuple(
+            DataSource(name=s.name, weight=s.weight, jsonl=_abs(s.jsonl), hf_name=s.hf_name,
+                       hf_config=s.hf_config, hf_split=s.hf_split,
+                       max_documents=s.max_documents, prefix=_abs(s.prefix))
+            for s in exp.data.sources
+        )
+        add("prepare_data", "kd.data",
+            DataSpec(sources=sources, tokenizer=_abs(exp.data.tokenizer) or student,
+                     out_dir=str(paths.data), json_keys=exp.data.json_keys,
+                     append_eod=exp.data.append_eod, workers=exp.data.workers,
+                     log_interval=exp.data.log_interval,
+                     done_marker=str(paths.stage_done("prepare_data"))),
+            time_min=res.prepare_data_min, cpus_per_task=max(res.cpus_per_task, exp.data.workers))
+
+    t = exp.train
+    add("distill", "kd.distill",
+        DistillSpec(
+            student=student, teacher=teacher, data_blend=data_blend(exp, paths),
+            output_dir=str(paths.distill), tp=t.tp, pp=t.pp, cp=t.cp, seq_length=t.seq_length,
+            micro_batch_size=t.micro_batch_size, global_batch_size=t.global_batch_size,
+            train_iters=t.train_iters, lr=t.lr, min_lr=t.min_lr, lr_warmup_iters=t.lr_warmup_iters,
+            eval_interval=t.eval_interval, eval_iters=t.eval_iters, log_interval=t.log_interval,
+            save_interval=t.save_interval, seed=t.seed,
+            precision=t.precision if gpus else "fp32", device=device,
+            kd=KDOptions(**vars(exp.kd)), split=t.split,
+            done_marker=str(paths.stage_done("distill"))),
+        deps=("prepare_data",) if needs_data else (),
+        nodes=cluster.nodes, tasks_per_node=tasks_per_node(cluster), gpus_per_node=gpus,
+        cpus_per_task=cluster.cpus_per_task, mem_gb=cluster.mem_gb, time_min=cluster.time_min,
+        requeue=True)
+
+    if exp.export.enabled:
+        add("export_hf", "kd.export",
+            ExportSpec(checkpoints=str(paths.checkpoints), out_dir=str(paths.hf_export),
+                       hf_template=_abs(exp.export.hf_template), student=student,
+                       iteration=exp.export.iteration,
+                       done_marker=str(paths.stage_done("export_hf"))),
+            deps=("distill",), time_min=res.export_min)
+
+    if exp.eval.enabled:
+        e = exp.eval
+        evals = (("eval_student_before", "student_before", student, ()),
+                 ("eval_teacher", "teacher", teacher, ()),
+                 ("eval_student_after", "student_after", str(paths.hf_export), ("export_hf",)))
+        for stage, role, model, deps in evals:
+            add(stage, "kd.evaluate",
+                EvalSpec(role=role, model=model, out_file=str(paths.eval_result(role)),
+                         tasks=e.tasks, num_fewshot=e.num_fewshot,
+                         limit=int(e.limit) if e.limit and e.limit >= 1 else e.limit,
+                         batch_size=e.batch_size, dtype=e.dtype if eval_gpus else "float32",
+                         device="cuda" if eval_gpus else "cpu", include_path=_abs(e.include_path),
+                         cache_dir=_abs(cluster.eval_cache_dir) if role == "teacher" else None,
+                         seed=t.seed, done_marker=str(paths.stage_done(stage))),
+                deps=deps, gpus_per_node=eval_gpus, time_min=res.eval_min)
+        add("report", "kd.report",
+            ReportSpec(before=str(paths.eval_result("student_before")),
+                       after=str(paths.eval_result("student_after")),
+                       teacher=str(paths.eval_result("teacher")), out_dir=str(paths.report),
+                       title=f"Knowledge distillation: {exp.name}",
+                       done_marker=str(paths.stage_done("report"))),
+            deps=("eval_student_before", "eval_teacher", "eval_student_after"),
+            time_min=res.report_min, cpus_per_task=1)
+    return JobGraph(run_dir=paths.root, jobs=tuple(jobs))

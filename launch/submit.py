@@ -1,0 +1,164 @@
+"""Act on a JobGraph: submit it to SLURM (afterok edges) or run it locally in dependency order.
+
+Finished stages (their ``stages/<stage>.done`` marker exists) are skipped and say so; stages
+whose job is still queued or running from an earlier launch are adopted, not resubmitted.
+The manifest is rewritten as soon as each job id is known.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from kd.job import StageJob
+from kd.paths import RunPaths
+from launch import manifest as mf
+from launch import slurm_state
+from launch.config import Cluster
+from launch.executors import job_folder, local_executor, sbatch_text, slurm_executor
+from launch.plan import Job, JobGraph
+
+ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED",
+          "REQUEUE_HOLD", "REQUEUE_FED", "PREEMPTED"}
+
+
+def describe(graph: JobGraph) -> str:
+    lines = [f"run directory: {graph.run_dir}", "job graph:"]
+    for j in graph.jobs:
+        deps = f"  afterok: {', '.join(j.deps)}" if j.deps else "  (no dependency)"
+        shape = f"{j.nodes} node(s) x {j.tasks_per_node} task(s)"
+        if j.gpus_per_node:
+            shape += f", {j.gpus_per_node} GPU(s)/node"
+        lines.append(f"  {j.stage:<20} {j.module:<12} {shape}, {j.time_min} min{deps}")
+    return "\n".join(lines)
+
+
+def dry_run_text(graph: JobGraph, cluster: Cluster, run_name: str) -> str:
+    out = [describe(graph), ""]
+    if cluster.executor != "slurm":
+        out.append(f"cluster {cluster.name!r} runs locally (submitit LocalExecutor), "
+                   f"one stage after another; no sbatch scripts.")
+        return "\n".join(out)
+    for j in graph.jobs:
+        deps = [f"<{d}>" for d in j.deps]
+        out += [f"===== sbatch: {j.stage} =====",
+                sbatch_text(j, cluster, graph.run_dir, run_name, deps)]
+    return "\n".join(out)
+
+
+def _stage_record(job: Job, graph: JobGraph) -> dict[str, Any]:
+    return {"module": job.module, "deps": list(job.deps), "spec": asdict(job.spec),
+            "folder": str(job_folder(graph.run_dir, job.stage))}
+
+
+def launch(graph: JobGraph, cluster: Cluster, manifest: dict, run_name: str,
+           wait: bool = False, echo=print) -> int:
+    """Submit (or run) every unfinished stage. Returns the process exit code."""
+    paths = RunPaths(graph.run_dir)
+    paths.jobs.mkdir(parents=True, exist_ok=True)
+    paths.stages.mkdir(parents=True, exist_ok=True)
+    launch_entry = {"time": mf.now(), "cluster": cluster.name, "argv": sys.argv[1:],
+                    "submitted": [], "skipped": [], "adopted": []}
+    manifest["launches"].append(launch_entry)
+    if cluster.executor == "local":
+        return _run_local(graph, cluster, manifest, launch_entry, echo)
+    return _submit_slurm(graph, cluster, manifest, launch_entry, run_name, wait, echo)
+
+
+def _done(paths: RunPaths, stage: str) -> bool:
+    return paths.stage_done(stage).exists()
+
+
+def _submit_slurm(graph: JobGraph, cluster: Cluster, manifest: dict, entry: dict,
+                  run_name: str, wait: bool, echo) -> int:
+    paths = RunPaths(graph.run_dir)
+    stages = manifest["stages"]
+    old_ids = [s["job_id"] for s in stages.values() if s.get("job_id")]
+    old_states = slurm_state.query(old_ids) if old_ids else {}
+    job_ids: dict[str, str] = {}
+    for job in graph.jobs:
+        rec = stages.setdefault(job.stage, {})
+        rec.update(_stage_record(job, graph))
+        if _done(paths, job.stage):
+            rec["state"] = "COMPLETED"
+            entry["skipped"].append(job.stage)
+            echo(f"  {job.stage:<20} complete, skipped")
+            continue
+        prev = rec.get("job_id")
+        if prev and old_states.get(prev, {}).get("state") in ACTIVE:
+            job_ids[job.stage] = prev
+            entry["adopted"].append(job.stage)
+            echo(f"  {job.stage:<20} job {prev} still {old_states[prev]['state']}, kept")
+            continue
+        deps = [job_ids[d] for d in job.deps if d in job_ids]
+        ex = slurm_executor(job, cluster, graph.run_dir, run_name, deps)
+        sjob = ex.submit(StageJob(job.stage, job.module, job.spec))
+        job_ids[job.stage] = sjob.job_id
+        rec.update(job_id=sjob.job_id, state="SUBMITTED", submitted=mf.now(),
+                   log=str(job_folder(graph.run_dir, job.stage) / f"{sjob.job_id}_0_log.out"))
+        rec.pop("error", None)
+        entry["submitted"].append(job.stage)
+        mf.write(paths.manifest, manifest)
+        after = f"  (afterok {', '.join(deps)})" if deps else ""
+        echo(f"  {job.stage:<20} submitted job {sjob.job_id}{after}")
+    mf.write(paths.manifest, manifest)
+    echo(f"status:  python launch/status.py {shlex.quote(str(graph.run_dir))}")
+    echo(f"logs:    python launch/status.py {shlex.quote(str(graph.run_dir))} --logs STAGE")
+    if not wait:
+        return 0
+    from launch.status import wait_for_run
+
+    return wait_for_run(graph.run_dir, echo=echo)
+
+
+def _run_local(graph: JobGraph, cluster: Cluster, manifest: dict, entry: dict, echo) -> int:
+    paths = RunPaths(graph.run_dir)
+    stages = manifest["stages"]
+    failed: set[str] = set()
+    for job in graph.jobs:
+        rec = stages.setdefault(job.stage, {})
+        rec.update(_stage_record(job, graph))
+        if _done(paths, job.stage):
+            rec["state"] = "COMPLETED"
+            entry["skipped"].append(job.stage)
+            echo(f"  {job.stage:<20} complete, skipped")
+            continue
+        blocked = [d for d in job.deps if d in failed]
+        if blocked:
+            failed.add(job.stage)
+            rec.update(state="CANCELLED", error=f"dependency failed: {', '.join(blocked)}")
+            mf.write(paths.manifest, manifest)
+            echo(f"  {job.stage:<20} not run: {rec['error']}")
+            continue
+        ex = local_executor(job, cluster, graph.run_dir)
+        ljob = ex.submit(StageJob(job.stage, job.module, job.spec))
+        log = job_folder(graph.run_dir, job.stage) / f"{ljob.job_id}_0_log.out"
+        rec.update(job_id=str(ljob.job_id), state="RUNNING", submitted=mf.now(), log=str(log))
+        rec.pop("error", None)
+        entry["submitted"].append(job.stage)
+        mf.write(paths.manifest, manifest)
+        echo(f"  {job.stage:<20} running (local job {ljob.job_id}); log: {log}")
+        try:
+            ljob.results()
+        except Exception as e:  # the stage failed: record it, keep going with independent stages
+            failed.add(job.stage)
+            rec.update(state="FAILED", finished=mf.now(), error=_short_error(e))
+            echo(f"  {job.stage:<20} FAILED: {rec['error']}\n    log: {log}")
+        else:
+            rec.update(state="COMPLETED", finished=mf.now())
+            echo(f"  {job.stage:<20} completed")
+        mf.write(paths.manifest, manifest)
+    mf.write(paths.manifest, manifest)
+    if failed:
+        echo(f"failed or not run: {', '.join(s for s in graph.stages if s in failed)}")
+        return 1
+    return 0
+
+
+def _short_error(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    tail = [line for line in text if line.strip()][-3:]
+    return " | ".join(tail) if tail else type(e).__name__
