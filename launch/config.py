@@ -157,7 +157,12 @@ class Cluster:
 
 EXECUTORS = ("slurm", "local")
 PRECISIONS = ("bf16", "fp32")
-SECRET_WORDS = ("TOKEN", "SECRET", "PASSWORD", "API_KEY")
+SECRET_WORDS = {"TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIALS"}
+
+
+def _looks_secret(env_key: str) -> bool:
+    parts = set(env_key.upper().split("_"))
+    return bool(parts & SECRET_WORDS) or env_key.upper().endswith("_KEY")
 
 
 # ---------------------------------------------------------------- loading
@@ -322,7 +327,7 @@ def validate_cluster(cl: Cluster) -> None:
     for key in cl.env:
         if not key.replace("_", "").isalnum() or key[0].isdigit():
             raise ConfigError(f"cluster.env.{key}: not a valid environment variable name")
-        if any(word in key.upper() for word in SECRET_WORDS):
+        if _looks_secret(key):
             raise ConfigError(f"cluster.env.{key}: looks like a secret; configs are copied into "
                               f"manifest.json and sbatch files. Export it in your shell instead "
                               f"(jobs inherit the submitting environment) and remove it here")

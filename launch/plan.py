@@ -114,10 +114,11 @@ def plan(exp: Experiment, cluster: Cluster, run_dir: str | Path) -> JobGraph:
         add("prepare_data", "kd.data",
             DataSpec(sources=sources, tokenizer=_abs(exp.data.tokenizer) or student,
                      out_dir=str(paths.data), json_keys=exp.data.json_keys,
-                     append_eod=exp.data.append_eod, workers=exp.data.workers,
+                     append_eod=exp.data.append_eod,
+                     workers=min(exp.data.workers, res.cpus_per_task),  # the CPUs the job gets
                      log_interval=exp.data.log_interval,
                      done_marker=str(paths.stage_done("prepare_data"))),
-            time_min=res.prepare_data_min, cpus_per_task=max(res.cpus_per_task, exp.data.workers))
+            time_min=res.prepare_data_min)
 
     t = exp.train
     add("distill", "kd.distill",

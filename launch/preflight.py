@@ -187,7 +187,10 @@ def check_cluster(cluster: Cluster) -> None:
     if not shutil.which("sbatch"):
         raise ConfigError(f"--cluster {cluster.name}: sbatch is not on PATH; run this on a SLURM "
                           f"login node, or use --cluster local")
-    if not cluster.partition and not default_partition():
-        raise ConfigError(f"cluster.partition is not set for cluster {cluster.name!r} and the site "
-                          f"has no default partition: pass cluster.partition=NAME (see `sinfo`) "
-                          f"or export SBATCH_PARTITION")
+    if cluster.partition:
+        return
+    # Only the generic profile may lean on the site's default; named profiles say where they run.
+    if cluster.name != "slurm" or not default_partition():
+        raise ConfigError(f"cluster.partition is not set for cluster {cluster.name!r}: add "
+                          f"`partition: NAME` to the profile or pass cluster.partition=NAME "
+                          f"(see `sinfo`; the generic --cluster slurm also reads $SBATCH_PARTITION)")
