@@ -32,17 +32,24 @@ import sys
 import types
 
 _TE_TARGETS = frozenset({"megatron.bridge.peft.lora_layers", "megatron.bridge.peft.lora"})
-_TRITON_TARGETS = frozenset({
-    "megatron.core.inference.contexts.attention_context.triton.tensor_ops",
-    "megatron.core.inference.contexts.fused_kv_append_kernel",
-    "megatron.core.transformer.custom_layers.batch_invariant_kernels",
-})
+_TRITON_TARGETS = frozenset(
+    {
+        "megatron.core.inference.contexts.attention_context.triton.tensor_ops",
+        "megatron.core.inference.contexts.fused_kv_append_kernel",
+        "megatron.core.transformer.custom_layers.batch_invariant_kernels",
+    }
+)
 # megatron-core modules whose try/except TE probes must run before the TE stub appears.
 _TE_PROBES = (
-    "megatron.core.parallel_state", "megatron.core.utils", "megatron.core.tensor_parallel",
-    "megatron.core.extensions.transformer_engine", "megatron.core.transformer.moe.moe_utils",
-    "megatron.core.transformer.moe.router", "megatron.core.transformer.mlp",
-    "megatron.core.transformer.multi_latent_attention", "megatron.core.dist_checkpointing",
+    "megatron.core.parallel_state",
+    "megatron.core.utils",
+    "megatron.core.tensor_parallel",
+    "megatron.core.extensions.transformer_engine",
+    "megatron.core.transformer.moe.moe_utils",
+    "megatron.core.transformer.moe.router",
+    "megatron.core.transformer.mlp",
+    "megatron.core.transformer.multi_latent_attention",
+    "megatron.core.dist_checkpointing",
 )
 _OPTIONAL_ROOTS = ("datasets", "pulp", "megatron.energon")
 _STATE: dict[str, bool] = {}
@@ -60,7 +67,7 @@ def have_te() -> bool:
 
 
 def resolve_device(device: str) -> str:
-    """"auto" -> "cuda" when a GPU is visible, else "cpu"."""
+    """ "auto" -> "cuda" when a GPU is visible, else "cpu"."""
     if device not in ("auto", "cuda", "cpu"):
         raise ValueError(f"device must be 'auto', 'cuda' or 'cpu', got {device!r}")
     if device != "auto":
@@ -152,11 +159,28 @@ def _te_stub_modules() -> dict[str, types.ModuleType]:
     pt = types.ModuleType("transformer_engine.pytorch")
     pt.__path__ = []
     ops = types.ModuleType("transformer_engine.pytorch.ops")
-    for name in ("Linear", "LayerNormLinear", "LayerNormMLP", "GroupedLinear", "TransformerLayer",
-                 "DotProductAttention", "LayerNorm", "RMSNorm"):
+    for name in (
+        "Linear",
+        "LayerNormLinear",
+        "LayerNormMLP",
+        "GroupedLinear",
+        "TransformerLayer",
+        "DotProductAttention",
+        "LayerNorm",
+        "RMSNorm",
+    ):
         setattr(pt, name, type(name, (_Missing,), {}))
-    for name in ("Sequential", "Linear", "LayerNorm", "RMSNorm", "Quantize", "MakeExtraOutput",
-                 "Dropout", "ConstantScale", "AddExtraInput"):
+    for name in (
+        "Sequential",
+        "Linear",
+        "LayerNorm",
+        "RMSNorm",
+        "Quantize",
+        "MakeExtraOutput",
+        "Dropout",
+        "ConstantScale",
+        "AddExtraInput",
+    ):
         setattr(ops, name, type(name, (_Missing,), {}))
     pt.ops = ops
     pt.fp8_autocast = lambda *a, **k: contextlib.nullcontext()
@@ -181,8 +205,8 @@ def _triton_stub_modules() -> dict[str, types.ModuleType]:
     tr = types.ModuleType("triton")
     tr.__path__ = []
     tr.jit = decorator
-    tr.autotune = lambda *a, **k: (lambda f: f)
-    tr.heuristics = lambda *a, **k: (lambda f: f)
+    tr.autotune = lambda *a, **k: lambda f: f
+    tr.heuristics = lambda *a, **k: lambda f: f
     tr.Config = lambda *a, **k: None
     tr.cdiv = lambda a, b: (a + b - 1) // b
     tr.next_power_of_2 = lambda n: 1 << (int(n) - 1).bit_length()
@@ -212,10 +236,17 @@ def _optional_attr(modname: str, cache: dict, name: str):
         raise AttributeError(name)
     if name not in cache:
         if name[:1].isupper():  # classes: constructible and subscriptable placeholders
-            cache[name] = type(name, (), {"__init__": lambda self, *a, **k: None,
-                                          "__class_getitem__": classmethod(lambda c, i: c),
-                                          "__module__": modname})
+            cache[name] = type(
+                name,
+                (),
+                {
+                    "__init__": lambda self, *a, **k: None,
+                    "__class_getitem__": classmethod(lambda c, i: c),
+                    "__module__": modname,
+                },
+            )
         else:
+
             def missing(*args, _name=f"{modname}.{name}", **kwargs):
                 raise ImportError(f"{_name}: optional package not installed (kd.compat stub)")
 
@@ -326,12 +357,30 @@ def _patch_torch_cuda(torch) -> None:
     cuda.current_stream = lambda *a, **k: _DummyStream()
     cuda.stream = lambda *a, **k: contextlib.nullcontext()
     cuda.memory_stats = lambda *a, **k: {}
-    for name in ("memory_allocated", "max_memory_allocated", "memory_reserved",
-                 "max_memory_reserved"):
+    for name in (
+        "memory_allocated",
+        "max_memory_allocated",
+        "memory_reserved",
+        "max_memory_reserved",
+    ):
         setattr(cuda, name, lambda *a, **k: 0)
     cuda.reset_peak_memory_stats = lambda *a, **k: None
     torch.Tensor.cuda = lambda self, *a, **k: self
     torch.nn.Module.cuda = lambda self, *a, **k: self
+    _patch_gloo_scatter(torch)
+
+
+def _patch_gloo_scatter(torch) -> None:
+    """gloo sends a non-contiguous CPU tensor's raw storage: the TP shards of row-parallel
+    weights (column slices) would arrive scrambled. On GPU ``.to("cuda")`` copies them."""
+    original = torch.distributed.scatter
+
+    def scatter(tensor, scatter_list=None, *args, **kwargs):
+        if scatter_list:
+            scatter_list = [t.contiguous() for t in scatter_list]
+        return original(tensor, scatter_list, *args, **kwargs)
+
+    torch.distributed.scatter = scatter
 
 
 def _patch_megatron_core(torch) -> None:
@@ -378,8 +427,9 @@ def _patch_megatron_bridge(torch) -> None:
             tensor_parallel.model_parallel_cuda_manual_seed(seed)
 
     initialize._set_random_seed = set_random_seed
-    setup.initialize_megatron = functools.partial(initialize.initialize_megatron,
-                                                  allow_no_cuda=True)
+    setup.initialize_megatron = functools.partial(
+        initialize.initialize_megatron, allow_no_cuda=True
+    )
 
 
 class _DummyStream:

@@ -68,23 +68,38 @@ def check(spec: EvalSpec) -> None:
     if spec.role not in results.ROLES:
         raise ValueError(f"EvalSpec.role {spec.role!r} is unknown: use one of {results.ROLES}")
     if tuple(spec.tasks) != ("mmlu",):
-        raise ValueError(f"EvalSpec.tasks {spec.tasks!r}: only ('mmlu',) is supported "
-                         "(the report reads the mmlu group and its 4 categories)")
+        raise ValueError(
+            f"EvalSpec.tasks {spec.tasks!r}: only ('mmlu',) is supported "
+            "(the report reads the mmlu group and its 4 categories)"
+        )
     if spec.dtype not in DTYPES:
         raise ValueError(f"EvalSpec.dtype {spec.dtype!r}: use one of {DTYPES}")
     if not 0 <= spec.num_fewshot <= 5:
-        raise ValueError(f"EvalSpec.num_fewshot {spec.num_fewshot}: MMLU has 5 dev examples "
-                         "per subject, use 0..5")
+        raise ValueError(
+            f"EvalSpec.num_fewshot {spec.num_fewshot}: MMLU has 5 dev examples "
+            "per subject, use 0..5"
+        )
     if spec.limit is not None and spec.limit <= 0:
-        raise ValueError(f"EvalSpec.limit {spec.limit}: use None (all questions), an int N "
-                         "(first N per subject) or a fraction in (0, 1)")
+        raise ValueError(
+            f"EvalSpec.limit {spec.limit}: use None (all questions), an int N "
+            "(first N per subject) or a fraction in (0, 1)"
+        )
     if spec.include_path and not Path(spec.include_path).is_dir():
-        raise ValueError(f"EvalSpec.include_path {spec.include_path} is not a directory "
-                         "(write one with `python -m kd.mmlu_local tasks`)")
+        raise ValueError(
+            f"EvalSpec.include_path {spec.include_path} is not a directory "
+            "(write one with `python -m kd.mmlu_local tasks`)"
+        )
     model = Path(spec.model)
+    if not model.exists() and spec.model.startswith(("/", ".", "~")):
+        raise ValueError(
+            f"checkpoint {spec.model} not found: pass an existing HF checkpoint "
+            "directory (or a Hub id on clusters with Hub access)"
+        )
     if model.exists() and not (model / "config.json").is_file():
-        raise ValueError(f"{model} has no config.json: pass an HF checkpoint directory "
-                         "(for the distilled student, the export stage's output)")
+        raise ValueError(
+            f"{model} has no config.json: pass an HF checkpoint directory "
+            "(for the distilled student, the export stage's output)"
+        )
 
 
 def resolve_device(device: str) -> str:
@@ -109,6 +124,7 @@ def is_anymodel(model: str | Path) -> bool:
 
 
 # --- fingerprint and reuse -------------------------------------------------------------------
+
 
 def fingerprint(spec: EvalSpec, dtype: str) -> str:
     """sha256 of what determines the numbers: weights, tasks, shots, limit, data, versions."""
@@ -199,10 +215,18 @@ def _cached(spec: EvalSpec, key: str) -> dict | None:
         log.info("teacher cache miss (%s): evaluating", path.name)
         return None
     record = json.loads(path.read_text())
-    log.info("teacher cache hit: reusing %s (computed %s for %s)", path, record.get("timestamp"),
-             record.get("model"))
-    return {**record, "role": spec.role, "model": str(spec.model),
-            "cache": {"hit": True, "file": str(path)}}
+    log.info(
+        "teacher cache hit: reusing %s (computed %s for %s)",
+        path,
+        record.get("timestamp"),
+        record.get("model"),
+    )
+    return {
+        **record,
+        "role": spec.role,
+        "model": str(spec.model),
+        "cache": {"hit": True, "file": str(path)},
+    }
 
 
 def _store(spec: EvalSpec, key: str, record: dict) -> None:
@@ -213,29 +237,58 @@ def _store(spec: EvalSpec, key: str, record: dict) -> None:
 
 # --- the evaluation itself --------------------------------------------------------------------
 
+
 def _evaluate(spec: EvalSpec, device: str, dtype: str, key: str) -> dict:
     import lm_eval
     from lm_eval.tasks import TaskManager
 
     kind = "anymodel" if is_anymodel(spec.model) else "hf"
-    log.info("evaluating %s (%s checkpoint %s) on %s in %s: tasks %s, %d-shot, limit %s",
-             spec.role, kind, spec.model, device, dtype, ",".join(spec.tasks), spec.num_fewshot,
-             spec.limit)
+    log.info(
+        "evaluating %s (%s checkpoint %s) on %s in %s: tasks %s, %d-shot, limit %s",
+        spec.role,
+        kind,
+        spec.model,
+        device,
+        dtype,
+        ",".join(spec.tasks),
+        spec.num_fewshot,
+        spec.limit,
+    )
     start = time.time()
     lm = _language_model(spec.model, kind, device, dtype, spec.batch_size)
     manager = TaskManager(include_path=spec.include_path) if spec.include_path else TaskManager()
     res = lm_eval.simple_evaluate(
-        model=lm, tasks=list(spec.tasks), num_fewshot=spec.num_fewshot, limit=spec.limit,
-        task_manager=manager, log_samples=False, random_seed=spec.seed,
-        numpy_random_seed=spec.seed, torch_random_seed=spec.seed, fewshot_random_seed=spec.seed,
+        model=lm,
+        tasks=list(spec.tasks),
+        num_fewshot=spec.num_fewshot,
+        limit=spec.limit,
+        task_manager=manager,
+        log_samples=False,
+        random_seed=spec.seed,
+        numpy_random_seed=spec.seed,
+        torch_random_seed=spec.seed,
+        fewshot_random_seed=spec.seed,
     )
-    settings = {"tasks": list(spec.tasks), "limit": spec.limit, "batch_size": str(spec.batch_size),
-                "dtype": dtype, "device": device, "include_path": spec.include_path,
-                "seed": spec.seed}
+    settings = {
+        "tasks": list(spec.tasks),
+        "limit": spec.limit,
+        "batch_size": str(spec.batch_size),
+        "dtype": dtype,
+        "device": device,
+        "include_path": spec.include_path,
+        "seed": spec.seed,
+    }
     record = results.from_lm_eval(
-        res, role=spec.role, model=str(spec.model), model_kind=kind, settings=settings,
-        versions={"lm_eval": _version("lm_eval"), "transformers": _version("transformers"),
-                  "torch": _version("torch")},
+        res,
+        role=spec.role,
+        model=str(spec.model),
+        model_kind=kind,
+        settings=settings,
+        versions={
+            "lm_eval": _version("lm_eval"),
+            "transformers": _version("transformers"),
+            "torch": _version("torch"),
+        },
         timestamp=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     )
     record["source"] = "kdlaunch"
@@ -269,8 +322,9 @@ def load_anymodel(model: str | Path, dtype: str = "float32"):
     config = AutoConfig.from_pretrained(str(model))
     torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
     with deci_x_patcher(descriptor, config.block_configs):
-        hf_model = AutoModelForCausalLM.from_pretrained(str(model), config=config,
-                                                        torch_dtype=torch_dtype)
+        hf_model = AutoModelForCausalLM.from_pretrained(
+            str(model), config=config, torch_dtype=torch_dtype
+        )
     return hf_model.eval()
 
 

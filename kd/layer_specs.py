@@ -26,10 +26,17 @@ class SDPACoreAttention(MegatronModule):
     masks (True = masked out, Megatron's convention), GQA and TP; no context parallelism and
     no packed (THD) sequences."""
 
-    def __init__(self, config, layer_number: int, attn_mask_type: AttnMaskType,
-                 attention_type: str, attention_dropout: float | None = None,
-                 softmax_scale: float | None = None, cp_comm_type: str | None = None,
-                 pg_collection=None):
+    def __init__(
+        self,
+        config,
+        layer_number: int,
+        attn_mask_type: AttnMaskType,
+        attention_type: str,
+        attention_dropout: float | None = None,
+        softmax_scale: float | None = None,
+        cp_comm_type: str | None = None,
+        pg_collection=None,
+    ):
         super().__init__(config=config)
         if config.context_parallel_size != 1:
             raise ValueError("SDPACoreAttention does not support context parallelism: set cp=1")
@@ -45,8 +52,16 @@ class SDPACoreAttention(MegatronModule):
         self.softmax_scale = softmax_scale or 1.0 / math.sqrt(config.kv_channels)
         self.dropout = config.attention_dropout if attention_dropout is None else attention_dropout
 
-    def forward(self, query, key, value, attention_mask, attn_mask_type=None,
-                attention_bias=None, packed_seq_params=None):
+    def forward(
+        self,
+        query,
+        key,
+        value,
+        attention_mask,
+        attn_mask_type=None,
+        attention_bias=None,
+        packed_seq_params=None,
+    ):
         if packed_seq_params is not None or attention_bias is not None:
             raise NotImplementedError("SDPACoreAttention: no packed sequences, no attention bias")
         seq, batch = query.shape[0], query.shape[1]
@@ -55,8 +70,13 @@ class SDPACoreAttention(MegatronModule):
         mask = None if attention_mask is None else ~attention_mask
         causal = mask is None and mask_type == AttnMaskType.causal
         dropout = self.dropout if self.training else 0.0
-        kwargs = dict(attn_mask=mask, dropout_p=dropout, is_causal=causal, scale=self.softmax_scale,
-                      enable_gqa=self.heads != self.groups)
+        kwargs = dict(
+            attn_mask=mask,
+            dropout_p=dropout,
+            is_causal=causal,
+            scale=self.softmax_scale,
+            enable_gqa=self.heads != self.groups,
+        )
         if dropout > 0.0:
             from megatron.core import tensor_parallel
 
@@ -108,4 +128,3 @@ def pick(provider, attention: str = "sdpa"):
     if is_heterogeneous(provider):
         return hetero_sdpa_spec if attention == "sdpa" else hetero_local_spec
     return sdpa_local_spec if attention == "sdpa" else local_spec
-

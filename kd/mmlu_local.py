@@ -34,8 +34,9 @@ CATEGORIES = ("humanities", "other", "social_sciences", "stem")
 DEFAULT_SUBJECTS = ("philosophy", "nutrition", "econometrics", "abstract_algebra")
 SPLITS = ("test", "validation", "dev")
 _DONE = ".kdlaunch-mmlu"
-_AGGREGATE = ("aggregate_metric_list:\n  - metric: acc\n    weight_by_size: true\n"
-              "metadata:\n  version: 2\n")
+_AGGREGATE = (
+    "aggregate_metric_list:\n  - metric: acc\n    weight_by_size: true\nmetadata:\n  version: 2\n"
+)
 
 
 def mmlu_subjects() -> dict[str, str]:
@@ -65,22 +66,30 @@ def write_task_overrides(
     task_dir = Path(task_dir)
     dataset_dir = Path(dataset_dir).absolute()
     if not (dataset_dir / "README.md").is_file():
-        raise ValueError(f"{dataset_dir} has no README.md: it must be laid out like the Hub repo "
-                         "cais/mmlu (huggingface-cli download cais/mmlu --repo-type dataset "
-                         "--local-dir DIR), or be built by kd.mmlu_local.build_fake_mmlu")
+        raise ValueError(
+            f"{dataset_dir} has no README.md: it must be laid out like the Hub repo "
+            "cais/mmlu (huggingface-cli download cais/mmlu --repo-type dataset "
+            "--local-dir DIR), or be built by kd.mmlu_local.build_fake_mmlu"
+        )
     task_dir.mkdir(parents=True, exist_ok=True)
     for stale in task_dir.glob("_mmlu*.yaml"):
         stale.unlink()
-    top = ("# Overrides lm-eval's built-in `mmlu` group: its dataset_path is pushed down to "
-           "every subject task.\ngroup: mmlu\ntask:\n"
-           + "".join(f"  - mmlu_{c}\n" for c in CATEGORIES)
-           + f"dataset_path: {json.dumps(str(dataset_dir))}\n" + _AGGREGATE)
+    top = (
+        "# Overrides lm-eval's built-in `mmlu` group: its dataset_path is pushed down to "
+        "every subject task.\ngroup: mmlu\ntask:\n"
+        + "".join(f"  - mmlu_{c}\n" for c in CATEGORIES)
+        + f"dataset_path: {json.dumps(str(dataset_dir))}\n"
+        + _AGGREGATE
+    )
     (task_dir / "_mmlu.yaml").write_text(top)
     if subjects is not None:
         for category, names in _by_category(subjects).items():
-            text = (f"# Only these subjects of the category (built-in subject tasks and prompts).\n"
-                    f"group: mmlu_{category}\ngroup_alias: {category.replace('_', ' ')}\ntask:\n"
-                    + "".join(f"  - mmlu_{s}\n" for s in names) + _AGGREGATE)
+            text = (
+                f"# Only these subjects of the category (built-in subject tasks and prompts).\n"
+                f"group: mmlu_{category}\ngroup_alias: {category.replace('_', ' ')}\ntask:\n"
+                + "".join(f"  - mmlu_{s}\n" for s in names)
+                + _AGGREGATE
+            )
             (task_dir / f"_mmlu_{category}.yaml").write_text(text)
     return task_dir
 
@@ -95,8 +104,10 @@ def _by_category(subjects: tuple[str, ...]) -> dict[str, list[str]]:
         groups[known[subject]].append(subject)
     empty = [c for c, names in groups.items() if not names]
     if empty:
-        raise ValueError(f"no subject for the MMLU categories {empty}: add one subject of each "
-                         f"(e.g. {DEFAULT_SUBJECTS})")
+        raise ValueError(
+            f"no subject for the MMLU categories {empty}: add one subject of each "
+            f"(e.g. {DEFAULT_SUBJECTS})"
+        )
     return groups
 
 
@@ -109,12 +120,14 @@ def write_dataset(out_dir: str | Path, rows: dict[str, dict[str, list[dict]]]) -
     import datasets
     import yaml
 
-    features = datasets.Features({
-        "question": datasets.Value("string"),
-        "subject": datasets.Value("string"),
-        "choices": datasets.Sequence(datasets.Value("string")),
-        "answer": datasets.ClassLabel(names=["A", "B", "C", "D"]),
-    })
+    features = datasets.Features(
+        {
+            "question": datasets.Value("string"),
+            "subject": datasets.Value("string"),
+            "choices": datasets.Sequence(datasets.Value("string")),
+            "answer": datasets.ClassLabel(names=["A", "B", "C", "D"]),
+        }
+    )
     out = Path(out_dir)
     tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -158,8 +171,9 @@ def build_fake_mmlu(
         fixed = (answers or {}).get(subject)
         if fixed is not None and len(fixed) != n_test:
             raise ValueError(f"answers[{subject!r}] has {len(fixed)} entries; n_test is {n_test}")
-        test = [_question(rng, subject, fixed[i] if fixed else rng.randrange(4))
-                for i in range(n_test)]
+        test = [
+            _question(rng, subject, fixed[i] if fixed else rng.randrange(4)) for i in range(n_test)
+        ]
         dev = [_question(rng, subject, rng.randrange(4)) for _ in range(n_dev)]
         rows[subject] = {"test": test, "validation": dev[:1], "dev": dev}
     return write_dataset(out, rows)
@@ -169,13 +183,20 @@ def _question(rng: random.Random, subject: str, answer: int) -> dict:
     def words(lo: int, hi: int) -> str:
         return " ".join(f"w{rng.randrange(100)}" for _ in range(rng.randint(lo, hi)))
 
-    return {"question": words(5, 12), "subject": subject,
-            "choices": [words(1, 3) for _ in range(4)], "answer": answer}
+    return {
+        "question": words(5, 12),
+        "subject": subject,
+        "choices": [words(1, 3) for _ in range(4)],
+        "answer": answer,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m kd.mmlu_local", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m kd.mmlu_local",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     tasks = sub.add_parser("tasks", help="write the include_path task overrides for a local MMLU")
     tasks.add_argument("--dataset", required=True, help="cais/mmlu-shaped directory")

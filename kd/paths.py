@@ -5,7 +5,7 @@ Layout of a run directory::
     RUN/manifest.json              resolved config, versions, job ids, stage states
     RUN/jobs/                      submitit folders (sbatch text, stdout/stderr per job)
     RUN/data/<name>.jsonl          raw text pulled from the HF dataset (or a copy of the local JSONL)
-    RUN/data/<name>_<json_key>.{bin,idx}      Megatron indexed dataset (modelopt's naming)
+    RUN/data/<name>_<json_key>_document.{bin,idx}   Megatron indexed dataset
     RUN/distill/checkpoints/iter_NNNNNNN/     Megatron checkpoints (+ latest_checkpointed_iteration.txt)
     RUN/distill/tensorboard/
     RUN/export/hf/                 distilled student in HF format (AnyModel layout if heterogeneous)
@@ -52,7 +52,7 @@ class RunPaths:
 
     def data_prefix(self, source_name: str, json_key: str = "text") -> Path:
         """Megatron prefix that ``megatron_preprocess_data`` writes for ``data/<name>.jsonl``."""
-        return self.data / f"{source_name}_{json_key}"
+        return self.data / f"{source_name}_{json_key}_document"
 
     @property
     def distill(self) -> Path:

@@ -133,8 +133,10 @@ def load(path: str | Path) -> dict:
     """Read a results file: ours (returned as is) or lm-eval's ``results_*.json`` (converted)."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"results file {path} does not exist: run the eval stage first "
-                         "or pass the path of an existing results JSON")
+        raise ValueError(
+            f"results file {path} does not exist: run the eval stage first "
+            "or pass the path of an existing results JSON"
+        )
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
@@ -143,8 +145,10 @@ def load(path: str | Path) -> dict:
         return data
     if isinstance(data, dict) and ("groups" in data or "results" in data):
         return from_lm_eval(data)
-    raise ValueError(f"{path} is neither a {SCHEMA} file nor lm-eval results "
-                     "(expected the keys 'schema', or 'groups'/'results')")
+    raise ValueError(
+        f"{path} is neither a {SCHEMA} file nor lm-eval results "
+        "(expected the keys 'schema', or 'groups'/'results')"
+    )
 
 
 def comparable_settings(record: dict) -> dict:
@@ -165,8 +169,10 @@ def _groups(res: dict) -> dict:
     for key in GROUPS:
         entry = table.get(key) or fallback.get(key)
         if entry is None or "acc,none" not in entry:
-            raise ValueError(f"lm-eval results have no '{key}' acc: evaluate the full `mmlu` "
-                             "task group (tasks=['mmlu']), not single subjects")
+            raise ValueError(
+                f"lm-eval results have no '{key}' acc: evaluate the full `mmlu` "
+                "task group (tasks=['mmlu']), not single subjects"
+            )
         out[key] = {
             "acc": float(entry["acc,none"]),
             "acc_stderr": _number(entry.get("acc_stderr,none")),

@@ -14,8 +14,26 @@ from pathlib import Path
 
 SPECIALS = ("<unk>", "<s>", "</s>", "<pad>")
 # A few words MMLU prompts are made of, so lm-eval's prompts/answers are not all <unk>.
-PROMPT_WORDS = ("A", "B", "C", "D", "A.", "B.", "C.", "D.", "Answer:", "The", "following", "are",
-                "multiple", "choice", "questions", "(with", "answers)", "about")
+PROMPT_WORDS = (
+    "A",
+    "B",
+    "C",
+    "D",
+    "A.",
+    "B.",
+    "C.",
+    "D.",
+    "Answer:",
+    "The",
+    "following",
+    "are",
+    "multiple",
+    "choice",
+    "questions",
+    "(with",
+    "answers)",
+    "about",
+)
 DONE = ".kdlaunch-built"
 
 
@@ -55,7 +73,11 @@ def build_tokenizer(out_dir: str | Path, vocab_size: int = 256) -> Path:
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+        tokenizer_object=tok,
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
     )
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -84,11 +106,20 @@ def build_llama(
 
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     cfg = LlamaConfig(
-        vocab_size=len(tok), hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers,
-        num_attention_heads=heads, num_key_value_heads=kv_heads,
-        max_position_embeddings=max_positions, rms_norm_eps=1e-5, rope_theta=10000.0,
-        tie_word_embeddings=False, torch_dtype="float32",
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=ffn,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=max_positions,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        tie_word_embeddings=False,
+        torch_dtype="float32",
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(cfg).eval()
@@ -96,8 +127,15 @@ def build_llama(
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
-    meta = {"kind": "llama", "layers": layers, "hidden": hidden, "ffn": ffn, "heads": heads,
-            "kv_heads": kv_heads, "seed": seed}
+    meta = {
+        "kind": "llama",
+        "layers": layers,
+        "hidden": hidden,
+        "ffn": ffn,
+        "heads": heads,
+        "kv_heads": kv_heads,
+        "seed": seed,
+    }
     return _publish(tmp, out, meta)
 
 
@@ -122,8 +160,10 @@ def build_pruned_anymodel(
     convert_model(str(teacher_dir), str(tmp), "llama")
     config = json.loads((tmp / "config.json").read_text())
     blocks = config["block_configs"]
-    for name, layer in (("no_op_attention_layer", no_op_attention_layer),
-                        ("pruned_ffn_layer", pruned_ffn_layer)):
+    for name, layer in (
+        ("no_op_attention_layer", no_op_attention_layer),
+        ("pruned_ffn_layer", pruned_ffn_layer),
+    ):
         if not 0 <= layer < len(blocks):
             raise ValueError(f"{name}={layer} is out of range: the model has {len(blocks)} layers")
     width = int(blocks[pruned_ffn_layer]["ffn"]["intermediate_size"] * ffn_keep)
@@ -134,9 +174,16 @@ def build_pruned_anymodel(
     blocks[pruned_ffn_layer]["ffn"]["intermediate_size"] = width
     (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     _slice_ffn(tmp / f"subblocks_safetensors/block_{pruned_ffn_layer}_ffn.safetensors", width)
-    _drop_subblock(tmp, f"subblocks_safetensors/block_{no_op_attention_layer}_attention.safetensors")
-    meta = {"kind": "anymodel", "teacher": str(teacher_dir), "no_op_attention_layer":
-            no_op_attention_layer, "pruned_ffn_layer": pruned_ffn_layer, "ffn_width": width}
+    _drop_subblock(
+        tmp, f"subblocks_safetensors/block_{no_op_attention_layer}_attention.safetensors"
+    )
+    meta = {
+        "kind": "anymodel",
+        "teacher": str(teacher_dir),
+        "no_op_attention_layer": no_op_attention_layer,
+        "pruned_ffn_layer": pruned_ffn_layer,
+        "ffn_width": width,
+    }
     return _publish(tmp, out, meta)
 
 

@@ -305,6 +305,9 @@ def _validate_sources(data: Data) -> None:
         names.add(s.name)
         _positive(s.max_documents, f"{where}.max_documents")
     _positive(data.workers, "data.workers")
+    if len(data.json_keys) != 1:
+        raise ConfigError(f"data.json_keys={list(data.json_keys)}: give exactly one key (the text "
+                          f"field to train on, e.g. [text])")
 
 
 def validate_cluster(cl: Cluster) -> None:

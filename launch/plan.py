@@ -83,9 +83,7 @@ def data_blend(exp: Experiment, paths: RunPaths) -> tuple[tuple[float, str], ...
         if s.prefix:
             blend.append((s.weight, _abs(s.prefix)))
             continue
-        keys = exp.data.json_keys
-        for key in keys:
-            blend.append((s.weight / len(keys), str(paths.data_prefix(s.name, key))))
+        blend.append((s.weight, str(paths.data_prefix(s.name, exp.data.json_keys[0]))))
     return tuple(blend)
 
 

@@ -23,9 +23,11 @@ from kd.specs import ReportSpec  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n\n", 1)[1])
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
     p.add_argument("--before", required=True, type=Path, help="student before distillation")
     p.add_argument("--after", required=True, type=Path, help="student after distillation")
     p.add_argument("--teacher", required=True, type=Path, help="teacher")
@@ -36,8 +38,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    spec = ReportSpec(before=str(args.before), after=str(args.after), teacher=str(args.teacher),
-                      out_dir=str(args.out), title=args.title)
+    spec = ReportSpec(
+        before=str(args.before),
+        after=str(args.after),
+        teacher=str(args.teacher),
+        out_dir=str(args.out),
+        title=args.title,
+    )
     try:
         text = report.run(spec)
     except ValueError as e:

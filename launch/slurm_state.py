@@ -5,14 +5,14 @@ from __future__ import annotations
 import shutil
 import subprocess
 
-FIELDS = ("JobIDRaw", "State", "ExitCode", "Elapsed", "Start", "End", "NodeList", "Restarts")
+FIELDS = ("JobIDRaw", "State", "ExitCode", "Elapsed", "Start", "End", "NodeList")
 
 
 def available() -> bool:
     return shutil.which("sacct") is not None
 
 
-def query(job_ids: list[str]) -> dict[str, dict[str, str]]:
+def query(job_ids: list[str]) -> dict[str, dict]:
     """{job_id: {state, exit_code, elapsed, start, end, nodes, restarts}} for the main steps.
 
     A job that was requeued has one row per allocation; the last row is the current one.
@@ -20,18 +20,19 @@ def query(job_ids: list[str]) -> dict[str, dict[str, str]]:
     """
     if not job_ids or not available():
         return {}
-    cmd = ["sacct", "-X", "-D", "--parsable2", "--noheader", "-o", ",".join(FIELDS),
+    cmd = ["sacct", "-a", "-X", "-D", "--parsable2", "--noheader", "-o", ",".join(FIELDS),
            "-j", ",".join(job_ids)]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=True).stdout
     except (OSError, subprocess.SubprocessError):
         return {}
-    rows: dict[str, dict[str, str]] = {}
+    rows: dict[str, dict] = {}
     for line in out.splitlines():
         parts = line.split("|")
         if len(parts) != len(FIELDS):
             continue
-        jid, state, exit_code, elapsed, start, end, nodes, restarts = parts
+        jid, state, exit_code, elapsed, start, end, nodes = parts
+        restarts = rows[jid]["restarts"] + 1 if jid in rows else 0  # one row per allocation
         rows[jid] = {"state": state.split()[0] if state else "UNKNOWN", "state_text": state,
                      "exit_code": exit_code, "elapsed": elapsed, "start": start, "end": end,
                      "nodes": nodes, "restarts": restarts}

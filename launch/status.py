@@ -85,7 +85,8 @@ def render(run_dir: Path) -> tuple[str, int]:
     code = 0
     for stage, r in rows.items():
         lines.append(f"{stage:<20} {r['state']:<12} {r['job_id'] or '-':<10} "
-                     f"{r['elapsed'] or '-':<10} {r['restarts'] or '-':<8} {r['log'] or '-'}")
+                     f"{r['elapsed'] or '-':<10} {r['restarts'] if r['restarts'] != '' else '-':<8} "
+                     f"{r['log'] or '-'}")
         if r["state"] in FAILED:
             code = 1
             detail = r["error"] or (f"exit code {r['exit_code']}" if r["exit_code"] else "")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import shlex
 import sys
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 from kd.job import StageJob

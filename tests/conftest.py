@@ -4,6 +4,7 @@ sessions: builders in kd/tiny.py are idempotent), GPU skipping."""
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -50,3 +51,61 @@ def tiny_teacher(fixture_cache: Path, tiny_tokenizer: Path) -> Path:
     from kd.tiny import build_llama
 
     return build_llama(fixture_cache / "teacher", tiny_tokenizer, layers=2, hidden=64, ffn=128)
+
+
+# ---------------------------------------------------------------- the real SLURM test cluster
+START_SCRIPT = REPO / "scripts" / "slurm" / "start_cluster.sh"
+
+
+def _sinfo_answers() -> bool:
+    # `scontrol ping` fails at once when slurmctld is down; `sinfo` retries for about 9 s.
+    for cmd in (["scontrol", "ping"], ["sinfo", "-h"]):
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=15)
+        except (FileNotFoundError, subprocess.TimeoutExpired):
+            return False
+        if proc.returncode != 0 or not proc.stdout.strip():
+            return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> str:
+    """A running local SLURM cluster; returns the start script's one-line summary."""
+    if _sinfo_answers():
+        return "already running"
+    if os.geteuid() != 0:
+        pytest.skip(f"no SLURM cluster and not root: run `sudo {START_SCRIPT.relative_to(REPO)}`")
+    proc = subprocess.run(["bash", str(START_SCRIPT)], capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        pytest.fail(
+            f"{START_SCRIPT.name} failed (rc {proc.returncode}):\n{proc.stdout}\n{proc.stderr}",
+            pytrace=False,
+        )
+    return proc.stdout.strip()
+
+
+@pytest.fixture
+def submitit_folder(slurm_cluster: str, tmp_path: Path) -> str:
+    """A fresh submitit folder per test.
+
+    Never reuse one across cluster rebuilds: a wiped StateSaveLocation restarts job ids at 1 and
+    submitit would return the stale `<id>_0_result.pkl` of an earlier job.
+    """
+    return str(tmp_path / "submitit" / "%j")
+
+
+@pytest.fixture
+def slurm_executor(submitit_folder: str):
+    """An AutoExecutor on the `debug` partition with small defaults; update_parameters() freely."""
+    import submitit
+
+    executor = submitit.AutoExecutor(folder=submitit_folder, cluster="slurm")
+    executor.update_parameters(
+        slurm_partition="debug",
+        timeout_min=5,
+        cpus_per_task=1,
+        # torch on 4 virtual nodes x 4 CPUs overcommits the real cores: one thread per task
+        slurm_setup=["export OMP_NUM_THREADS=1"],
+    )
+    return executor

@@ -206,10 +206,10 @@ all_daemons_alive() {
 # start
 # ---------------------------------------------------------------------------------------
 install_packages() {
-  local missing
-  missing=$(packages_missing | paste -sd' ' -)
-  [ -z "$missing" ] && return 0
-  log "installing $missing"
+  local missing=()
+  mapfile -t missing < <(packages_missing)
+  [ "${#missing[@]}" = 0 ] && return 0
+  log "installing ${missing[*]}"
   # Without systemd the postinst scripts would try to start the daemons through init.d with
   # the packaged (empty) configs; policy-rc.d exit 101 forbids that, and we start them below.
   # Docker's Debian images ship one; add a temporary one where it is missing.
@@ -221,10 +221,10 @@ install_packages() {
   fi
   export DEBIAN_FRONTEND=noninteractive
   local rc=0
-  apt-get update -qq && apt-get install -y -qq --no-install-recommends $missing >/dev/null \
+  apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
     || rc=$?
-  [ "$own_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d
-  [ "$rc" = 0 ] || die "apt-get install $missing failed (rc $rc)"
+  if [ "$own_policy" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
+  [ "$rc" = 0 ] || die "apt-get install ${missing[*]} failed (rc $rc)"
 }
 
 write_if_changed() {  # write_if_changed PATH MODE CONTENT; returns 0 when it changed the file
@@ -423,7 +423,10 @@ cmd_status() {
     echo "slurmctld: not answering"
     ok=1
   fi
-  sacct_ok && echo "sacct: answers" || { echo "sacct: not answering"; ok=1; }
+  if sacct_ok; then echo "sacct: answers"; else
+    echo "sacct: not answering"
+    ok=1
+  fi
   return "$ok"
 }
 

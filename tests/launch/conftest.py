@@ -57,3 +57,4 @@ def make_experiment(tmp_path: Path, hf_pair):
         return path
 
     return make
+

@@ -1,0 +1,474 @@
+"""Distillation stage: Megatron-Bridge's own KD trainer on a student/teacher pair of HF dirs.
+
+``run(spec)`` is called once per SLURM task (one task per GPU) or per local process. It builds
+the student and teacher providers with ``AutoBridge`` (standard Llama or Puzzletron AnyModel
+with ``block_configs``), wraps them with ``convert_to_distillation_provider`` and ModelOpt's KD
+config, and calls ``megatron.bridge.training.distill.distill``. Checkpoints go to
+``output_dir/checkpoints`` (``iter_NNNNNNN`` + ``latest_checkpointed_iteration.txt``), and a
+rerun resumes from the latest one. Heavy imports stay inside functions: the login node pickles
+a reference to ``run`` without importing torch.
+
+CLI (one process of a job; tests and manual runs)::
+
+    python -m kd.distill --spec spec.json [--exit-signal USR2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from kd.dist_env import export_env
+from kd.paths import iteration_dir, latest_iteration
+from kd.specs import DistillSpec, KDOptions
+
+log = logging.getLogger("kd.distill")
+PRECISIONS = ("bf16", "fp32")
+
+
+class DistillInterrupted(RuntimeError):
+    """Training stopped before ``train_iters`` (exit signal or time limit) after saving."""
+
+    def __init__(self, iteration: int | None, train_iters: int):
+        super().__init__(
+            f"distill: stopped at iteration {iteration} of {train_iters} "
+            "(checkpoint saved; a rerun resumes from it)"
+        )
+        self.iteration = iteration
+
+
+def checkpoints_dir(spec: DistillSpec) -> Path:
+    return Path(spec.output_dir) / "checkpoints"
+
+
+def tensorboard_dir(spec: DistillSpec) -> Path:
+    return Path(spec.output_dir) / "tensorboard"
+
+
+def run(spec: DistillSpec, exit_signal: int | None = None) -> dict:
+    """Distil ``spec.student`` from ``spec.teacher``; returns a summary dict.
+
+    ``exit_signal`` (e.g. ``signal.SIGUSR2`` from SLURM/submitit before a time limit): Megatron
+    traps it, saves a checkpoint at the next iteration boundary and stops; ``run`` then raises
+    ``DistillInterrupted`` so the job does not count as finished and a rerun resumes.
+    """
+    _setup_logging()
+    env = export_env()
+    validate(spec, env.world_size)
+    done = completed_iteration(spec)
+    if done is not None:
+        log.info("distill: already complete at iteration %d, skipping", done)
+        summary = _summary(spec, env, "skipped", done)
+        if env.rank == 0:
+            _write_marker(spec, summary)
+        return summary
+    return _train(spec, env, exit_signal)
+
+
+def validate(spec: DistillSpec, world_size: int) -> None:
+    """Raise ValueError (with the fix) for settings that cannot work."""
+    if spec.precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {spec.precision!r}")
+    model_parallel = spec.tp * spec.pp * spec.cp
+    if world_size % model_parallel:
+        raise ValueError(
+            f"world size {world_size} is not a multiple of tp*pp*cp={model_parallel}:"
+            " change the number of GPUs or the parallel sizes"
+        )
+    dp = world_size // model_parallel
+    if spec.global_batch_size % (spec.micro_batch_size * dp):
+        raise ValueError(
+            f"global_batch_size={spec.global_batch_size} must be a multiple of "
+            f"micro_batch_size*data_parallel={spec.micro_batch_size * dp}"
+        )
+    if spec.train_iters < 1 or not 0 <= spec.lr_warmup_iters < spec.train_iters:
+        raise ValueError(
+            "need train_iters >= 1 and 0 <= lr_warmup_iters < train_iters, got "
+            f"{spec.train_iters} and {spec.lr_warmup_iters}"
+        )
+    for role, path in (("student", spec.student), ("teacher", spec.teacher)):
+        if not (Path(path) / "config.json").is_file():
+            raise ValueError(f"{role} {path!r} is not a Hugging Face model dir (no config.json)")
+    if not spec.data_blend:
+        raise ValueError("data_blend is empty: give ((weight, megatron_prefix), ...)")
+    for _, prefix in spec.data_blend:
+        missing = [s for s in (".bin", ".idx") if not Path(prefix + s).is_file()]
+        if missing:
+            raise ValueError(
+                f"data prefix {prefix!r} has no {'/'.join(missing)} file: run the "
+                "prepare_data stage first, or pass the prefix without extension"
+            )
+
+
+def completed_iteration(spec: DistillSpec) -> int | None:
+    """The finished iteration when the done marker or the final checkpoint exists, else None."""
+    ckpt = checkpoints_dir(spec)
+    latest = latest_iteration(ckpt)
+    if spec.done_marker and Path(spec.done_marker).is_file():
+        return latest if latest is not None else spec.train_iters
+    if latest is not None and latest >= spec.train_iters and iteration_dir(ckpt, latest).is_dir():
+        return latest
+    return None
+
+
+def _train(spec: DistillSpec, env, exit_signal: int | None) -> dict:
+    from kd import compat
+
+    device = compat.resolve_device(spec.device)
+    compat.activate(device)
+    _init_process_group(device, env)
+    config = build_config(spec, device, exit_signal=exit_signal)
+    from megatron.bridge.training.distill import distill
+
+    start = latest_iteration(checkpoints_dir(spec)) or 0
+    log.info(
+        "distill: %s from iteration %d to %d (world %d, tp %d, pp %d, device %s)",
+        "resuming" if start else "starting",
+        start,
+        spec.train_iters,
+        env.world_size,
+        spec.tp,
+        spec.pp,
+        device,
+    )
+    t0 = time.time()
+    try:
+        distill(config)
+    except SystemExit as stop:  # Megatron exits(0) after an exit signal or time limit
+        if stop.code not in (0, None):
+            raise
+    wall = time.time() - t0
+    peak = _peak_memory_gib(device)
+    _barrier()
+    iteration = latest_iteration(checkpoints_dir(spec))
+    if iteration is None or iteration < spec.train_iters:
+        raise DistillInterrupted(iteration, spec.train_iters)
+    summary = _summary(
+        spec,
+        env,
+        "completed",
+        iteration,
+        device=device,
+        wall_s=round(wall, 1),
+        start_iteration=start,
+        peak_memory_gib=peak,
+    )
+    if env.rank == 0:
+        _write_marker(spec, summary)
+    log.info("distill: complete at iteration %d in %.1fs", iteration, wall)
+    _destroy_process_group(device)
+    return summary
+
+
+def build_config(spec: DistillSpec, device: str, exit_signal: int | None = None):
+    """The ConfigContainer for ``distill()``: providers, KD, optimizer, data, checkpoints."""
+    import torch
+    from megatron.bridge.models.distillation_provider import convert_to_distillation_provider
+    from megatron.bridge.training.config import (
+        CheckpointConfig,
+        ConfigContainer,
+        DistributedDataParallelConfig,
+        DistributedInitConfig,
+        LoggerConfig,
+        OptimizerConfig,
+        RNGConfig,
+        SchedulerConfig,
+        TrainingConfig,
+    )
+    from megatron.bridge.training.tokenizers.config import TokenizerConfig
+
+    on_gpu = device == "cuda"
+    bf16 = on_gpu and spec.precision == "bf16"
+    student = build_provider(spec.student, spec, device)
+    teacher = build_provider(spec.teacher, spec, device)
+    if student.vocab_size != teacher.vocab_size:
+        raise ValueError(
+            f"student vocab {student.vocab_size} != teacher vocab "
+            f"{teacher.vocab_size}: KD on logits needs the same tokenizer"
+        )
+    model = convert_to_distillation_provider(student, teacher, kd_config(spec.kd))
+    ckpt = checkpoints_dir(spec)
+    resume = latest_iteration(ckpt) is not None
+    train = TrainingConfig(
+        train_iters=spec.train_iters,
+        global_batch_size=spec.global_batch_size,
+        micro_batch_size=spec.micro_batch_size,
+        eval_interval=spec.eval_interval,
+        eval_iters=spec.eval_iters,
+        manual_gc=True,
+        manual_gc_interval=100,
+    )
+    if exit_signal is not None:
+        set_exit_signal(train, exit_signal)
+    return ConfigContainer(
+        model=model,
+        train=train,
+        optimizer=OptimizerConfig(
+            optimizer="adam",
+            lr=spec.lr,
+            min_lr=spec.min_lr,
+            weight_decay=0.01,
+            adam_beta1=0.9,
+            adam_beta2=0.95,
+            clip_grad=1.0,
+            bf16=bf16,
+            fp16=False,
+            params_dtype=torch.bfloat16 if bf16 else torch.float32,
+            use_distributed_optimizer=False,
+        ),
+        scheduler=SchedulerConfig(
+            lr_decay_style="cosine",
+            lr_warmup_iters=spec.lr_warmup_iters,
+            lr_decay_iters=spec.train_iters,
+            start_weight_decay=0.01,
+            end_weight_decay=0.01,
+            weight_decay_incr_style="constant",
+            override_opt_param_scheduler=True,
+        ),
+        ddp=DistributedDataParallelConfig(
+            use_distributed_optimizer=False,
+            grad_reduce_in_fp32=on_gpu,
+            overlap_grad_reduce=False,
+            overlap_param_gather=False,
+            check_for_nan_in_grad=True,
+        ),
+        dataset=dataset_config(spec, on_gpu),
+        logger=LoggerConfig(
+            log_interval=spec.log_interval, tensorboard_dir=str(tensorboard_dir(spec))
+        ),
+        tokenizer=TokenizerConfig(tokenizer_type="NullTokenizer", vocab_size=student.vocab_size),
+        checkpoint=CheckpointConfig(
+            save=str(ckpt),
+            load=str(ckpt) if resume else None,
+            save_interval=spec.save_interval,
+            ckpt_format="torch_dist",
+            async_save=False,
+            fully_parallel_save=on_gpu,
+        ),
+        rng=RNGConfig(seed=spec.seed),
+        dist=DistributedInitConfig(distributed_backend="nccl" if on_gpu else "gloo"),
+        mixed_precision="bf16_mixed" if bf16 else None,
+    )
+
+
+def set_exit_signal(train_config, sig: int = signal.SIGUSR2) -> None:
+    """Let Megatron trap ``sig``: checkpoint at the next iteration boundary, then stop."""
+    train_config.exit_signal_handler = True
+    train_config.exit_signal = sig
+
+
+def build_provider(hf_dir: str, spec: DistillSpec, device: str):
+    """A GPT provider (HF weights loaded when the model is built) set up for ``spec``."""
+    import modelopt.torch.puzzletron.plugins  # noqa: F401  registers the AnyModel bridges
+    import torch
+    from megatron.bridge import AutoBridge
+
+    bf16 = device == "cuda" and spec.precision == "bf16"
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    provider = AutoBridge.from_hf_pretrained(hf_dir, torch_dtype=dtype).to_megatron_provider(
+        load_weights=True
+    )
+    configure_provider(provider, spec.tp, spec.pp, spec.cp, spec.seq_length, device, bf16)
+    return provider
+
+
+def configure_provider(
+    provider,
+    tp: int,
+    pp: int,
+    cp: int,
+    seq_length: int,
+    device: str,
+    bf16: bool,
+    attention: str = "sdpa",
+) -> None:
+    """Parallel sizes, dtype, and (without Transformer Engine) the local specs and fusions."""
+    import torch
+
+    from kd import compat
+
+    provider.tensor_model_parallel_size = tp
+    provider.pipeline_model_parallel_size = pp
+    provider.context_parallel_size = cp
+    provider.seq_length = seq_length
+    provider.pipeline_dtype = torch.bfloat16 if bf16 else torch.float32
+    provider.sequence_parallel = tp > 1 and compat.have_te()
+    if not compat.have_te():
+        if cp > 1:
+            raise ValueError("context parallelism needs Transformer Engine: set cp=1")
+        from kd import layer_specs
+
+        provider.transformer_layer_spec = layer_specs.pick(provider, attention)
+        _disable(
+            provider,
+            "apply_rope_fusion",
+            "persist_layer_norm",
+            "masked_softmax_fusion",
+            "gradient_accumulation_fusion",
+        )
+    if device == "cpu":
+        _disable(
+            provider,
+            "bias_activation_fusion",
+            "bias_dropout_fusion",
+            "cross_entropy_loss_fusion",
+            "bf16",
+            "fp16",
+        )
+        provider.params_dtype = torch.float32
+
+
+def kd_config(options: KDOptions):
+    from megatron.bridge.training.post_training.distillation import ModelOptDistillConfig
+
+    return ModelOptDistillConfig(
+        logit_layers=["output_layer", "output_layer"],
+        intermediate_layer_pairs=[list(pair) for pair in options.intermediate_layer_pairs],
+        skip_lm_loss=options.skip_lm_loss,
+        kd_loss_scale=options.kd_loss_scale,
+        logit_kl_temperature=options.logit_kl_temperature,
+        logit_kl_topk=options.logit_kl_topk,
+    )
+
+
+def dataset_config(spec: DistillSpec, on_gpu: bool):
+    from megatron.bridge.training.config import GPTDatasetConfig
+
+    prefixes = [prefix for _, prefix in spec.data_blend]
+    weights = [float(weight) for weight, _ in spec.data_blend]
+    return GPTDatasetConfig(
+        blend=(prefixes, weights if len(weights) > 1 else None),
+        split=spec.split,
+        seq_length=spec.seq_length,
+        path_to_cache=str(Path(spec.output_dir) / "dataset_cache"),
+        random_seed=spec.seed,
+        reset_attention_mask=False,
+        reset_position_ids=False,
+        eod_mask_loss=False,
+        num_dataset_builder_threads=1,
+        data_sharding=True,
+        dataloader_type="single",
+        num_workers=2 if on_gpu else 0,
+        skip_getting_attention_mask_from_dataset=True,
+    )
+
+
+def _disable(provider, *names: str) -> None:
+    for name in names:
+        setattr(provider, name, False)
+
+
+def _init_process_group(device: str, env) -> None:
+    """On CPU, start gloo ourselves (Bridge would pass CUDA device ids to its barrier)."""
+    import torch.distributed as dist
+
+    if device == "cpu" and not dist.is_initialized():
+        dist.init_process_group("gloo", rank=env.rank, world_size=env.world_size)
+
+
+def _destroy_process_group(device: str) -> None:
+    import torch.distributed as dist
+
+    if device == "cpu" and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def _peak_memory_gib(device: str) -> float | None:
+    if device != "cuda":
+        return None
+    import torch
+
+    return round(torch.cuda.max_memory_allocated() / 2**30, 2)
+
+
+def _summary(spec: DistillSpec, env, status: str, iteration: int, **extra) -> dict:
+    return {
+        "stage": "distill",
+        "status": status,
+        "iteration": iteration,
+        "checkpoints": str(checkpoints_dir(spec)),
+        "tensorboard": str(tensorboard_dir(spec)),
+        "world_size": env.world_size,
+        "tp": spec.tp,
+        "pp": spec.pp,
+        "tokens_per_iteration": spec.global_batch_size * spec.seq_length,
+        **extra,
+    }
+
+
+def _write_marker(spec: DistillSpec, summary: dict) -> None:
+    if not spec.done_marker or Path(spec.done_marker).is_file():
+        return
+    marker = Path(spec.done_marker)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    tmp = marker.with_name(marker.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, marker)
+
+
+def _setup_logging() -> None:
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("[%(asctime)s %(name)s] %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
+def spec_from_dict(data: dict) -> DistillSpec:
+    """A DistillSpec from its ``dataclasses.asdict`` form (JSON turns tuples into lists)."""
+    data = dict(data)
+    kd = dict(data.pop("kd", {}))
+    kd["intermediate_layer_pairs"] = tuple(tuple(p) for p in kd.get("intermediate_layer_pairs", ()))
+    data["data_blend"] = tuple((float(w), str(p)) for w, p in data["data_blend"])
+    return DistillSpec(**data, kd=KDOptions(**kd))
+
+
+def spec_to_json(spec: DistillSpec, path: str | Path) -> Path:
+    Path(path).write_text(json.dumps(dataclasses.asdict(spec), indent=2) + "\n")
+    return Path(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m kd.distill", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--spec", required=True, help="DistillSpec as JSON (dataclasses.asdict)")
+    parser.add_argument(
+        "--exit-signal",
+        default=None,
+        help="signal name Megatron traps to checkpoint and stop, e.g. USR2",
+    )
+    args = parser.parse_args(argv)
+    spec = spec_from_dict(json.loads(Path(args.spec).read_text()))
+    sig = (
+        getattr(signal, "SIG" + args.exit_signal.upper().removeprefix("SIG"))
+        if args.exit_signal
+        else None
+    )
+    try:
+        summary = run(spec, exit_signal=sig)
+    except DistillInterrupted as err:
+        log.error("%s", err)
+        return 3
+    if int(os.environ.get("RANK", "0")) == 0:
+        print("KD_SUMMARY " + json.dumps(summary), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

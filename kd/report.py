@@ -1,0 +1,247 @@
+"""Report stage: MMLU before / after distillation / teacher, as Markdown, CSV and a bar chart.
+
+Login-node safe: pandas, matplotlib (Agg) and ``kd.results`` only, no torch or lm-eval.
+The pure functions (``table``, ``deltas``, ``gap_closed``, ``verdict``, ``incomparable``,
+``markdown``) take records as read by ``kd.results.load``; ``run`` reads the three files and
+writes ``report.md``, ``report.csv`` and ``report.png`` under ``spec.out_dir``.
+
+The verdict compares the overall MMLU change with its noise: ``z = delta / sqrt(se_before**2 +
+se_after**2)`` from lm-eval's stderrs. ``|z| < NOISE_Z`` is "within noise". The stderrs treat
+the two evaluations as independent samples; both ask the same questions, so this is a
+conservative test (a paired test on per-question results would be sharper).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from kd import results
+from kd.specs import ReportSpec
+
+NOISE_Z = 2.0  # |delta| below this many combined stderrs is "within noise" (~95%)
+COLUMNS = list(results.GROUPS.values())
+ROW_BEFORE, ROW_AFTER = "Before distillation", "After distillation"
+ROW_DELTA, ROW_GAP = "Δ after − before (points)", "Teacher gap closed"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    outcome: str  # "improved" | "regressed" | "within noise"
+    delta_points: float  # overall MMLU, after - before, in accuracy points
+    stderr_points: float | None  # combined stderr of the difference, points (None: unknown)
+    z: float | None
+    noise_z: float = NOISE_Z
+
+    def line(self) -> str:
+        text = f"**Verdict: {self.outcome}**: MMLU {self.delta_points:+.2f} points (after − before)"
+        if self.z is None:
+            return text + "; stderrs missing, noise not assessed (sign only)"
+        return (
+            text + f", z = {self.z:+.1f} (combined stderr {self.stderr_points:.2f} points; "
+            f"|z| < {self.noise_z:.1f} is within noise)"
+        )
+
+
+def teacher_label(teacher: dict) -> str:
+    model = teacher.get("model")
+    return f"Teacher ({Path(model).name})" if model else "Teacher"
+
+
+def table(before: dict, after: dict, teacher: dict) -> pd.DataFrame:
+    """Accuracy (fraction) per group: rows before / after / teacher, columns MMLU..STEM."""
+    rows = {ROW_BEFORE: before, ROW_AFTER: after, teacher_label(teacher): teacher}
+    data = {label: [rec["groups"][k]["acc"] for k in results.GROUPS] for label, rec in rows.items()}
+    frame = pd.DataFrame.from_dict(data, orient="index", columns=COLUMNS)
+    frame.index.name = "Model"
+    return frame
+
+
+def stderrs(before: dict, after: dict, teacher: dict) -> pd.DataFrame:
+    """Like ``table`` for the stderrs (NaN where lm-eval reported none)."""
+    frame = table(before, after, teacher)
+    for label, rec in zip(frame.index, (before, after, teacher), strict=True):
+        frame.loc[label] = [_nan(rec["groups"][k]["acc_stderr"]) for k in results.GROUPS]
+    return frame
+
+
+def deltas(before: dict, after: dict) -> pd.Series:
+    """after − before per group, in accuracy points (percentage points)."""
+    return pd.Series(
+        {
+            results.GROUPS[k]: 100 * (after["groups"][k]["acc"] - before["groups"][k]["acc"])
+            for k in results.GROUPS
+        },
+        name=ROW_DELTA,
+    )
+
+
+def gap_closed(before: dict, after: dict, teacher: dict) -> pd.Series:
+    """Share of the before→teacher gap closed by distillation (NaN where there was no gap)."""
+    out = {}
+    for key, label in results.GROUPS.items():
+        b, a, t = (rec["groups"][key]["acc"] for rec in (before, after, teacher))
+        out[label] = (a - b) / (t - b) if t - b > 0 else math.nan
+    return pd.Series(out, name=ROW_GAP)
+
+
+def verdict(before: dict, after: dict, noise_z: float = NOISE_Z) -> Verdict:
+    """Improved / regressed / within noise, from the overall MMLU change and its stderr."""
+    b, a = before["groups"]["mmlu"], after["groups"]["mmlu"]
+    delta = a["acc"] - b["acc"]
+    if b["acc_stderr"] is None or a["acc_stderr"] is None:
+        outcome = "improved" if delta > 0 else "regressed" if delta < 0 else "within noise"
+        return Verdict(outcome, 100 * delta, None, None, noise_z)
+    stderr = math.hypot(b["acc_stderr"], a["acc_stderr"])
+    z = delta / stderr if stderr > 0 else math.copysign(math.inf, delta) if delta else 0.0
+    outcome = "improved" if z >= noise_z else "regressed" if z <= -noise_z else "within noise"
+    return Verdict(outcome, 100 * delta, 100 * stderr, z, noise_z)
+
+
+def incomparable(records: dict[str, dict]) -> list[str]:
+    """One sentence per setting that differs between the named records (empty: comparable)."""
+    settings = {name: results.comparable_settings(rec) for name, rec in records.items()}
+    problems = []
+    for field, what in (
+        ("num_fewshot", "few-shot"),
+        ("limit", "limit per subject"),
+        ("task_versions", "task versions"),
+        ("questions", "questions per group"),
+    ):
+        values = {name: s[field] for name, s in settings.items()}
+        if len({_canonical(v) for v in values.values()}) > 1:
+            values = _differing(values)
+            detail = "; ".join(f"{name}: {_describe(v)}" for name, v in values.items())
+            problems.append(f"different {what} ({detail})")
+    return problems
+
+
+def _differing(values: dict[str, object]) -> dict[str, object]:
+    """For dict-valued settings keep only the keys whose values differ between records."""
+    if not all(isinstance(v, dict) for v in values.values()):
+        return values
+    keys = set().union(*values.values())
+    differ = sorted(k for k in keys if len({_canonical(v.get(k)) for v in values.values()}) > 1)
+    return {name: {k: v.get(k) for k in differ} for name, v in values.items()}
+
+
+def frame(before: dict, after: dict, teacher: dict) -> pd.DataFrame:
+    """The whole numeric report: scores, delta (points), gap closed (fraction), stderr columns."""
+    scores = table(before, after, teacher)
+    full = pd.concat(
+        [
+            scores,
+            deltas(before, after).to_frame().T,
+            gap_closed(before, after, teacher).to_frame().T,
+        ]
+    )
+    errors = stderrs(before, after, teacher).add_suffix(" stderr")
+    full = full.join(errors)
+    full.index.name = "Model"
+    return full
+
+
+def markdown(before: dict, after: dict, teacher: dict, title: str = ReportSpec.title) -> str:
+    scores = table(before, after, teacher)
+    rows = [[f"{v:.4f}" for v in scores.loc[label]] for label in scores.index]
+    rows.append([f"{v:+.2f}" for v in deltas(before, after)])
+    rows.append(
+        ["n/a" if math.isnan(v) else f"{100 * v:.1f}%" for v in gap_closed(before, after, teacher)]
+    )
+    labels = [*scores.index, ROW_DELTA, ROW_GAP]
+    lines = [
+        f"# {title}",
+        "",
+        "| Model | " + " | ".join(COLUMNS) + " |",
+        "|" + "---|" * (len(COLUMNS) + 1),
+    ]
+    lines += [
+        f"| {label} | " + " | ".join(cells) + " |"
+        for label, cells in zip(labels, rows, strict=True)
+    ]
+    lines += ["", verdict(before, after).line(), ""]
+    problems = incomparable({"before": before, "after": after, "teacher": teacher})
+    if problems:
+        lines += ["**Warning: incomparable settings**, the rows were not evaluated alike:"]
+        lines += [f"- {p}" for p in problems] + [""]
+    lines += ["Settings:", ""] + [
+        f"- {role}: {_settings_line(rec)}"
+        for role, rec in (("before", before), ("after", after), ("teacher", teacher))
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def plot(before: dict, after: dict, teacher: dict, path: str | Path, title: str) -> Path:
+    """Grouped bar chart (before / after / teacher per category) with stderr bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scores, errors = table(before, after, teacher), stderrs(before, after, teacher)
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    scores.T.plot.bar(ax=ax, yerr=errors.T.fillna(0), capsize=2, rot=0, width=0.8)
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    ax.legend(loc="upper right", fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def run(spec: ReportSpec) -> str:
+    """Read the three results files, write report.{md,csv,png}; return the Markdown."""
+    before, after, teacher = (results.load(p) for p in (spec.before, spec.after, spec.teacher))
+    out = Path(spec.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    text = markdown(before, after, teacher, spec.title)
+    _write_text(out / "report.md", text)
+    _write_text(out / "report.csv", frame(before, after, teacher).to_csv(float_format="%.6g"))
+    plot(before, after, teacher, out / "report.png", spec.title)
+    if spec.done_marker:
+        results.write_json_atomic(spec.done_marker, {"report": str(out / "report.md")})
+    return text
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _settings_line(rec: dict) -> str:
+    s = rec.get("settings") or {}
+    shots = "?" if s.get("num_fewshot") is None else s["num_fewshot"]
+    limit = "all questions" if s.get("limit") is None else f"limit {s['limit']} per subject"
+    n = rec["groups"]["mmlu"]["n"]
+    parts = [f"{shots}-shot", limit, f"{n if n is not None else '?'} questions"]
+    parts += [f"{k} {s[k]}" for k in ("dtype", "device") if s.get(k)]
+    versions = rec.get("versions") or {}
+    if versions.get("lm_eval"):
+        parts.append(f"lm-eval {versions['lm_eval']}")
+    cache = rec.get("cache") or {}
+    if cache.get("hit"):
+        parts.append("from the teacher cache")
+    model = rec.get("model") or "unknown model"
+    return f"`{model}` ({', '.join(parts)})"
+
+
+def _canonical(value: object) -> str:
+    import json
+
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in sorted(value.items())) or "none"
+    return "none" if value is None else str(value)
+
+
+def _nan(value: float | None) -> float:
+    return math.nan if value is None else float(value)
