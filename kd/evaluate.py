@@ -67,10 +67,10 @@ def check(spec: EvalSpec) -> None:
     """Fail early, with the fix, on settings lm-eval would reject later (or silently ignore)."""
     if spec.role not in results.ROLES:
         raise ValueError(f"EvalSpec.role {spec.role!r} is unknown: use one of {results.ROLES}")
-    if tuple(spec.tasks) != ("mmlu",):
+    if not spec.tasks or spec.tasks[0] != "mmlu" or len(set(spec.tasks)) != len(spec.tasks):
         raise ValueError(
-            f"EvalSpec.tasks {spec.tasks!r}: only ('mmlu',) is supported "
-            "(the report reads the mmlu group and its 4 categories)"
+            f"EvalSpec.tasks {spec.tasks!r}: start with 'mmlu' (the report reads the mmlu "
+            "group and its 4 categories); extra multiple-choice tasks may follow, once each"
         )
     if spec.dtype not in DTYPES:
         raise ValueError(f"EvalSpec.dtype {spec.dtype!r}: use one of {DTYPES}")
@@ -329,5 +329,5 @@ def load_anymodel(model: str | Path, dtype: str = "float32"):
 
 
 def _log_summary(role: str, record: dict) -> None:
-    parts = [f"{results.GROUPS[k]} {g['acc']:.4f}" for k, g in record["groups"].items()]
-    log.info("%s MMLU: %s", role, ", ".join(parts))
+    parts = [f"{results.label(k)} {g['acc']:.4f}" for k, g in record["groups"].items()]
+    log.info("%s: %s", role, ", ".join(parts))

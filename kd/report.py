@@ -23,7 +23,6 @@ from kd import results
 from kd.specs import ReportSpec
 
 NOISE_Z = 2.0  # |delta| below this many combined stderrs is "within noise" (~95%)
-COLUMNS = list(results.GROUPS.values())
 ROW_BEFORE, ROW_AFTER = "Before distillation", "After distillation"
 ROW_DELTA, ROW_GAP = "Δ after − before (points)", "Teacher gap closed"
 
@@ -36,8 +35,12 @@ class Verdict:
     z: float | None
     noise_z: float = NOISE_Z
 
+    task: str = "MMLU"
+
     def line(self) -> str:
-        text = f"**Verdict: {self.outcome}**: MMLU {self.delta_points:+.2f} points (after − before)"
+        head = "Verdict" if self.task == "MMLU" else f"Verdict on {self.task}"
+        text = (f"**{head}: {self.outcome}**: {self.task} {self.delta_points:+.2f} points "
+                f"(after − before)")
         if self.z is None:
             return text + "; stderrs missing, noise not assessed (sign only)"
         return (
@@ -54,8 +57,9 @@ def teacher_label(teacher: dict) -> str:
 def table(before: dict, after: dict, teacher: dict) -> pd.DataFrame:
     """Accuracy (fraction) per group: rows before / after / teacher, columns MMLU..STEM."""
     rows = {ROW_BEFORE: before, ROW_AFTER: after, teacher_label(teacher): teacher}
-    data = {label: [rec["groups"][k]["acc"] for k in results.GROUPS] for label, rec in rows.items()}
-    frame = pd.DataFrame.from_dict(data, orient="index", columns=COLUMNS)
+    keys = results.columns(before, after, teacher)
+    data = {label: [rec["groups"][k]["acc"] for k in keys] for label, rec in rows.items()}
+    frame = pd.DataFrame.from_dict(data, orient="index", columns=[results.label(k) for k in keys])
     frame.index.name = "Model"
     return frame
 
@@ -64,7 +68,9 @@ def stderrs(before: dict, after: dict, teacher: dict) -> pd.DataFrame:
     """Like ``table`` for the stderrs (NaN where lm-eval reported none)."""
     frame = table(before, after, teacher)
     for label, rec in zip(frame.index, (before, after, teacher), strict=True):
-        frame.loc[label] = [_nan(rec["groups"][k]["acc_stderr"]) for k in results.GROUPS]
+        frame.loc[label] = [
+            _nan(rec["groups"][k]["acc_stderr"]) for k in results.columns(before, after, teacher)
+        ]
     return frame
 
 
@@ -72,8 +78,8 @@ def deltas(before: dict, after: dict) -> pd.Series:
     """after − before per group, in accuracy points (percentage points)."""
     return pd.Series(
         {
-            results.GROUPS[k]: 100 * (after["groups"][k]["acc"] - before["groups"][k]["acc"])
-            for k in results.GROUPS
+            results.label(k): 100 * (after["groups"][k]["acc"] - before["groups"][k]["acc"])
+            for k in results.columns(before, after)
         },
         name=ROW_DELTA,
     )
@@ -82,23 +88,26 @@ def deltas(before: dict, after: dict) -> pd.Series:
 def gap_closed(before: dict, after: dict, teacher: dict) -> pd.Series:
     """Share of the before→teacher gap closed by distillation (NaN where there was no gap)."""
     out = {}
-    for key, label in results.GROUPS.items():
+    for key in results.columns(before, after, teacher):
+        label = results.label(key)
         b, a, t = (rec["groups"][key]["acc"] for rec in (before, after, teacher))
         out[label] = (a - b) / (t - b) if t - b > 0 else math.nan
     return pd.Series(out, name=ROW_GAP)
 
 
-def verdict(before: dict, after: dict, noise_z: float = NOISE_Z) -> Verdict:
-    """Improved / regressed / within noise, from the overall MMLU change and its stderr."""
-    b, a = before["groups"]["mmlu"], after["groups"]["mmlu"]
+def verdict(before: dict, after: dict, noise_z: float = NOISE_Z, key: str = "mmlu") -> Verdict:
+    """Improved / regressed / within noise, from one group's change (default overall MMLU)
+    and its stderr."""
+    b, a = before["groups"][key], after["groups"][key]
+    task = results.label(key)
     delta = a["acc"] - b["acc"]
     if b["acc_stderr"] is None or a["acc_stderr"] is None:
         outcome = "improved" if delta > 0 else "regressed" if delta < 0 else "within noise"
-        return Verdict(outcome, 100 * delta, None, None, noise_z)
+        return Verdict(outcome, 100 * delta, None, None, noise_z, task)
     stderr = math.hypot(b["acc_stderr"], a["acc_stderr"])
     z = delta / stderr if stderr > 0 else math.copysign(math.inf, delta) if delta else 0.0
     outcome = "improved" if z >= noise_z else "regressed" if z <= -noise_z else "within noise"
-    return Verdict(outcome, 100 * delta, 100 * stderr, z, noise_z)
+    return Verdict(outcome, 100 * delta, 100 * stderr, z, noise_z, task)
 
 
 def incomparable(records: dict[str, dict]) -> list[str]:
@@ -152,17 +161,21 @@ def markdown(before: dict, after: dict, teacher: dict, title: str = ReportSpec.t
         ["n/a" if math.isnan(v) else f"{100 * v:.1f}%" for v in gap_closed(before, after, teacher)]
     )
     labels = [*scores.index, ROW_DELTA, ROW_GAP]
+    cols = list(scores.columns)
     lines = [
         f"# {title}",
         "",
-        "| Model | " + " | ".join(COLUMNS) + " |",
-        "|" + "---|" * (len(COLUMNS) + 1),
+        "| Model | " + " | ".join(cols) + " |",
+        "|" + "---|" * (len(cols) + 1),
     ]
     lines += [
         f"| {label} | " + " | ".join(cells) + " |"
         for label, cells in zip(labels, rows, strict=True)
     ]
-    lines += ["", verdict(before, after).line(), ""]
+    extra = [k for k in results.columns(before, after, teacher) if k not in results.GROUPS]
+    for v in [verdict(before, after)] + [verdict(before, after, key=k) for k in extra]:
+        lines += ["", v.line()]
+    lines += [""]
     problems = incomparable({"before": before, "after": after, "teacher": teacher})
     if problems:
         lines += ["**Warning: incomparable settings**, the rows were not evaluated alike:"]

@@ -19,10 +19,11 @@ Every eval job writes ``RUN/eval/<role>.json`` with this schema (``SCHEMA`` = "k
         "include_path": null,            # lm-eval task overrides in use (see kd/mmlu_local.py)
         "seed": 1234
       },
-      "groups": {                        # the five MMLU groups, always all five
+      "groups": {                        # the five MMLU groups, always all five,
         "mmlu":                 {"acc": 0.6839, "acc_stderr": 0.0061, "n": 5700},
         "mmlu_humanities":      {...}, "mmlu_other": {...},
-        "mmlu_social_sciences": {...}, "mmlu_stem":  {...}
+        "mmlu_social_sciences": {...}, "mmlu_stem":  {...},
+        "kd_synth":             {...}    # then one entry per extra task of settings.tasks
       },
       "task_versions": {"mmlu": 2, "mmlu_stem": 2, "mmlu_anatomy": 1.0, ...},
       "versions": {"lm_eval": "0.4.13", "transformers": "4.57.6", "torch": "2.13.0"},
@@ -58,6 +59,17 @@ GROUPS = {
     "mmlu_stem": "STEM",
 }
 ROLES = ("student_before", "student_after", "teacher")
+
+
+def label(key: str) -> str:
+    """Report column of a group key: the MMLU names, extra tasks by their own name."""
+    return GROUPS.get(key, key)
+
+
+def columns(*records: dict) -> list[str]:
+    """Group keys to report: the MMLU groups, then extra tasks every record has (in order)."""
+    extras = [k for k in records[0]["groups"] if k not in GROUPS]
+    return list(GROUPS) + [k for k in extras if all(k in r["groups"] for r in records[1:])]
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> Path:
@@ -97,8 +109,9 @@ def from_lm_eval(
     if role is not None and role not in ROLES:
         raise ValueError(f"unknown role {role!r}: use one of {ROLES}")
     config = res.get("config") or {}
+    tasks = list((settings or {}).get("tasks") or ["mmlu", *_extra_tasks(res)])
     found_settings = {
-        "tasks": ["mmlu"],
+        "tasks": tasks,
         "num_fewshot": _num_fewshot(res),
         "limit": _number(config.get("limit")),
         "batch_size": _str_or_none(config.get("batch_size")),
@@ -119,7 +132,7 @@ def from_lm_eval(
         "model": model or _model_arg(config, "pretrained") or res.get("model_name"),
         "model_kind": model_kind,
         "settings": {**found_settings, **(settings or {})},
-        "groups": _groups(res),
+        "groups": {**_groups(res), **_extras(res, [t for t in tasks if t != "mmlu"])},
         "task_versions": {k: v for k, v in sorted((res.get("versions") or {}).items())},
         "versions": {**found_versions, **(versions or {})},
         "timestamp": timestamp or _lm_eval_date(res),
@@ -177,6 +190,28 @@ def _groups(res: dict) -> dict:
             "acc": float(entry["acc,none"]),
             "acc_stderr": _number(entry.get("acc_stderr,none")),
             "n": _group_size(entry),
+        }
+    return out
+
+
+def _extra_tasks(res: dict) -> list[str]:
+    """Tasks in a raw lm-eval file that are neither MMLU groups nor MMLU subjects."""
+    return [k for k in (res.get("results") or {}) if not k.startswith("mmlu")]
+
+
+def _extras(res: dict, tasks: list[str]) -> dict:
+    table = res.get("results") or {}
+    out = {}
+    for task in tasks:
+        entry = table.get(task)
+        if entry is None or "acc,none" not in entry:
+            raise ValueError(f"lm-eval results have no acc for task {task!r}: only "
+                             "multiple-choice tasks with an `acc` metric can be reported")
+        n = ((res.get("n-samples") or {}).get(task) or {}).get("effective")
+        out[task] = {
+            "acc": float(entry["acc,none"]),
+            "acc_stderr": _number(entry.get("acc_stderr,none")),
+            "n": int(n) if n is not None else _group_size(entry),
         }
     return out
 

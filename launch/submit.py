@@ -142,9 +142,9 @@ def _run_local(graph: JobGraph, cluster: Cluster, manifest: dict, entry: dict, e
         echo(f"  {job.stage:<20} running (local job {ljob.job_id}); log: {log}")
         try:
             ljob.results()
-        except Exception as e:  # the stage failed: record it, keep going with independent stages
+        except Exception:  # the stage failed: record it, keep going with independent stages
             failed.add(job.stage)
-            rec.update(state="FAILED", finished=mf.now(), error=_short_error(e))
+            rec.update(state="FAILED", finished=mf.now(), error=_last_error(log))
             echo(f"  {job.stage:<20} FAILED: {rec['error']}\n    log: {log}")
         else:
             rec.update(state="COMPLETED", finished=mf.now())
@@ -157,7 +157,8 @@ def _run_local(graph: JobGraph, cluster: Cluster, manifest: dict, entry: dict, e
     return 0
 
 
-def _short_error(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    tail = [line for line in text if line.strip()][-3:]
-    return " | ".join(tail) if tail else type(e).__name__
+def _last_error(log: Path) -> str:
+    from launch.status import error_lines
+
+    lines = error_lines(str(log), n=1)
+    return lines[-1].strip() if lines else f"see {log}"

@@ -164,7 +164,8 @@ def test_device_and_dtype_resolution():
     ("change", "message"),
     [
         ({"role": "student"}, "role"),
-        ({"tasks": ("mmlu_stem",)}, "only"),
+        ({"tasks": ("mmlu_stem",)}, "start with .mmlu."),
+        ({"tasks": ("mmlu", "kd_synth", "kd_synth")}, "once each"),
         ({"num_fewshot": 6}, "0..5"),
         ({"limit": 0}, "limit"),
         ({"dtype": "fp8"}, "dtype"),

@@ -11,7 +11,6 @@ from kd import compat
 
 def main() -> int:
     compat.activate("cpu")
-    import torch
     from megatron.bridge.models import distillation_provider
 
     built = {}
@@ -46,7 +45,6 @@ def main() -> int:
         ),
     }
     print("KD_PROBE " + json.dumps(report), flush=True)
-    del torch
     return code
 
 

@@ -1,0 +1,36 @@
+# kdlaunch: the two commands of the README are `make demo` and `make test`.
+PY := .venv/bin/python
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: env demo demo-assets test test-fast cluster cluster-stop lint format golden
+
+env:  ## create/refresh the virtualenv (.venv) with the pinned CPU stack
+	scripts/setup_env.sh
+
+demo: env  ## the embedded default: the whole pipeline on this machine, CPU, tiny models
+	$(PY) -m kd.demo .cache/demo
+	$(PY) launch/distill.py --cluster local --config tiny_demo --run-dir runs/demo
+
+test: env cluster  ## every CPU test, SLURM ones included (starts the test cluster)
+	$(PY) -m pytest -q --durations=15
+
+test-fast: env  ## unit tests only (no SLURM, no end-to-end)
+	$(PY) -m pytest -q -m "not slurm and not e2e and not dist"
+
+cluster:  ## start (or check) the local SLURM test cluster
+	scripts/slurm/start_cluster.sh
+
+cluster-stop:
+	scripts/slurm/stop_cluster.sh
+
+lint:
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check launch kd/job.py kd/specs.py kd/paths.py
+
+format:
+	$(PY) -m ruff check --fix .
+
+golden:  ## re-record golden files (sbatch text, report tables) after an intended change
+	KD_UPDATE_GOLDEN=1 $(PY) -m pytest -q tests/launch tests/report -m "not slurm"
