@@ -8,6 +8,7 @@ The manifest is rewritten as soon as each job id is known.
 from __future__ import annotations
 
 import shlex
+from pathlib import Path
 import sys
 from dataclasses import asdict
 from typing import Any
