@@ -8,9 +8,9 @@ The manifest is rewritten as soon as each job id is known.
 from __future__ import annotations
 
 import shlex
-from pathlib import Path
 import sys
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from kd.job import StageJob
