@@ -146,6 +146,8 @@ def _train(spec: DistillSpec, env, exit_signal: int | None) -> dict:
             raise
     wall = time.time() - t0
     peak = _peak_memory_gib(device)
+    if peak is not None:  # every rank: Bridge has already destroyed the process group on GPU
+        _log_rank_memory(env.rank, peak)
     _barrier()
     iteration = latest_iteration(checkpoints_dir(spec))
     if iteration is None or iteration < spec.train_iters:
@@ -393,6 +395,15 @@ def _peak_memory_gib(device: str) -> float | None:
     import torch
 
     return round(torch.cuda.max_memory_allocated() / 2**30, 2)
+
+
+def _log_rank_memory(rank: int, allocated_gib: float) -> None:
+    """One ``KD_PEAK_MEMORY`` JSON line per rank (the job's per-task logs keep them all)."""
+    import torch
+
+    reserved = round(torch.cuda.max_memory_reserved() / 2**30, 2)
+    line = {"rank": rank, "allocated_gib": allocated_gib, "reserved_gib": reserved}
+    print("KD_PEAK_MEMORY " + json.dumps(line), flush=True)
 
 
 def _summary(spec: DistillSpec, env, status: str, iteration: int, **extra) -> dict:

@@ -1,11 +1,17 @@
 """The callable submitit runs on compute nodes: one stage of one run.
 
 ``StageJob(stage, module, spec)`` is pickled on the login node (by reference to this module:
-no torch there) and called on each task of the job. It imports ``kd.<stage module>`` lazily,
-calls its ``run(spec)``, and writes nothing itself: each stage writes its own outputs and its
-``spec.done_marker``. It is a submitit ``Checkpointable``: on SIGUSR2 (time limit or
-preemption) submitit calls ``checkpoint()`` and requeues the same job, which resumes from the
-stage's own on-disk state (Megatron checkpoints for distill; finished files for the others).
+no torch there) and called on each task of the job. It imports the stage module lazily and
+calls its ``run(spec)``; each stage writes its own outputs and ``spec.done_marker``.
+
+Requeue (time limit or preemption). SLURM sends SIGUSR2 ``signal_delay_s`` before the limit
+(and on preemption, with ``preempt_send_user_signal``). For most stages submitit's own handler
+does the work: it calls ``checkpoint()`` (this is a ``Checkpointable``) and requeues the same
+job, which redoes the stage from what it already wrote. The distill stage instead lets
+Megatron-Bridge trap SIGUSR2 (its exit-signal hook): training saves a checkpoint at the next
+iteration and stops, ``kd.distill.run`` raises ``DistillInterrupted``, and we then hand the
+signal to submitit's handler, which requeues (bounded by ``max_num_timeout``); the next
+allocation resumes from that checkpoint, so at most one iteration is redone.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import signal
 import sys
 import time
 from typing import Any
@@ -21,6 +28,8 @@ try:  # submitit is on every node that runs jobs; keep the module importable wit
     from submitit.helpers import Checkpointable
 except ImportError:  # pragma: no cover
     Checkpointable = object  # type: ignore[misc,assignment]
+
+log = logging.getLogger("kdlaunch")
 
 
 class StageJob(Checkpointable):
@@ -31,20 +40,35 @@ class StageJob(Checkpointable):
 
     def __call__(self) -> Any:
         _setup_logging(self.stage)
-        log = logging.getLogger("kdlaunch")
         restarts = os.environ.get("SLURM_RESTART_COUNT", "0")
         log.info("stage %s starting (module %s, host %s, restart %s)", self.stage, self.module,
                  os.uname().nodename, restarts)
         start = time.time()
-        run = importlib.import_module(self.module).run
-        result = run(self.spec)
+        module = importlib.import_module(self.module)
+        if self.module == "kd.distill":
+            result = self._distill(module)
+        else:
+            result = module.run(self.spec)
         log.info("stage %s finished in %.1f s", self.stage, time.time() - start)
         return result
 
+    def _distill(self, module: Any) -> Any:
+        submitit_handler = signal.getsignal(signal.SIGUSR2)
+        try:
+            return module.run(self.spec, exit_signal=signal.SIGUSR2)
+        except module.DistillInterrupted as e:
+            log.warning("stage %s: %s; asking submitit to requeue", self.stage, e)
+            if not callable(submitit_handler):  # not under submitit: nothing can requeue us
+                raise
+            submitit_handler(signal.SIGUSR2, None)  # rank 0 requeues and exits
+            # other ranks: SLURM ends every task of the allocation when rank 0 requeues it
+            time.sleep(3600)
+            raise
+
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
         """Requeue as is: every stage resumes from what it already wrote to disk."""
-        logging.getLogger("kdlaunch").warning(
-            "stage %s: SLURM signalled the end of this allocation; requeueing", self.stage)
+        log.warning("stage %s: end of this allocation (time limit or preemption); requeueing",
+                    self.stage)
         return super().checkpoint(*args, **kwargs)
 
 

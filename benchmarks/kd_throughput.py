@@ -1,0 +1,295 @@
+"""KD throughput: reference settings vs ours, on the same models, data and GPUs (issue 8).
+
+Variants (each a fresh ``world``-process job of Megatron-Bridge's ``distill()`` built by
+``kd.distill.build_config``; no checkpoint is written):
+
+- ``reference``: megatron-core's local spec (unfused ``DotProductAttention``), micro-batch 1;
+- ``sdpa_mbs1``: our SDPA spec (``kd.layer_specs.SDPACoreAttention``), micro-batch 1;
+- ``ours``:      our defaults, SDPA spec with ``--mbs`` (the experiment's micro-batch).
+
+Measured per variant: step time (Megatron's "elapsed time per iteration", median after
+``--warmup`` iterations), tokens/s/GPU, peak memory per rank, KD loss first/last, MFU.
+
+MFU = model FLOP/s per GPU / peak dense bf16 FLOP/s per GPU (``--peak-tflops``; default 989,
+the H100/H200 SXM datasheet value; KINDS.md measured ~790 for an 8192^3 bf16 matmul), with
+model FLOPs per iteration = tokens * (3 * F_student + F_teacher): the student runs forward and
+backward (backward = 2 x forward), the teacher forward only. Per token and per model,
+``F = 2 * P_matmul + sum over attention layers of 2 * seq * n_heads * head_dim``:
+P_matmul counts the weights of every linear layer (q, k, v, o, gate, up, down, LM head; not
+embeddings or norms); the second term is QK^T plus AV under a causal mask (each
+2 * (seq / 2) * n_heads * head_dim FLOPs per token). AnyModel
+students are counted layer by layer from ``block_configs`` (no-op attention or FFN: 0).
+
+    python benchmarks/kd_throughput.py --student S --teacher T --data PREFIX --world 4 --tp 4 \\
+        --seq 2048 --gbs 16 --mbs 2 --iters 15 --out bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+STEP = re.compile(
+    r"iteration\s+(\d+)/\s*\d+ \|.*?elapsed time per iteration \(ms\): ([0-9.]+)"
+    r".*?total loss: ([0-9.Ee+-]+)"
+)
+VARIANTS = {  # name -> (attention spec, micro-batch size or None for --mbs)
+    "reference": ("local", 1),
+    "sdpa_mbs1": ("sdpa", 1),
+    "ours": ("sdpa", None),
+}
+
+
+# --------------------------------------------------------------------------- FLOPs
+
+
+def layer_shapes(config: dict) -> list[dict]:
+    """Per layer: hidden, heads, kv heads, head dim, FFN width (0 = no-op), attention on/off."""
+    hidden = config["hidden_size"]
+    heads = config["num_attention_heads"]
+    head_dim = config.get("head_dim") or hidden // heads
+    kv = config.get("num_key_value_heads") or heads
+    blocks = config.get("block_configs")
+    if not blocks:
+        return [
+            dict(hidden=hidden, heads=heads, kv=kv, head_dim=head_dim,
+                 ffn=config["intermediate_size"], attention=True)
+        ] * config["num_hidden_layers"]
+    out = []
+    for block in blocks:
+        attn, ffn = block.get("attention", {}), block.get("ffn", {})
+        attention = not (attn.get("no_op") or attn.get("replace_with_linear"))
+        width = 0 if ffn.get("no_op") else ffn.get("intermediate_size") or config["intermediate_size"]
+        out.append(dict(hidden=hidden, heads=heads, kv=attn.get("num_key_value_heads") or kv,
+                        head_dim=head_dim, ffn=width, attention=attention))
+    return out
+
+
+def forward_flops_per_token(config: dict, seq: int) -> float:
+    """2 * matmul weights + causal attention (QK^T and AV), per token, forward only."""
+    total = 2.0 * config["hidden_size"] * config["vocab_size"]  # LM head
+    for s in layer_shapes(config):
+        if s["attention"]:
+            q_width, kv_width = s["heads"] * s["head_dim"], s["kv"] * s["head_dim"]
+            total += 2.0 * s["hidden"] * (2 * q_width + 2 * kv_width)  # q, o, k, v
+            total += 2.0 * seq * q_width  # QK^T + AV with a causal mask (half of s x s)
+        total += 2.0 * 3 * s["hidden"] * s["ffn"]  # SwiGLU: gate, up, down
+    return total
+
+
+def kd_flops_per_token(student: Path, teacher: Path, seq: int) -> float:
+    s = json.loads((student / "config.json").read_text())
+    t = json.loads((teacher / "config.json").read_text())
+    return 3.0 * forward_flops_per_token(s, seq) + forward_flops_per_token(t, seq)
+
+
+# --------------------------------------------------------------------------- one rank
+
+
+def worker(spec_file: Path, attention: str) -> int:
+    """One rank of one variant: kd.distill's config, ``attention`` spec, no checkpoints."""
+    import torch
+
+    import kd.distill as kdd
+    from kd import compat
+    from kd.dist_env import export_env
+
+    spec = kdd.spec_from_dict(json.loads(spec_file.read_text()))
+    env = export_env()
+    device = compat.resolve_device(spec.device)
+    compat.activate(device)
+    if device == "cpu":
+        import torch.distributed as dist
+
+        dist.init_process_group("gloo", rank=env.rank, world_size=env.world_size)
+    configure = kdd.configure_provider
+    kdd.configure_provider = lambda *a, **k: configure(*a, **{**k, "attention": attention})
+    config = kdd.build_config(spec, device)
+    config.checkpoint.save = None
+    config.checkpoint.load = None
+    from megatron.bridge.training.distill import distill
+
+    distill(config)
+    if device == "cuda":
+        line = {
+            "rank": env.rank,
+            "allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+            "reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2),
+        }
+        print("KD_PEAK_MEMORY " + json.dumps(line), flush=True)
+    return 0
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run_variant(name: str, attention: str, spec_file: Path, world: int, logs: Path,
+                timeout: int) -> tuple[list[str], float, int]:
+    port, procs = str(free_port()), []
+    logs.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    for rank in range(world):
+        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
+               "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port,
+               "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1",
+               "CUDA_DEVICE_MAX_CONNECTIONS": "1"}
+        log = (logs / f"{name}_rank{rank}.log").open("w")
+        cmd = [sys.executable, __file__, "--worker", str(spec_file), "--attention", attention]
+        procs.append((subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log,
+                                       stderr=subprocess.STDOUT), log))
+    code = 0
+    for proc, log in procs:
+        try:
+            code = code or proc.wait(timeout=max(1, timeout - (time.time() - t0)))
+        except subprocess.TimeoutExpired:
+            for p, _ in procs:
+                p.kill()
+            code = 124
+        log.close()
+    texts = [(logs / f"{name}_rank{r}.log").read_text() for r in range(world)]
+    return texts, time.time() - t0, code
+
+
+def summarize(texts: list[str], warmup: int, tokens: int, world: int, flops_per_token: float,
+              peak_tflops: float) -> dict:
+    text = "\n".join(texts)
+    steps = {int(m.group(1)): (float(m.group(2)), float(m.group(3))) for m in STEP.finditer(text)}
+    memory = sorted((json.loads(line.split(" ", 1)[1]) for line in text.splitlines()
+                     if line.startswith("KD_PEAK_MEMORY ")), key=lambda m: m["rank"])
+    steady = [ms for it, (ms, _) in sorted(steps.items()) if it > warmup]
+    if not steady:
+        return {"iterations": len(steps)}
+    step_s = statistics.median(steady) / 1e3
+    tflops_per_gpu = tokens * flops_per_token / step_s / world / 1e12
+    its = sorted(steps)
+    return {
+        "iterations": len(steps),
+        "step_ms_median": round(step_s * 1e3, 1),
+        "step_ms_mean": round(statistics.fmean(steady), 1),
+        "tokens_per_s_per_gpu": round(tokens / step_s / world),
+        "model_tflops_per_gpu": round(tflops_per_gpu, 1),
+        "mfu": round(tflops_per_gpu / peak_tflops, 4),
+        "peak_allocated_gib_per_rank": [m["allocated_gib"] for m in memory],
+        "peak_reserved_gib_per_rank": [m["reserved_gib"] for m in memory],
+        "loss_first": steps[its[0]][1],
+        "loss_last": steps[its[-1]][1],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--attention", default="sdpa", help=argparse.SUPPRESS)
+    p.add_argument("--student", type=Path)
+    p.add_argument("--teacher", type=Path)
+    p.add_argument("--data", help="Megatron dataset prefix (<prefix>.bin/.idx)")
+    p.add_argument("--world", type=int, default=1, help="processes (GPUs)")
+    p.add_argument("--tp", type=int, default=1)
+    p.add_argument("--seq", type=int, default=2048)
+    p.add_argument("--gbs", type=int, default=16)
+    p.add_argument("--mbs", type=int, default=2, help="micro-batch of the 'ours' variant")
+    p.add_argument("--iters", type=int, default=15)
+    p.add_argument("--warmup", type=int, default=4, help="iterations left out of the median")
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--device", default="auto")
+    p.add_argument("--peak-tflops", type=float, default=989.0,
+                   help="dense bf16 peak per GPU (H100/H200 SXM: 989)")
+    p.add_argument("--timeout", type=int, default=300, help="seconds per variant")
+    p.add_argument("--work", type=Path, default=Path("runs/bench"))
+    p.add_argument("--out", type=Path, default=Path("runs/bench/kd_throughput.json"))
+    args = p.parse_args(argv)
+    if args.worker:
+        return worker(args.worker, args.attention)
+
+    from kd.distill import spec_to_json
+    from kd.specs import DistillSpec
+
+    flops = kd_flops_per_token(args.student, args.teacher, args.seq)
+    tokens = args.gbs * args.seq
+    result = {
+        "student": str(args.student), "teacher": str(args.teacher), "world": args.world,
+        "tp": args.tp, "seq": args.seq, "gbs": args.gbs, "iters": args.iters,
+        "warmup": args.warmup, "peak_tflops": args.peak_tflops, "device": device_name(),
+        "kd_flops_per_token": flops,
+        "mfu_formula": "tokens*(3*F_student+F_teacher)/step_s/world/peak; "
+                       "F=2*P_matmul+sum_attn_layers 2*seq*n_heads*head_dim (causal)",
+        "variants": {},
+    }
+    for name in args.variants.split(","):
+        attention, mbs = VARIANTS[name]
+        mbs = mbs or args.mbs
+        spec = DistillSpec(
+            student=str(args.student.absolute()), teacher=str(args.teacher.absolute()),
+            data_blend=((1.0, str(Path(args.data).absolute())),),
+            output_dir=str((args.work / name).absolute()), tp=args.tp, seq_length=args.seq,
+            micro_batch_size=mbs, global_batch_size=args.gbs, train_iters=args.iters,
+            lr=1e-4, min_lr=1e-5, lr_warmup_iters=2, eval_interval=10**6, eval_iters=0,
+            log_interval=1, device=args.device, split="100,0,0",
+        )
+        args.work.mkdir(parents=True, exist_ok=True)
+        spec_file = spec_to_json(spec, args.work / f"{name}.json")
+        texts, wall, code = run_variant(name, attention, spec_file, args.world,
+                                        args.work / "logs", args.timeout)
+        stats = summarize(texts, args.warmup, tokens, args.world, flops, args.peak_tflops)
+        result["variants"][name] = {"attention": attention, "micro_batch_size": mbs,
+                                    "rc": code, "wall_s": round(wall, 1), **stats}
+        print(f"KD_BENCH {name} " + json.dumps(result["variants"][name]), flush=True)
+    v = result["variants"]
+    for name in ("sdpa_mbs1", "ours"):
+        if v.get(name, {}).get("step_ms_median") and v.get("reference", {}).get("step_ms_median"):
+            result[f"speedup_{name}_vs_reference"] = round(
+                v["reference"]["step_ms_median"] / v[name]["step_ms_median"], 3)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(table(result))
+    return 0 if all(x.get("rc") == 0 for x in v.values()) else 1
+
+
+def device_name() -> str:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
+    except Exception:  # noqa: BLE001  (a name only)
+        pass
+    return "cpu"
+
+
+def table(result: dict) -> str:
+    rows = [f"KD throughput on {result['device']}, TP={result['tp']}, world {result['world']}, "
+            f"seq {result['seq']}, gbs {result['gbs']}",
+            "| variant | attention | mbs | step ms | tokens/s/GPU | TFLOP/s/GPU | MFU | "
+            "peak alloc GiB (max rank) | loss first -> last |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, v in result["variants"].items():
+        peak = max(v.get("peak_allocated_gib_per_rank") or [0])
+        rows.append(f"| {name} | {v['attention']} | {v['micro_batch_size']} | "
+                    f"{v.get('step_ms_median')} | {v.get('tokens_per_s_per_gpu')} | "
+                    f"{v.get('model_tflops_per_gpu')} | {v.get('mfu')} | {peak} | "
+                    f"{v.get('loss_first')} -> {v.get('loss_last')} |")
+    for key in ("speedup_sdpa_mbs1_vs_reference", "speedup_ours_vs_reference"):
+        if key in result:
+            rows.append(f"{key}: {result[key]}")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""End to end: the whole pipeline with real work, locally (the embedded default) and on the
+real SLURM test cluster (every stage its own job; distill on 2 nodes x 1 task, TP=2 over gloo).
+
+Both use the demo assets (kd.demo: trained tiny teacher, pruned AnyModel student, held-out
+kd_synth task, local MMLU copy), built once into the shared fixture cache.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+STAGES = ("prepare_data", "distill", "export_hf", "eval_student_before", "eval_teacher",
+          "eval_student_after", "report")
+
+
+@pytest.fixture(scope="session")
+def demo_assets(fixture_cache: Path) -> dict:
+    from kd.demo import build
+
+    return build(fixture_cache / "demo")
+
+
+def asset_overrides(assets: dict) -> list[str]:
+    return [f"student.path={assets['student']}", f"teacher.path={assets['teacher']}",
+            f"export.hf_template={assets['teacher']}", f"eval.include_path={assets['tasks']}",
+            f"data.sources=[{{name: synthetic, jsonl: {assets['corpus']}}}]"]
+
+
+def launch(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "launch/distill.py", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def check_finished_run(run_dir: Path, out: str) -> dict:
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert set(manifest["stages"]) == set(STAGES)
+    for stage in STAGES:
+        assert (run_dir / "stages" / f"{stage}.done").exists(), stage
+    for name in ("report.md", "report.csv", "report.png"):
+        assert (run_dir / "report" / name).stat().st_size > 0
+    report = (run_dir / "report" / "report.md").read_text()
+    assert "| Model | MMLU | Humanities | Other | Social Sciences | STEM | kd_synth |" in report
+    evals = {r: json.loads((run_dir / "eval" / f"{r}.json").read_text())
+             for r in ("student_before", "student_after", "teacher")}
+    synth = {r: e["groups"]["kd_synth"]["acc"] for r, e in evals.items()}
+    # what KD is for: the teacher beats the pruned student, distillation recovers part of the gap
+    assert synth["teacher"] > synth["student_before"] + 0.2, synth
+    assert synth["student_after"] > synth["student_before"] + 0.1, synth
+    assert "Verdict on kd_synth: improved" in report
+    assert evals["student_before"]["model_kind"] == "anymodel"
+    assert (run_dir / "export" / "hf" / "config.json").exists()
+    ckpt = run_dir / "distill" / "checkpoints"
+    assert (ckpt / "latest_checkpointed_iteration.txt").read_text().strip() == str(
+        manifest["experiment"]["train"]["train_iters"])
+    return manifest
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(1200)
+def test_local_pipeline_and_relaunch(demo_assets, tmp_path):
+    run_dir = tmp_path / "run"
+    res = launch("--cluster", "local", "--config", "tiny_demo", "--run-dir", str(run_dir),
+                 "train.train_iters=60", *asset_overrides(demo_assets))
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    check_finished_run(run_dir, res.stdout)
+    assert "| Before distillation |" in res.stdout  # the report is printed at the end
+    # a finished run: the relaunch skips every stage and says so
+    again = launch("--cluster", "local", "--config", "tiny_demo", "--run-dir", str(run_dir),
+                   "train.train_iters=60", *asset_overrides(demo_assets))
+    assert again.returncode == 0 and again.stdout.count("complete, skipped") == 7, again.stdout
+    # the same directory with another config is refused: nothing is touched
+    other = launch("--cluster", "local", "--config", "tiny_demo", "--run-dir", str(run_dir),
+                   "train.train_iters=61", *asset_overrides(demo_assets))
+    assert other.returncode == 2 and "belongs to a different config" in other.stderr
+
+
+@pytest.mark.e2e
+@pytest.mark.slurm
+@pytest.mark.timeout(1500)
+def test_slurm_pipeline(slurm_cluster, demo_assets, tmp_path):
+    run_dir = tmp_path / "run"
+    res = launch("--cluster", "ci", "--config", "tiny_demo", "--run-dir", str(run_dir), "--wait",
+                 "train.tp=2", "train.train_iters=60", *asset_overrides(demo_assets),
+                 timeout=1400)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    manifest = check_finished_run(run_dir, res.stdout)
+    ids = {s: r["job_id"] for s, r in manifest["stages"].items()}
+    assert all(i.isdigit() for i in ids.values()) and len(set(ids.values())) == 7
+    acct = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,State,NNodes,NodeList",
+                           "-j", ",".join(ids.values())], capture_output=True, text=True).stdout
+    rows = {line.split("|")[0]: line.split("|") for line in acct.splitlines()}
+    assert all(rows[i][1] == "COMPLETED" for i in ids.values()), acct
+    assert rows[ids["distill"]][2] == "2", acct  # the distill job spans two nodes
+    log = (run_dir / "jobs" / "distill" / f"{ids['distill']}_0_log.out").read_text()
+    assert "tensor-model-parallel size: 2" in log or "tensor_model_parallel_size" in log
+    status = subprocess.run([sys.executable, "launch/status.py", str(run_dir)], cwd=REPO,
+                            capture_output=True, text=True)
+    assert status.returncode == 0 and status.stdout.count("COMPLETED") == 7
