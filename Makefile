@@ -27,7 +27,6 @@ cluster-stop:
 
 lint:
 	$(PY) -m ruff check .
-	$(PY) -m ruff format --check launch kd/job.py kd/specs.py kd/paths.py
 
 format:
 	$(PY) -m ruff check --fix .
