@@ -63,16 +63,32 @@ def layer_shapes(config: dict) -> list[dict]:
     blocks = config.get("block_configs")
     if not blocks:
         return [
-            dict(hidden=hidden, heads=heads, kv=kv, head_dim=head_dim,
-                 ffn=config["intermediate_size"], attention=True)
+            dict(
+                hidden=hidden,
+                heads=heads,
+                kv=kv,
+                head_dim=head_dim,
+                ffn=config["intermediate_size"],
+                attention=True,
+            )
         ] * config["num_hidden_layers"]
     out = []
     for block in blocks:
         attn, ffn = block.get("attention", {}), block.get("ffn", {})
         attention = not (attn.get("no_op") or attn.get("replace_with_linear"))
-        width = 0 if ffn.get("no_op") else ffn.get("intermediate_size") or config["intermediate_size"]
-        out.append(dict(hidden=hidden, heads=heads, kv=attn.get("num_key_value_heads") or kv,
-                        head_dim=head_dim, ffn=width, attention=attention))
+        width = (
+            0 if ffn.get("no_op") else ffn.get("intermediate_size") or config["intermediate_size"]
+        )
+        out.append(
+            dict(
+                hidden=hidden,
+                heads=heads,
+                kv=attn.get("num_key_value_heads") or kv,
+                head_dim=head_dim,
+                ffn=width,
+                attention=attention,
+            )
+        )
     return out
 
 
@@ -114,7 +130,13 @@ def worker(spec_file: Path, attention: str) -> int:
 
         dist.init_process_group("gloo", rank=env.rank, world_size=env.world_size)
     configure = kdd.configure_provider
-    kdd.configure_provider = lambda *a, **k: configure(*a, **{**k, "attention": attention})
+
+    def configure_with_attention(provider, *args, **kwargs):
+        configure(provider, *args, **{**kwargs, "attention": attention})
+        spec_fn = getattr(provider.transformer_layer_spec, "__name__", "te")
+        print(f"KD_BENCH_SPEC rank {env.rank}: {spec_fn}", flush=True)
+
+    kdd.configure_provider = configure_with_attention
     config = kdd.build_config(spec, device)
     config.checkpoint.save = None
     config.checkpoint.load = None
@@ -140,20 +162,30 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def run_variant(name: str, attention: str, spec_file: Path, world: int, logs: Path,
-                timeout: int) -> tuple[list[str], float, int]:
+def run_variant(
+    name: str, attention: str, spec_file: Path, world: int, logs: Path, timeout: int
+) -> tuple[list[str], float, int]:
     port, procs = str(free_port()), []
     logs.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     for rank in range(world):
-        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
-               "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port,
-               "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1",
-               "CUDA_DEVICE_MAX_CONNECTIONS": "1"}
+        env = {
+            **os.environ,
+            "RANK": str(rank),
+            "WORLD_SIZE": str(world),
+            "LOCAL_RANK": str(rank),
+            "LOCAL_WORLD_SIZE": str(world),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": port,
+            "PYTHONPATH": str(REPO),
+            "PYTHONUNBUFFERED": "1",
+            "CUDA_DEVICE_MAX_CONNECTIONS": "1",
+        }
         log = (logs / f"{name}_rank{rank}.log").open("w")
         cmd = [sys.executable, __file__, "--worker", str(spec_file), "--attention", attention]
-        procs.append((subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log,
-                                       stderr=subprocess.STDOUT), log))
+        procs.append(
+            (subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT), log)
+        )
     code = 0
     for proc, log in procs:
         try:
@@ -167,12 +199,24 @@ def run_variant(name: str, attention: str, spec_file: Path, world: int, logs: Pa
     return texts, time.time() - t0, code
 
 
-def summarize(texts: list[str], warmup: int, tokens: int, world: int, flops_per_token: float,
-              peak_tflops: float) -> dict:
+def summarize(
+    texts: list[str],
+    warmup: int,
+    tokens: int,
+    world: int,
+    flops_per_token: float,
+    peak_tflops: float,
+) -> dict:
     text = "\n".join(texts)
     steps = {int(m.group(1)): (float(m.group(2)), float(m.group(3))) for m in STEP.finditer(text)}
-    memory = sorted((json.loads(line.split(" ", 1)[1]) for line in text.splitlines()
-                     if line.startswith("KD_PEAK_MEMORY ")), key=lambda m: m["rank"])
+    memory = sorted(
+        (
+            json.loads(line.split(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("KD_PEAK_MEMORY ")
+        ),
+        key=lambda m: m["rank"],
+    )
     steady = [ms for it, (ms, _) in sorted(steps.items()) if it > warmup]
     if not steady:
         return {"iterations": len(steps)}
@@ -194,8 +238,9 @@ def summarize(texts: list[str], warmup: int, tokens: int, world: int, flops_per_
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--attention", default="sdpa", help=argparse.SUPPRESS)
     p.add_argument("--student", type=Path)
@@ -210,8 +255,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=4, help="iterations left out of the median")
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--device", default="auto")
-    p.add_argument("--peak-tflops", type=float, default=989.0,
-                   help="dense bf16 peak per GPU (H100/H200 SXM: 989)")
+    p.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=989.0,
+        help="dense bf16 peak per GPU (H100/H200 SXM: 989)",
+    )
     p.add_argument("--timeout", type=int, default=300, help="seconds per variant")
     p.add_argument("--work", type=Path, default=Path("runs/bench"))
     p.add_argument("--out", type=Path, default=Path("runs/bench/kd_throughput.json"))
@@ -225,38 +274,63 @@ def main(argv: list[str] | None = None) -> int:
     flops = kd_flops_per_token(args.student, args.teacher, args.seq)
     tokens = args.gbs * args.seq
     result = {
-        "student": str(args.student), "teacher": str(args.teacher), "world": args.world,
-        "tp": args.tp, "seq": args.seq, "gbs": args.gbs, "iters": args.iters,
-        "warmup": args.warmup, "peak_tflops": args.peak_tflops, "device": device_name(),
+        "student": str(args.student),
+        "teacher": str(args.teacher),
+        "world": args.world,
+        "tp": args.tp,
+        "seq": args.seq,
+        "gbs": args.gbs,
+        "iters": args.iters,
+        "warmup": args.warmup,
+        "peak_tflops": args.peak_tflops,
+        "device": device_name(),
         "kd_flops_per_token": flops,
         "mfu_formula": "tokens*(3*F_student+F_teacher)/step_s/world/peak; "
-                       "F=2*P_matmul+sum_attn_layers 2*seq*n_heads*head_dim (causal)",
+        "F=2*P_matmul+sum_attn_layers 2*seq*n_heads*head_dim (causal)",
         "variants": {},
     }
     for name in args.variants.split(","):
         attention, mbs = VARIANTS[name]
         mbs = mbs or args.mbs
         spec = DistillSpec(
-            student=str(args.student.absolute()), teacher=str(args.teacher.absolute()),
+            student=str(args.student.absolute()),
+            teacher=str(args.teacher.absolute()),
             data_blend=((1.0, str(Path(args.data).absolute())),),
-            output_dir=str((args.work / name).absolute()), tp=args.tp, seq_length=args.seq,
-            micro_batch_size=mbs, global_batch_size=args.gbs, train_iters=args.iters,
-            lr=1e-4, min_lr=1e-5, lr_warmup_iters=2, eval_interval=10**6, eval_iters=0,
-            log_interval=1, device=args.device, split="100,0,0",
+            output_dir=str((args.work / name).absolute()),
+            tp=args.tp,
+            seq_length=args.seq,
+            micro_batch_size=mbs,
+            global_batch_size=args.gbs,
+            train_iters=args.iters,
+            lr=1e-4,
+            min_lr=1e-5,
+            lr_warmup_iters=2,
+            eval_interval=10**6,
+            eval_iters=0,
+            log_interval=1,
+            device=args.device,
+            split="100,0,0",
         )
         args.work.mkdir(parents=True, exist_ok=True)
         spec_file = spec_to_json(spec, args.work / f"{name}.json")
-        texts, wall, code = run_variant(name, attention, spec_file, args.world,
-                                        args.work / "logs", args.timeout)
+        texts, wall, code = run_variant(
+            name, attention, spec_file, args.world, args.work / "logs", args.timeout
+        )
         stats = summarize(texts, args.warmup, tokens, args.world, flops, args.peak_tflops)
-        result["variants"][name] = {"attention": attention, "micro_batch_size": mbs,
-                                    "rc": code, "wall_s": round(wall, 1), **stats}
+        result["variants"][name] = {
+            "attention": attention,
+            "micro_batch_size": mbs,
+            "rc": code,
+            "wall_s": round(wall, 1),
+            **stats,
+        }
         print(f"KD_BENCH {name} " + json.dumps(result["variants"][name]), flush=True)
     v = result["variants"]
     for name in ("sdpa_mbs1", "ours"):
         if v.get(name, {}).get("step_ms_median") and v.get("reference", {}).get("step_ms_median"):
             result[f"speedup_{name}_vs_reference"] = round(
-                v["reference"]["step_ms_median"] / v[name]["step_ms_median"], 3)
+                v["reference"]["step_ms_median"] / v[name]["step_ms_median"], 3
+            )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(table(result))
@@ -275,16 +349,21 @@ def device_name() -> str:
 
 
 def table(result: dict) -> str:
-    rows = [f"KD throughput on {result['device']}, TP={result['tp']}, world {result['world']}, "
-            f"seq {result['seq']}, gbs {result['gbs']}",
-            "| variant | attention | mbs | step ms | tokens/s/GPU | TFLOP/s/GPU | MFU | "
-            "peak alloc GiB (max rank) | loss first -> last |", "|---|---|---|---|---|---|---|---|---|"]
+    rows = [
+        f"KD throughput on {result['device']}, TP={result['tp']}, world {result['world']}, "
+        f"seq {result['seq']}, gbs {result['gbs']}",
+        "| variant | attention | mbs | step ms | tokens/s/GPU | TFLOP/s/GPU | MFU | "
+        "peak alloc GiB (max rank) | loss first -> last |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, v in result["variants"].items():
         peak = max(v.get("peak_allocated_gib_per_rank") or [0])
-        rows.append(f"| {name} | {v['attention']} | {v['micro_batch_size']} | "
-                    f"{v.get('step_ms_median')} | {v.get('tokens_per_s_per_gpu')} | "
-                    f"{v.get('model_tflops_per_gpu')} | {v.get('mfu')} | {peak} | "
-                    f"{v.get('loss_first')} -> {v.get('loss_last')} |")
+        rows.append(
+            f"| {name} | {v['attention']} | {v['micro_batch_size']} | "
+            f"{v.get('step_ms_median')} | {v.get('tokens_per_s_per_gpu')} | "
+            f"{v.get('model_tflops_per_gpu')} | {v.get('mfu')} | {peak} | "
+            f"{v.get('loss_first')} -> {v.get('loss_last')} |"
+        )
     for key in ("speedup_sdpa_mbs1_vs_reference", "speedup_ours_vs_reference"):
         if key in result:
             rows.append(f"{key}: {result[key]}")

@@ -442,11 +442,9 @@ def _setup_logging() -> None:
 
 def spec_from_dict(data: dict) -> DistillSpec:
     """A DistillSpec from its ``dataclasses.asdict`` form (JSON turns tuples into lists)."""
-    data = dict(data)
-    kd = dict(data.pop("kd", {}))
-    kd["intermediate_layer_pairs"] = tuple(tuple(p) for p in kd.get("intermediate_layer_pairs", ()))
-    data["data_blend"] = tuple((float(w), str(p)) for w, p in data["data_blend"])
-    return DistillSpec(**data, kd=KDOptions(**kd))
+    from kd import specs
+
+    return specs.spec_from_dict(DistillSpec, data)
 
 
 def spec_to_json(spec: DistillSpec, path: str | Path) -> Path:

@@ -72,8 +72,31 @@ class StageJob(Checkpointable):
         return super().checkpoint(*args, **kwargs)
 
 
+def main(argv: list[str] | None = None) -> int:
+    """``python -m kd.job STAGE --spec FILE``: run one stage outside submitit (hand-submitted
+    sbatch scripts from ``launch/distill.py --emit-sbatch``)."""
+    import argparse
+    import json
+
+    from kd.specs import STAGE_SPECS, spec_from_dict
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("stage", choices=sorted(STAGE_SPECS))
+    p.add_argument("--spec", required=True, help="the stage's spec as JSON")
+    args = p.parse_args(argv)
+    module, cls = STAGE_SPECS[args.stage]
+    with open(args.spec) as f:
+        spec = spec_from_dict(cls, json.load(f))
+    StageJob(args.stage, module, spec)()
+    return 0
+
+
 def _setup_logging(stage: str) -> None:
     logging.basicConfig(
         level=logging.INFO, stream=sys.stdout, force=False,
         format=f"%(asctime)s [{stage}] %(levelname)s %(name)s: %(message)s",
     )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

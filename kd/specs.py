@@ -109,3 +109,38 @@ class ReportSpec:
     out_dir: str  # RUN/report
     title: str = "Knowledge distillation: MMLU"
     done_marker: str | None = None
+
+
+# ---------------------------------------------------------------- JSON form (standalone sbatch)
+STAGE_SPECS = {
+    "prepare_data": ("kd.data", DataSpec),
+    "distill": ("kd.distill", DistillSpec),
+    "export_hf": ("kd.export", ExportSpec),
+    "eval_student_before": ("kd.evaluate", EvalSpec),
+    "eval_teacher": ("kd.evaluate", EvalSpec),
+    "eval_student_after": ("kd.evaluate", EvalSpec),
+    "report": ("kd.report", ReportSpec),
+}
+
+
+def spec_from_dict(cls: type, data: dict):
+    """Rebuild a spec dataclass from ``dataclasses.asdict`` output (lists back to tuples)."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        value, tp = data[f.name], hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            value = spec_from_dict(tp, value)
+        elif typing.get_origin(tp) is tuple and value is not None:
+            item = typing.get_args(tp)[0]
+            if dataclasses.is_dataclass(item):
+                value = tuple(spec_from_dict(item, v) for v in value)
+            else:
+                value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
+        kwargs[f.name] = value
+    return cls(**kwargs)

@@ -39,6 +39,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--run-dir", type=Path, help="run directory (default runs/<name>-<timestamp>)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the job graph and every sbatch script; submit nothing")
+    p.add_argument("--emit-sbatch", type=Path, metavar="DIR",
+                   help="write the run as standalone sbatch scripts + submit.sh to DIR (for "
+                        "hand submission); submit nothing")
     p.add_argument("--new-run", action="store_true",
                    help="if --run-dir holds a run with a different config, start a new run in "
                         "RUN_DIR-2 (-3, ...) instead of refusing")
@@ -90,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         from launch import preflight, submit
 
         preflight.check_layout(experiment, cluster)
+        if args.emit_sbatch:
+            print(f"wrote {submit.emit_sbatch(graph, cluster, experiment.name, args.emit_sbatch)}")
+            return 0
         if args.dry_run:
             print(submit.dry_run_text(graph, cluster, experiment.name))
             try:

@@ -13,10 +13,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from launch.config import Cluster
+from launch.config import REPO, Cluster
 from launch.plan import Job
 
 SUBMITIT_COMMAND = "{python} -u -m submitit.core._submit {folder}"
+TEMPLATES = REPO / "slurm_templates"
 
 
 def job_folder(run_dir: Path, stage: str) -> Path:
@@ -40,11 +41,16 @@ def container_srun_args(cluster: Cluster, run_dir: Path) -> list[str]:
     return args
 
 
+def fragment(name: str) -> list[str]:
+    """Shell lines of a slurm_templates/ fragment, comments dropped."""
+    text = (TEMPLATES / name).read_text()
+    return [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+
+
 def setup_lines(cluster: Cluster, job: Job) -> list[str]:
     lines = [f"export {k}={shlex.quote(str(v))}" for k, v in sorted(cluster.env.items())]
-    if job.stage == "distill":
-        # Megatron wants these on every rank; harmless elsewhere.
-        lines.append("export CUDA_DEVICE_MAX_CONNECTIONS=1")
+    if job.stage == "distill" and job.gpus_per_node:
+        lines += fragment("distill_env.sh")
     lines += list(cluster.setup)
     return lines
 
@@ -92,6 +98,17 @@ def sbatch_text(job: Job, cluster: Cluster, run_dir: Path, run_name: str,
                                       folder=shlex.quote(str(folder)))
     params = slurm_parameters(job, cluster, run_dir, run_name, dependency_ids)
     return _make_sbatch_string(command=command, folder=folder, **params)
+
+
+def standalone_sbatch_text(job: Job, cluster: Cluster, run_dir: Path, run_name: str,
+                           spec_file: Path) -> str:
+    """sbatch script of one stage for hand submission: same flags, runs ``python -m kd.job``."""
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    command = (f"{python_command(cluster)} -u -m kd.job {job.stage} "
+               f"--spec {shlex.quote(str(spec_file))}")
+    params = slurm_parameters(job, cluster, run_dir, run_name, [])
+    return _make_sbatch_string(command=command, folder=job_folder(run_dir, job.stage), **params)
 
 
 def slurm_executor(job: Job, cluster: Cluster, run_dir: Path, run_name: str,

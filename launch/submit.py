@@ -49,6 +49,31 @@ def dry_run_text(graph: JobGraph, cluster: Cluster, run_name: str) -> str:
     return "\n".join(out)
 
 
+def emit_sbatch(graph: JobGraph, cluster: Cluster, run_name: str, out_dir: Path) -> Path:
+    """Write the standalone form of the run (one sbatch per stage + submit.sh) to ``out_dir``."""
+    import json
+    from string import Template
+
+    from launch.executors import TEMPLATES, standalone_sbatch_text
+
+    out_dir = Path(out_dir).absolute()
+    (out_dir / "specs").mkdir(parents=True, exist_ok=True)
+    for job in graph.jobs:
+        spec_file = out_dir / "specs" / f"{job.stage}.json"
+        spec_file.write_text(json.dumps(asdict(job.spec), indent=2) + "\n")
+        text = standalone_sbatch_text(job, cluster, graph.run_dir, run_name, spec_file)
+        (out_dir / f"{job.stage}.sbatch").write_text(text)
+    folders = " ".join(shlex.quote(str(job_folder(graph.run_dir, j.stage))) for j in graph.jobs)
+    lines = [f"mkdir -p {folders}  # sbatch needs its --output folders"]
+    lines += [f"submit {j.stage} {' '.join(j.deps)}".rstrip() for j in graph.jobs]
+    script = Template((TEMPLATES / "submit_run.sh.tmpl").read_text()).substitute(
+        submit_script=out_dir / "submit.sh", submit_lines="\n".join(lines))
+    path = out_dir / "submit.sh"
+    path.write_text(script)
+    path.chmod(0o755)
+    return path
+
+
 def _stage_record(job: Job, graph: JobGraph) -> dict[str, Any]:
     return {"module": job.module, "deps": list(job.deps), "spec": asdict(job.spec),
             "folder": str(job_folder(graph.run_dir, job.stage))}

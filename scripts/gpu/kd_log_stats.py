@@ -55,7 +55,9 @@ def run_stats(run_dir: Path, warmup: int = 5) -> dict:
     spec = manifest["stages"]["distill"]["spec"]
     done_file = run_dir / "stages" / "distill.done"
     done = json.loads(done_file.read_text()) if done_file.is_file() else {}
-    text = "\n".join(p.read_text() for p in sorted((run_dir / "jobs" / "distill").glob("*_log.out")))
+    text = "\n".join(
+        p.read_text() for p in sorted((run_dir / "jobs" / "distill").glob("*_log.out"))
+    )
     parsed = parse_log_text(text)
     out = {
         "run_dir": str(run_dir),

@@ -29,7 +29,8 @@ _kd_setup() {
   export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
   export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
   export PYTHONUNBUFFERED=1 CUDA_DEVICE_MAX_CONNECTIONS=1
-  python -c 'import sys, torch, transformers, megatron.core, megatron.bridge, modelopt, lm_eval
+  python -c 'from kd import compat; compat.activate("auto")
+import sys, torch, transformers, megatron.bridge, modelopt.torch.puzzletron.plugins, lm_eval
 print("setup_device:", sys.executable, "torch", torch.__version__, "transformers",
       transformers.__version__, "gpus", torch.cuda.device_count())'
 }

@@ -102,3 +102,31 @@ def test_slurm_pipeline(slurm_cluster, demo_assets, tmp_path):
     status = subprocess.run([sys.executable, "launch/status.py", str(run_dir)], cwd=REPO,
                             capture_output=True, text=True)
     assert status.returncode == 0 and status.stdout.count("COMPLETED") == 7
+
+
+@pytest.mark.e2e
+@pytest.mark.slurm
+@pytest.mark.timeout(900)
+def test_standalone_sbatch_scripts_run_on_slurm(slurm_cluster, demo_assets, tmp_path):
+    """The hand-submission form (--emit-sbatch) runs the same pipeline without submitit."""
+    import time
+
+    run_dir, scripts = tmp_path / "run", tmp_path / "scripts"
+    res = launch("--cluster", "ci", "--config", "tiny_demo", "--run-dir", str(run_dir),
+                 "--emit-sbatch", str(scripts), "train.tp=2", "train.train_iters=20",
+                 "train.save_interval=10", *asset_overrides(demo_assets))
+    assert res.returncode == 0, res.stderr
+    sub = subprocess.run(["bash", str(scripts / "submit.sh")], capture_output=True, text=True,
+                         check=True)
+    ids = dict(line.split(": job ") for line in sub.stdout.splitlines())
+    assert set(ids) == set(STAGES)
+    deadline = time.time() + 800
+    while not (run_dir / "stages" / "report.done").exists():
+        states = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "State", "-j",
+                                 ",".join(ids.values())], capture_output=True, text=True).stdout
+        assert "FAILED" not in states and "CANCELLED" not in states, states
+        assert time.time() < deadline, states
+        time.sleep(5)
+    assert "| Before distillation |" in (run_dir / "report" / "report.md").read_text()
+    assert (run_dir / "distill" / "checkpoints" / "latest_checkpointed_iteration.txt"
+            ).read_text().strip() == "20"

@@ -1,8 +1,11 @@
 """GPU tier (device machine, 2 GPUs, no Transformer Engine): TP=2, bf16, a >=100M-parameter
-student distilled from a larger teacher; tokens/s/GPU and peak memory are printed and written to
-KD_RUNS/gpu_report.json; the AnyModel student too; HF export in one process (the rank-0 job).
+student distilled from a larger teacher; tokens/s/GPU and peak memory per rank are printed
+(KD_GPU_REPORT lines) and appended to $KD_GPU_REPORT (default KD_RUNS/gpu_report.json); the
+AnyModel student too; HF export in one process with the GPUs hidden, as the launcher's export job
+runs (the rank-0 job).
 
-    .venv/bin/python -m pytest tests/kd/test_gpu.py -s
+    source scripts/gpu/setup_device.sh   # on the device machine
+    python -m pytest tests/kd/test_gpu.py -s
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import re
 import statistics
 from pathlib import Path
@@ -115,6 +119,14 @@ def distill_on_gpus(name, student, teacher, prefix, kd_runs) -> dict:
     steady = statistics.median(ms for it, ms in steps.items() if it > 3)
     summary = tagged_json(text, "KD_SUMMARY")
     losses = losses_of(text)
+    memory = {
+        m["rank"]: m
+        for m in (
+            json.loads(ln.split(" ", 1)[1])
+            for ln in text.splitlines()
+            if ln.startswith("KD_PEAK_MEMORY ")
+        )
+    }
     report = {
         "run": name,
         "student_params": parameter_count(student),
@@ -123,18 +135,29 @@ def distill_on_gpus(name, student, teacher, prefix, kd_runs) -> dict:
         "seq": SEQ,
         "gbs": GBS,
         "step_ms": steady,
+        "step_ms_first": steps.get(1),
         "tokens_per_s_per_gpu": round(GBS * SEQ / (steady / 1e3) / WORLD),
         "peak_memory_gib_rank0": summary["peak_memory_gib"],
+        "peak_allocated_gib_per_rank": [memory[r]["allocated_gib"] for r in sorted(memory)],
+        "peak_reserved_gib_per_rank": [memory[r]["reserved_gib"] for r in sorted(memory)],
+        "gpu": _gpu_name(),
         "first_loss": losses[1],
         "last_loss": losses[ITERS],
     }
     print("KD_GPU_REPORT " + json.dumps(report), flush=True)
-    with (kd_runs / "gpu_report.json").open("a") as f:
+    with Path(os.environ.get("KD_GPU_REPORT", kd_runs / "gpu_report.json")).open("a") as f:
         f.write(json.dumps(report) + "\n")
     assert sorted(losses) == list(range(1, ITERS + 1))
+    assert sorted(memory) == list(range(WORLD))
     assert all(math.isfinite(v) for v in losses.values())
     assert latest_iteration(Path(spec.output_dir) / "checkpoints") == ITERS
     return {"spec": spec, "report": report}
+
+
+def _gpu_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name(0)
 
 
 def export_and_check(kd_runs, name, run, template, student) -> dict:
@@ -146,9 +169,12 @@ def export_and_check(kd_runs, name, run, template, student) -> dict:
     )
     spec_file = kd_runs / f"{name}_export.json"
     spec_file.write_text(json.dumps(dataclasses.asdict(spec)))
+    # CPU only, like the launcher's export job (no GPU asked); the Megatron reference forward
+    # runs eagerly (the checkpoint's fused bias-activation/dropout kernels are torch.compile'd)
     proc = run_python(
         [str(REPO / "tests/kd/_export_check.py"), str(spec_file)],
         kd_runs / f"{name}_export.log",
+        env={"CUDA_VISIBLE_DEVICES": "", "TORCHDYNAMO_DISABLE": "1"},
         timeout=540,
     )
     check = tagged_json(proc.stdout, "KD_EXPORT_CHECK")

@@ -113,3 +113,35 @@ def test_help_and_dry_run_are_fast():
     assert "===== sbatch: report =====" in out
     # generous bounds: these guard against a heavy import sneaking in (torch alone takes >2 s)
     assert t1 - t0 < 2.0 and t2 - t1 < 3.0, (t1 - t0, t2 - t1)
+
+
+def test_standalone_sbatch_matches_golden(tmp_path):
+    from launch.submit import emit_sbatch
+
+    exp, cl, g = seed_graph("pyxis_nemo")
+    out = Path("/tmp/kd-golden-standalone")
+    emit_sbatch(g, cl, exp.name, out)
+    parts = [f"===== {p.name} =====\n{p.read_text()}" for p in sorted(out.glob("*.sbatch"))]
+    parts.append(f"===== submit.sh =====\n{(out / 'submit.sh').read_text()}")
+    text = "\n".join(parts)
+    golden = GOLDEN / "standalone__seed__pyxis_nemo.txt"
+    if os.environ.get("KD_UPDATE_GOLDEN"):
+        golden.write_text(text)
+    assert text == golden.read_text(), f"re-record with KD_UPDATE_GOLDEN=1 if intended ({golden})"
+    distill = (out / "distill.sbatch").read_text()
+    assert "python -u -m kd.job distill --spec /tmp/kd-golden-standalone/specs/distill.json" in distill
+    assert "export CUDA_DEVICE_MAX_CONNECTIONS=1" in distill  # slurm_templates/distill_env.sh
+    subprocess.run(["bash", "-n", str(out / "submit.sh")], check=True)  # valid bash
+
+
+def test_spec_json_round_trip():
+    import dataclasses
+    import json
+
+    from kd.specs import STAGE_SPECS, spec_from_dict
+
+    _, _, g = seed_graph("pyxis_nemo")
+    for job in g.jobs:
+        cls = STAGE_SPECS[job.stage][1]
+        data = json.loads(json.dumps(dataclasses.asdict(job.spec)))
+        assert spec_from_dict(cls, data) == job.spec, job.stage

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# The GPU work of issues 3, 9 and 8 on one 4-GPU device machine, phase by phase; started in the
+# background by scripts/gpu/device_run.sh (which outlives one `run` call). Idempotent: a phase
+# with a done marker is skipped, so a rerun continues. State in $KD_GPU_WORK (/tmp/kdgpu):
+# progress.log, logs/<phase>.log, results/*.json, runs/<run>/ (launcher run dirs).
+#   bash scripts/gpu/pipeline.sh "setup gputest tp2 tp4 bench"
+set -u
+PHASES=${1:-setup gputest tp2 tp4 bench}
+W=${KD_GPU_WORK:-/tmp/kdgpu}
+mkdir -p "$W/logs" "$W/results" "$W/done" "$W/failed" "$W/runs"
+say() { echo "[$(date +%T) +$((SECONDS))s] $*" | tee -a "$W/progress.log"; }
+want() { [[ " $PHASES " == *" $1 "* ]] && [ ! -f "$W/done/$1" ]; }
+phase() {  # phase NAME TIMEOUT_S CMD...: run, log, mark done or failed
+  local name=$1 limit=$2 rc t0=$SECONDS
+  shift 2
+  rm -f "$W/failed/$name"
+  say "$name: start"
+  timeout -k 20 "$limit" "$@" > "$W/logs/$name.log" 2>&1
+  rc=$?
+  if [ $rc = 0 ]; then touch "$W/done/$name"; else echo $rc > "$W/failed/$name"; fi
+  say "$name: rc=$rc in $((SECONDS - t0))s"
+  return $rc
+}
+launch() {  # launch RUN_NAME OVERRIDES...: the project's launcher, then the run's numbers
+  local run=$1
+  shift
+  python launch/distill.py --cluster local_gpu --config gpu_1b_tp --run-dir "$W/runs/$run" "$@" \
+    && python scripts/gpu/kd_log_stats.py "$W/runs/$run" --json "$W/results/$run.json"
+}
+
+say "pipeline start: $PHASES (pid $$)"
+# shellcheck source=/dev/null
+if [ "${KD_SKIP_SETUP:-0}" != 1 ]; then  # 1: use the python on PATH (dry runs of this script)
+  source scripts/gpu/setup_device.sh > "$W/logs/setup.log" 2>&1 || { say "setup FAILED"; exit 1; }
+fi
+if want setup; then
+  { nvidia-smi; nvidia-smi topo -m; python -m pip list 2>/dev/null | grep -iE \
+    "^(torch|transformers|tokenizers|huggingface.hub|megatron|nvidia-modelopt|lm.eval|datasets|submitit|triton|peft|accelerate) "
+    python -c "from kd import compat; print('compat', compat.activate('cuda'))"; } \
+    >> "$W/logs/setup.log" 2>&1 && touch "$W/done/setup"
+  say "setup: $(tail -n 1 "$W/logs/setup.log")"
+fi
+
+# 1. issue 3 (GPUs 2,3) alongside issue 9 at TP=2 (the launcher takes GPUs 0,1)
+if want gputest; then
+  CUDA_VISIBLE_DEVICES=2,3 KD_GPU_REPORT=$W/results/gpu_test.jsonl phase gputest 600 \
+    python -m pytest tests/kd/test_gpu.py -s -q -p no:cacheprovider --basetemp="$W/pytest" &
+fi
+if want tp2 || want tp4 || want bench; then
+  [ -f "$W/done/assets" ] || phase assets 400 python scripts/gpu/build_assets.py .cache/gpu_1b
+fi
+want tp2 && phase tp2 900 launch tp2 cluster.gpus_per_node=2 train.tp=2
+wait
+# 2. issue 9 at TP=4 on all 4 GPUs
+want tp4 && phase tp4 900 launch tp4
+# 3. issue 8: reference vs ours, TP=4, same models and data
+if want bench; then
+  data=$(ls "$W"/runs/*/data/synth_text_document.idx 2>/dev/null | head -n 1)
+  phase bench 600 python benchmarks/kd_throughput.py --student .cache/gpu_1b/student \
+    --teacher .cache/gpu_1b/teacher --data "${data%.idx}" --world 4 --tp 4 --seq 2048 \
+    --gbs 16 --mbs 2 --iters 12 --warmup 4 --work "$W/bench" --out "$W/results/kd_throughput.json"
+fi
+say "pipeline finished"
+touch "$W/finished"
