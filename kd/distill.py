@@ -125,6 +125,8 @@ def _train(spec: DistillSpec, env, exit_signal: int | None) -> dict:
     compat.activate(device)
     _init_process_group(device, env)
     config = build_config(spec, device, exit_signal=exit_signal)
+    if exit_signal is not None:
+        shield_checkpoint_writer(exit_signal)
     from megatron.bridge.training.distill import distill
 
     start = latest_iteration(checkpoints_dir(spec)) or 0
@@ -258,6 +260,25 @@ def build_config(spec: DistillSpec, device: str, exit_signal: int | None = None)
         dist=DistributedInitConfig(distributed_backend="nccl" if on_gpu else "gloo"),
         mixed_precision="bf16_mixed" if bf16 else None,
     )
+
+
+def shield_checkpoint_writer(sig: int) -> None:
+    """Start megatron-core's checkpoint-writer results queue with ``sig`` ignored.
+
+    torch_dist saves report back through a ``multiprocessing.Manager`` process started with the
+    *spawn* method on the first save. A spawned process has default signal dispositions, and
+    SLURM signals every process of the step: the exit signal that asks Megatron to save would
+    kill that manager, and the very save it asked for then fails with BrokenPipeError (seen on
+    the SLURM test cluster). An ignored signal stays ignored across exec, so the manager is
+    created once here, before training, with ``sig`` set to SIG_IGN.
+    """
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    previous = signal.signal(sig, signal.SIG_IGN)
+    try:
+        filesystem_async._get_write_results_queue()
+    finally:
+        signal.signal(sig, previous)
 
 
 def set_exit_signal(train_config, sig: int = signal.SIGUSR2) -> None:

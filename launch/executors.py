@@ -65,6 +65,8 @@ def slurm_parameters(job: Job, cluster: Cluster, run_dir: Path, run_name: str,
         "ntasks_per_node": job.tasks_per_node,
         "cpus_per_task": job.cpus_per_task,
         "signal_delay_s": cluster.signal_delay_s if job.requeue else min(cluster.signal_delay_s, 60),
+        # every stage may be requeued (preemption, or a timeout of a long eval): each one resumes
+        # from what it wrote, and afterok waits for the final completion
         "setup": setup_lines(cluster, job),
         "srun_args": container_srun_args(cluster, run_dir) + list(cluster.srun_args),
         "stderr_to_stdout": True,
@@ -81,8 +83,7 @@ def slurm_parameters(job: Job, cluster: Cluster, run_dir: Path, run_name: str,
     if dependency_ids:
         params["dependency"] = "afterok:" + ":".join(dependency_ids)
         extra["kill-on-invalid-dep"] = "yes"  # a failed parent cancels its dependents
-    if job.requeue:
-        extra["requeue"] = True
+    extra["requeue"] = True
     if extra:
         params["additional_parameters"] = extra
     return params
@@ -116,8 +117,7 @@ def slurm_executor(job: Job, cluster: Cluster, run_dir: Path, run_name: str,
     from submitit import SlurmExecutor
 
     ex = SlurmExecutor(folder=job_folder(run_dir, job.stage),
-                       max_num_timeout=cluster.max_requeues if job.requeue else 0,
-                       python=python_command(cluster))
+                       max_num_timeout=cluster.max_requeues, python=python_command(cluster))
     ex.update_parameters(**slurm_parameters(job, cluster, run_dir, run_name, dependency_ids))
     return ex
 
@@ -126,8 +126,7 @@ def local_executor(job: Job, cluster: Cluster, run_dir: Path):
     from submitit import LocalExecutor
 
     ex = LocalExecutor(folder=job_folder(run_dir, job.stage),
-                       max_num_timeout=cluster.max_requeues if job.requeue else 0,
-                       python=cluster.python)
+                       max_num_timeout=cluster.max_requeues, python=cluster.python)
     ex.update_parameters(timeout_min=job.time_min, tasks_per_node=job.tasks_per_node,
                          gpus_per_node=job.gpus_per_node * job.nodes,
                          signal_delay_s=min(cluster.signal_delay_s, job.time_min * 30),

@@ -10,6 +10,7 @@ The graph of the seed pipeline::
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ class Job:
 class JobGraph:
     run_dir: Path
     jobs: tuple[Job, ...] = field(default_factory=tuple)
+    external: dict[str, Path] = field(default_factory=dict)  # stage -> run dir that runs it
 
     def job(self, stage: str) -> Job:
         for j in self.jobs:
@@ -87,8 +89,17 @@ def data_blend(exp: Experiment, paths: RunPaths) -> tuple[tuple[float, str], ...
     return tuple(blend)
 
 
-def plan(exp: Experiment, cluster: Cluster, run_dir: str | Path) -> JobGraph:
+SHAREABLE = ("prepare_data", "eval_student_before", "eval_teacher")
+
+
+def plan(exp: Experiment, cluster: Cluster, run_dir: str | Path,
+         shared: Mapping[str, str | Path] | None = None) -> JobGraph:
     paths = RunPaths(Path(run_dir))
+    unknown = sorted(set(shared or {}) - set(SHAREABLE))
+    if unknown:
+        raise ValueError(f"plan(shared=...): {', '.join(unknown)} cannot be shared; "
+                         f"shareable stages: {', '.join(SHAREABLE)}")
+    owner = {stage: RunPaths(Path(d)) for stage, d in (shared or {}).items()}
     res = cluster.stages
     gpus = cluster.gpus_per_node
     eval_gpus = 1 if (gpus and cluster.gpu_eval) else 0
@@ -102,7 +113,7 @@ def plan(exp: Experiment, cluster: Cluster, run_dir: str | Path) -> JobGraph:
 
     student, teacher = _abs(exp.student.path), _abs(exp.teacher.path)
     needs_data = any(not s.prefix for s in exp.data.sources)
-    if needs_data:
+    if needs_data and "prepare_data" not in owner:
         sources = tuple(
             DataSource(name=s.name, weight=s.weight, jsonl=_abs(s.jsonl), hf_name=s.hf_name,
                        hf_config=s.hf_config, hf_split=s.hf_split,
@@ -121,7 +132,7 @@ def plan(exp: Experiment, cluster: Cluster, run_dir: str | Path) -> JobGraph:
     t = exp.train
     add("distill", "kd.distill",
         DistillSpec(
-            student=student, teacher=teacher, data_blend=data_blend(exp, paths),
+            student=student, teacher=teacher, data_blend=data_blend(exp, owner.get("prepare_data", paths)),
             output_dir=str(paths.distill), tp=t.tp, pp=t.pp, cp=t.cp, seq_length=t.seq_length,
             micro_batch_size=t.micro_batch_size, global_batch_size=t.global_batch_size,
             train_iters=t.train_iters, lr=t.lr, min_lr=t.min_lr, lr_warmup_iters=t.lr_warmup_iters,
@@ -149,6 +160,8 @@ def plan(exp: Experiment, cluster: Cluster, run_dir: str | Path) -> JobGraph:
                  ("eval_teacher", "teacher", teacher, ()),
                  ("eval_student_after", "student_after", str(paths.hf_export), ("export_hf",)))
         for stage, role, model, deps in evals:
+            if stage in owner:
+                continue
             add(stage, "kd.evaluate",
                 EvalSpec(role=role, model=model, out_file=str(paths.eval_result(role)),
                          tasks=e.tasks, num_fewshot=e.num_fewshot,
@@ -159,11 +172,14 @@ def plan(exp: Experiment, cluster: Cluster, run_dir: str | Path) -> JobGraph:
                          seed=t.seed, done_marker=str(paths.stage_done(stage))),
                 deps=deps, gpus_per_node=eval_gpus, time_min=res.eval_min)
         add("report", "kd.report",
-            ReportSpec(before=str(paths.eval_result("student_before")),
+            ReportSpec(before=str(owner.get("eval_student_before", paths)
+                                  .eval_result("student_before")),
                        after=str(paths.eval_result("student_after")),
-                       teacher=str(paths.eval_result("teacher")), out_dir=str(paths.report),
+                       teacher=str(owner.get("eval_teacher", paths).eval_result("teacher")), out_dir=str(paths.report),
                        title=f"Knowledge distillation: {exp.name}",
                        done_marker=str(paths.stage_done("report"))),
             deps=("eval_student_before", "eval_teacher", "eval_student_after"),
             time_min=res.report_min, cpus_per_task=1)
-    return JobGraph(run_dir=paths.root, jobs=tuple(jobs))
+    external = {stage: rp.root for stage, rp in owner.items()
+                if any(stage in j.deps for j in jobs)}
+    return JobGraph(run_dir=paths.root, jobs=tuple(jobs), external=external)

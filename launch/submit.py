@@ -2,7 +2,9 @@
 
 Finished stages (their ``stages/<stage>.done`` marker exists) are skipped and say so; stages
 whose job is still queued or running from an earlier launch are adopted, not resubmitted.
-The manifest is rewritten as soon as each job id is known.
+The manifest is rewritten as soon as each job id is known. Stages a graph shares from another
+run (``graph.external``, sweeps) are waited on through that run's manifest, or not at all once
+their done marker exists.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ def describe(graph: JobGraph) -> str:
         if j.gpus_per_node:
             shape += f", {j.gpus_per_node} GPU(s)/node"
         lines.append(f"  {j.stage:<20} {j.module:<12} {shape}, {j.time_min} min{deps}")
+    for stage, owner in graph.external.items():
+        lines.append(f"  {stage:<20} shared: runs in {owner}")
     return "\n".join(lines)
 
 
@@ -103,7 +107,7 @@ def _submit_slurm(graph: JobGraph, cluster: Cluster, manifest: dict, entry: dict
     stages = manifest["stages"]
     old_ids = [s["job_id"] for s in stages.values() if s.get("job_id")]
     old_states = slurm_state.query(old_ids) if old_ids else {}
-    job_ids: dict[str, str] = {}
+    job_ids = external_job_ids(graph)
     for job in graph.jobs:
         rec = stages.setdefault(job.stage, {})
         rec.update(_stage_record(job, graph))
@@ -123,7 +127,7 @@ def _submit_slurm(graph: JobGraph, cluster: Cluster, manifest: dict, entry: dict
         sjob = ex.submit(StageJob(job.stage, job.module, job.spec))
         job_ids[job.stage] = sjob.job_id
         rec.update(job_id=sjob.job_id, state="SUBMITTED", submitted=mf.now(),
-                   log=str(job_folder(graph.run_dir, job.stage) / f"{sjob.job_id}_0_log.out"))
+                   log=str(_log_path(graph, job, sjob.job_id)))
         rec.pop("error", None)
         entry["submitted"].append(job.stage)
         mf.write(paths.manifest, manifest)
@@ -139,10 +143,26 @@ def _submit_slurm(graph: JobGraph, cluster: Cluster, manifest: dict, entry: dict
     return wait_for_run(graph.run_dir, echo=echo)
 
 
+def external_job_ids(graph: JobGraph) -> dict[str, str]:
+    """Job ids of the unfinished stages this graph shares from other runs (sweeps)."""
+    ids: dict[str, str] = {}
+    for stage, owner in graph.external.items():
+        owner_paths = RunPaths(owner)
+        if _done(owner_paths, stage):
+            continue
+        rec = ((mf.read(owner_paths.manifest) or {}).get("stages") or {}).get(stage) or {}
+        if not rec.get("job_id"):
+            raise ValueError(f"stage {stage} of {graph.run_dir} is shared from {owner}, which has "
+                             f"not submitted it: launch that run first")
+        ids[stage] = str(rec["job_id"])
+    return ids
+
+
 def _run_local(graph: JobGraph, cluster: Cluster, manifest: dict, entry: dict, echo) -> int:
     paths = RunPaths(graph.run_dir)
     stages = manifest["stages"]
-    failed: set[str] = set()
+    # a shared stage that its own run did not finish blocks this run's dependents
+    failed = {s for s, owner in graph.external.items() if not _done(RunPaths(owner), s)}
     for job in graph.jobs:
         rec = stages.setdefault(job.stage, {})
         rec.update(_stage_record(job, graph))
@@ -160,7 +180,7 @@ def _run_local(graph: JobGraph, cluster: Cluster, manifest: dict, entry: dict, e
             continue
         ex = local_executor(job, cluster, graph.run_dir)
         ljob = ex.submit(StageJob(job.stage, job.module, job.spec))
-        log = job_folder(graph.run_dir, job.stage) / f"{ljob.job_id}_0_log.out"
+        log = _log_path(graph, job, ljob.job_id)
         rec.update(job_id=str(ljob.job_id), state="RUNNING", submitted=mf.now(), log=str(log))
         rec.pop("error", None)
         entry["submitted"].append(job.stage)
@@ -181,6 +201,12 @@ def _run_local(graph: JobGraph, cluster: Cluster, manifest: dict, entry: dict, e
         echo(f"failed or not run: {', '.join(s for s in graph.stages if s in failed)}")
         return 1
     return 0
+
+
+def _log_path(graph: JobGraph, job: Job, job_id: str) -> Path:
+    """The log to follow: Megatron prints training progress (loss, iteration) on the last rank."""
+    task = job.nodes * job.tasks_per_node - 1 if job.stage == "distill" else 0
+    return job_folder(graph.run_dir, job.stage) / f"{job_id}_{task}_log.out"
 
 
 def _last_error(log: Path) -> str:

@@ -27,6 +27,9 @@ TINY = dict(layers=4, hidden=64, ffn=128, heads=8, kv_heads=8, max_positions=409
 
 
 def build(root: Path, tiny: bool, docs: int) -> dict:
+    from kd import compat
+
+    compat.activate(compat.resolve_device("auto"))  # import stubs modelopt needs (pulp, ...)
     from kd.demo import write_corpus
     from kd.mmlu_local import DEFAULT_SUBJECTS, build_fake_mmlu, write_task_overrides
     from kd.tiny import build_llama, build_pruned_anymodel, build_tokenizer

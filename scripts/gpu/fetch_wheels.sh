@@ -33,6 +33,8 @@ BINARY=(
   pytablewriter==1.2.1 dataproperty==1.1.0 mbstrdecoder==1.1.5 pathvalidate==3.3.1
   tabledata==1.3.5 tcolorpy==0.1.7 typepy==1.3.5 chardet==6.0.0.post1 more-itertools==11.2.1
   nltk==3.10.4 peft==0.21.2
+  # modelopt imports pulp at module level (kd.data and kd.evaluate import modelopt unstubbed)
+  pulp==3.3.2
   # the launcher (submitit LocalExecutor on the device)
   submitit==1.5.4 cloudpickle==3.1.3
 )

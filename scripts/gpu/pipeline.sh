@@ -27,6 +27,8 @@ launch() {  # launch RUN_NAME OVERRIDES...: the project's launcher, then the run
   python launch/distill.py --cluster local_gpu --config gpu_1b_tp --run-dir "$W/runs/$run" "$@" \
     && python scripts/gpu/kd_log_stats.py "$W/runs/$run" --json "$W/results/$run.json"
 }
+export -f launch
+export W
 
 say "pipeline start: $PHASES (pid $$)"
 # shellcheck source=/dev/null
@@ -41,24 +43,30 @@ if want setup; then
   say "setup: $(tail -n 1 "$W/logs/setup.log")"
 fi
 
-# 1. issue 3 (GPUs 2,3) alongside issue 9 at TP=2 (the launcher takes GPUs 0,1)
-if want gputest; then
-  CUDA_VISIBLE_DEVICES=2,3 KD_GPU_REPORT=$W/results/gpu_test.jsonl phase gputest 600 \
-    python -m pytest tests/kd/test_gpu.py -s -q -p no:cacheprovider --basetemp="$W/pytest" &
-fi
+# GPUs 2,3: issue 3 (tests/kd/test_gpu.py, TP=2), then issue 8 (benchmark, TP=2) on the 1B pair.
+# GPUs 0,1 meanwhile: issue 9 at TP=2 through the launcher (submitit gives it GPUs 0,1).
+# Then all 4 GPUs: issue 9 at TP=4.
+bench() {  # after the assets and the TP=2 run's tokenized data exist
+  local data=$W/runs/tp2/data/synth_text_document n=0
+  until [ -f "$W/done/assets" ] && [ -f "$data.idx" ]; do
+    sleep 5; n=$((n + 1)); [ $n -gt 120 ] && { echo "no assets/data after 600 s"; return 1; }
+  done
+  python benchmarks/kd_throughput.py --student .cache/gpu_1b/student \
+    --teacher .cache/gpu_1b/teacher --data "$data" --world 2 --tp 2 --seq 2048 --gbs 16 \
+    --mbs 2 --iters 12 --warmup 4 --work "$W/bench" --out "$W/results/kd_throughput.json"
+}
+export -f bench
+{
+  want gputest && CUDA_VISIBLE_DEVICES=2,3 KD_GPU_REPORT=$W/results/gpu_test.jsonl \
+    phase gputest 600 python -m pytest tests/kd/test_gpu.py -s -q -p no:cacheprovider \
+    --basetemp="$W/pytest"
+  want bench && CUDA_VISIBLE_DEVICES=2,3 phase bench 600 bash -c bench
+} &
 if want tp2 || want tp4 || want bench; then
   [ -f "$W/done/assets" ] || phase assets 400 python scripts/gpu/build_assets.py .cache/gpu_1b
 fi
-want tp2 && phase tp2 900 launch tp2 cluster.gpus_per_node=2 train.tp=2
+want tp2 && phase tp2 900 bash -c 'launch "$@"' - tp2 cluster.gpus_per_node=2 train.tp=2
 wait
-# 2. issue 9 at TP=4 on all 4 GPUs
-want tp4 && phase tp4 900 launch tp4
-# 3. issue 8: reference vs ours, TP=4, same models and data
-if want bench; then
-  data=$(ls "$W"/runs/*/data/synth_text_document.idx 2>/dev/null | head -n 1)
-  phase bench 600 python benchmarks/kd_throughput.py --student .cache/gpu_1b/student \
-    --teacher .cache/gpu_1b/teacher --data "${data%.idx}" --world 4 --tp 4 --seq 2048 \
-    --gbs 16 --mbs 2 --iters 12 --warmup 4 --work "$W/bench" --out "$W/results/kd_throughput.json"
-fi
+want tp4 && phase tp4 900 bash -c 'launch "$@"' - tp4
 say "pipeline finished"
 touch "$W/finished"

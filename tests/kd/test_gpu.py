@@ -73,8 +73,10 @@ def big_student(fixture_cache, tiny_tokenizer) -> Path:
 
 @pytest.fixture(scope="module")
 def big_anymodel(fixture_cache, big_teacher) -> Path:
+    from kd import compat
     from kd.tiny import build_pruned_anymodel
 
+    compat.activate(compat.resolve_device("auto"))  # modelopt imports pulp: stubbed when absent
     return build_pruned_anymodel(big_teacher, fixture_cache / "gpu_anymodel")
 
 

@@ -40,34 +40,34 @@ def sacct_rows(job_id: str) -> list[list[str]]:
     return [line.split("|") for line in out.splitlines() if line]
 
 
-def preempt_once(job_id: str, stop: threading.Event, done: list[str]) -> None:
-    """When the job runs again after its first requeue, take every node from a `high` job."""
+def preempt_once(log: Path, stop: threading.Event, done: list[str]) -> None:
+    """Once training has started, take every node with a job on the `high` partition."""
     while not stop.is_set():
-        rows = sacct_rows(job_id)
-        if len(rows) >= 2 and rows[-1][1] == "RUNNING":
-            time.sleep(8)  # let it get into training
+        if log.is_file() and "distill: starting from iteration" in log.read_text():
+            time.sleep(5)  # a few iterations in
             res = subprocess.run(["sbatch", "--parsable", "-p", "high", "-N", "4", "--exclusive",
-                                  "-t", "2", "-J", "kd-preemptor", "--wrap", "sleep 8"],
+                                  "-t", "2", "-J", "kd-preemptor", "-o", "/dev/null",
+                                  "--wrap", "sleep 5"],
                                  capture_output=True, text=True, check=True)
             done.append(res.stdout.strip())
             return
-        time.sleep(2)
+        time.sleep(1)
 
 
 @pytest.mark.timeout(1200)
 def test_timeouts_and_preemption_resume_from_last_checkpoint(slurm_cluster, demo_prefix, tmp_path):
     run_dir = tmp_path / "run"
-    train_iters = 150
+    train_iters = 300
     cmd = [sys.executable, "launch/distill.py", "--cluster", "ci", "--config", "tiny_demo",
            "--run-dir", str(run_dir),
            f"student.path={demo_prefix['student']}", f"teacher.path={demo_prefix['teacher']}",
            f"export.hf_template={demo_prefix['teacher']}", "eval.enabled=false",
            f"data.sources=[{{name: synthetic, prefix: {demo_prefix['prefix']}}}]",
            "train.tp=2", f"train.train_iters={train_iters}", "train.save_interval=10",
-           "train.micro_batch_size=16", "train.global_batch_size=64", "train.eval_interval=1000",
-           # a 2-minute limit with USR2 85 s before it (slurmctld checks on a ~30 s tick): about
-           # 35-55 s per allocation, of which ~15 s go to start-up
-           "cluster.time_min=2", "cluster.signal_delay_s=85", "cluster.save_time_s=10",
+           "train.micro_batch_size=16", "train.global_batch_size=128", "train.eval_interval=1000",
+           # a 2-minute limit with USR2 45 s before it (it arrives up to ~30 s early: slurmctld
+           # checks on a tick): 45-75 s per allocation, of which ~15 s go to start-up
+           "cluster.time_min=2", "cluster.signal_delay_s=45", "cluster.save_time_s=10",
            "cluster.max_requeues=20"]
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
@@ -75,13 +75,14 @@ def test_timeouts_and_preemption_resume_from_last_checkpoint(slurm_cluster, demo
     job_id = manifest["stages"]["distill"]["job_id"]
 
     stop, preemptor = threading.Event(), []
-    watcher = threading.Thread(target=preempt_once, args=(job_id, stop, preemptor), daemon=True)
+    log_path = run_dir / "jobs" / "distill" / f"{job_id}_0_log.out"
+    watcher = threading.Thread(target=preempt_once, args=(log_path, stop, preemptor), daemon=True)
     watcher.start()
     try:
         code = status.wait_for_run(run_dir, echo=lambda *_: None, poll_s=5, timeout_s=1100)
     finally:
         stop.set()
-    log = (run_dir / "jobs" / "distill" / f"{job_id}_0_log.out").read_text()
+    log = log_path.read_text()
     assert code == 0, log[-4000:]
 
     # finished at the configured iteration, through several allocations
@@ -89,8 +90,13 @@ def test_timeouts_and_preemption_resume_from_last_checkpoint(slurm_cluster, demo
     assert (ckpt / "latest_checkpointed_iteration.txt").read_text().strip() == str(train_iters)
     rows = sacct_rows(job_id)
     assert len(rows) >= 4, rows  # >= 2 timeouts + 1 preemption + the final allocation
+    assert all(r[1] == "REQUEUED" for r in rows[:-1]) and rows[-1][1] == "COMPLETED", rows
+    # preempted once: the exclusive `high` job got every node in the middle of the run, so an
+    # allocation of ours ended for it (submitit requeues before SLURM does: the row says REQUEUED)
     assert preemptor, "the preemptor was never submitted"
-    assert any(r[1] == "PREEMPTED" for r in rows) or "preempted" in log, rows
+    _, p_state, p_start, p_end = sacct_rows(preemptor[0])[-1]
+    assert p_state == "COMPLETED" and rows[0][2] < p_start < rows[-1][3], (p_start, rows)
+    assert not any(r[2] < p_end and p_start < r[3] for r in rows), (p_start, p_end, rows)
 
     # each allocation after the first resumed exactly where the previous one saved
     saved = [int(n) for n in re.findall(r"successfully saved checkpoint from iteration\s+(\d+)", log)]

@@ -1,0 +1,273 @@
+#!/usr/bin/env python3
+"""Nightly sweeps: plan and submit every member of a sweep, then collect, report and alarm.
+
+    python launch/sweep.py configs/sweeps/nightly_tiny.yaml --cluster ci [--date 2026-01-31]
+    python launch/sweep.py configs/sweeps/nightly_tiny.yaml --dry-run     # print, submit nothing
+    python launch/sweep.py configs/sweeps/nightly_tiny.yaml --retry-failed  # resubmit failures
+    python launch/sweep.py check configs/sweeps/nightly_tiny.yaml [--date 2026-01-31]
+
+Runs go to <root>/<sweep>/<date>/<member> (one per night: rerunning the same date submits
+nothing already submitted or finished; failed members are resubmitted only with
+--retry-failed). `check` appends each finished member's scores to <root>/<sweep>/history.csv,
+writes <root>/<sweep>/<date>/trend/trend.{md,png} and exits 1 when a member regressed (drop
+larger than the sweep's stderr threshold), 3 when a member has no results for the night (failed
+or still running), 2 on a config error, 0 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from kd.paths import RunPaths  # noqa: E402
+from launch import config as cfg  # noqa: E402
+from launch import history  # noqa: E402
+from launch import manifest as mf  # noqa: E402
+from launch import sweep_plan as sp  # noqa: E402
+from launch.plan import JobGraph  # noqa: E402
+from launch.schema import ConfigError, to_dict  # noqa: E402
+
+REGRESSED, MISSING = 1, 3
+NIGHT_MANIFEST = "sweep.json"
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    command = argv[0] if argv and argv[0] in ("run", "check") else "run"
+    argv = argv[1:] if argv and argv[0] == command else argv
+    p = argparse.ArgumentParser(prog=f"sweep.py {command}", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("sweep", help="sweep YAML (path or name in configs/sweeps)")
+    p.add_argument("--date", help="the night, YYYY-MM-DD (default: today)")
+    if command == "run":
+        p.add_argument("--cluster", help="cluster profile (default: the sweep's `cluster`)")
+        p.add_argument("--dry-run", action="store_true", help="print every member's graph")
+        p.add_argument("--retry-failed", action="store_true",
+                       help="resubmit members whose stages failed or were cancelled")
+        p.add_argument("--wait", action="store_true", help="wait for every run, then `check`")
+        p.add_argument("cluster_overrides", nargs="*", metavar="key=value",
+                       help="cluster overrides (partition=batch)")
+    args = p.parse_args(argv)
+    args.command = command
+    return args
+
+
+# ---------------------------------------------------------------- run
+def graph_state(graph: JobGraph, config_hash: str) -> str:
+    """new | done | active (every stage submitted) | partial | failed; ConfigError on conflict."""
+    from launch import status
+
+    paths = RunPaths(graph.run_dir)
+    manifest = mf.read(paths.manifest)
+    if manifest is None:
+        return "new"
+    if manifest.get("config_hash") != config_hash:
+        raise ConfigError(f"{graph.run_dir} holds a run of another config (hash "
+                          f"{manifest.get('config_hash')}, now {config_hash}): the sweep changed "
+                          f"since it was launched tonight; launch it with another --date")
+    if all(paths.stage_done(s).exists() for s in graph.stages):
+        return "done"
+    _, rows = status.stage_states(graph.run_dir)
+    rows = {s: r for s, r in rows.items() if s in graph.stages}
+    if any(r["state"] in status.FAILED for r in rows.values()):
+        return "failed"
+    return "active" if set(rows) == set(graph.stages) and all(
+        r["job_id"] for r in rows.values()) else "partial"
+
+
+def launch_graph(graph: JobGraph, plan: sp.MemberPlan, cluster: cfg.Cluster, retry: bool,
+                 echo: Callable[[str], None]) -> list[str]:
+    """Launch one member (or candidate) graph unless tonight already did; returns the stages
+    submitted now."""
+    from launch.submit import launch
+
+    state = graph_state(graph, plan.config_hash)
+    label = plan.name if graph.run_dir == plan.run_dir else f"{plan.name}/{graph.run_dir.name}"
+    if state in ("done", "active") or (state == "failed" and not retry):
+        hint = "; pass --retry-failed to resubmit" if state == "failed" else ""
+        echo(f"{label}: {state}, nothing submitted{hint}")
+        return []
+    echo(f"{label}: {state}, launching")
+    graph.run_dir.mkdir(parents=True, exist_ok=True)
+    manifest = mf.read(RunPaths(graph.run_dir).manifest) or mf.new(
+        graph.run_dir, to_dict(plan.experiment), to_dict(cluster))
+    mf.write(RunPaths(graph.run_dir).manifest, manifest)
+    launch(graph, cluster, manifest, f"{plan.experiment.name}-{plan.name}",
+           echo=lambda line: echo("  " + line))
+    return list(manifest["launches"][-1]["submitted"])
+
+
+def run_sweep(sweep: sp.Sweep, cluster: cfg.Cluster, date: str, plans: list[sp.MemberPlan], *,
+              retry: bool = False, echo: Callable[[str], None] = print) -> dict[str, list[str]]:
+    """Launch every member (owners of shared stages come first: sweep order); returns
+    {run dir: stages submitted now} and records the launch in the night's sweep.json."""
+    night = sp.night_dir(sweep, date)
+    night.mkdir(parents=True, exist_ok=True)
+    submitted: dict[str, list[str]] = {}
+    for p in plans:
+        for graph in (p.graph, *p.candidates):
+            stages = launch_graph(graph, p, cluster, retry, echo)
+            if stages:
+                submitted[str(graph.run_dir)] = stages
+    write_night_manifest(sweep, cluster, date, plans, submitted)
+    total = sum(len(v) for v in submitted.values())
+    echo(f"sweep {sweep.name} {date}: {total} job(s) submitted; runs in {night}")
+    return submitted
+
+
+def write_night_manifest(sweep: sp.Sweep, cluster: cfg.Cluster, date: str,
+                         plans: list[sp.MemberPlan], submitted: dict[str, list[str]]) -> Path:
+    path = sp.night_dir(sweep, date) / NIGHT_MANIFEST
+    night = mf.read(path) or {"kdlaunch_sweep": 1, "sweep": sweep.name, "date": date,
+                              "created": mf.now(), "launches": []}
+    night.update(config=to_dict(sweep), cluster=cluster.name, members={
+        p.name: {"run_dir": str(p.run_dir), "config_hash": p.config_hash,
+                 "overrides": list(p.overrides),
+                 "shared": {s: str(o) for s, o in p.graph.external.items()},
+                 "candidates": [str(c.run_dir) for c in p.candidates]} for p in plans})
+    night["launches"].append({"time": mf.now(), "argv": sys.argv[1:], "submitted": submitted})
+    mf.write(path, night)
+    return path
+
+
+def wait_all(plans: list[sp.MemberPlan], echo: Callable[[str], None]) -> int:
+    from launch import status
+
+    code = 0
+    for p in plans:
+        for graph in (p.graph, *p.candidates):
+            code |= status.wait_for_run(graph.run_dir, echo=lambda *_: None, poll_s=3)
+    echo(f"all runs ended{' (some failed)' if code else ''}")
+    return code
+
+
+def dry_run(sweep: sp.Sweep, cluster: cfg.Cluster, date: str,
+            plans: list[sp.MemberPlan]) -> str:
+    from launch.submit import describe
+
+    lines = [f"sweep {sweep.name} {date} on {cluster.name}: {len(plans)} member(s)"]
+    for p in plans:
+        lines += ["", f"== member {p.name} (config {p.config_hash}): {' '.join(p.overrides)}",
+                  describe(p.graph)]
+        lines += [describe(c) for c in p.candidates]
+    lines += ["", "shared stages:", *(sp.shared_summary(plans) or ["  (none)"])]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- check
+def night_members(sweep: sp.Sweep, date: str) -> dict[str, dict]:
+    """{member: {run_dir, config_hash, candidates}} from the night's sweep.json, else planned."""
+    night = mf.read(sp.night_dir(sweep, date) / NIGHT_MANIFEST)
+    if night:
+        return night["members"]
+    out = {}
+    for m in sp.expand(sweep):
+        _, chash = sp.load_member(sweep, m)
+        out[m.name] = {"run_dir": str(sp.night_dir(sweep, date) / m.name), "config_hash": chash,
+                       "candidates": []}
+    return out
+
+
+def _finished(run_dir: Path) -> bool:
+    from launch import status
+
+    if RunPaths(run_dir).stage_done("eval_student_after").exists():
+        return True
+    if mf.read(RunPaths(run_dir).manifest) is None:
+        return False
+    return status.is_finished(status.stage_states(run_dir)[1])
+
+
+def collect(sweep: sp.Sweep, date: str, echo: Callable[[str], None]) -> list[str]:
+    """Append every finished member's scores (selected checkpoint) to the history; returns the
+    members without results tonight."""
+    rows, missing = [], []
+    for name, m in night_members(sweep, date).items():
+        run_dir = Path(m["run_dir"])
+        exp = (mf.read(RunPaths(run_dir).manifest) or {}).get("experiment") or {}
+        train = exp.get("train", {})
+        final = (exp.get("export") or {}).get("iteration") or train.get("train_iters", 0)
+        files = history.candidate_results(run_dir, final)
+        pending = [c for c in m.get("candidates", []) if not _finished(Path(c))]
+        if final not in files or pending:
+            missing.append(name)
+            continue
+        best, scores = history.select_best(files, sweep.select.task)
+        if len(scores) > 1:
+            sel = history.write_selection(run_dir, sweep.select.task, best, scores)
+            echo(f"{name}: iteration {best} selected by {sweep.select.task} ({sel})")
+        rows += history.rows_from_record(
+            history.results.load(files[best]), date=date, sweep=sweep.name, member=name,
+            config_hash=m["config_hash"], iteration=best, results_file=str(files[best]),
+            candidates=";".join(f"{it}:{100 * s:.2f}" for it, s in scores.items()),
+            recorded=mf.now())
+    if rows:
+        history.upsert(history.history_file(sp.sweep_dir(sweep)), rows)
+    return missing
+
+
+def check(sweep: sp.Sweep, date: str, echo: Callable[[str], None] = print) -> int:
+    from kd import trend
+
+    missing = collect(sweep, date, echo)
+    hist = history.read(history.history_file(sp.sweep_dir(sweep)))
+    a = sweep.alarm
+    md, comparison = trend.write(hist, date, sp.night_dir(sweep, date) / "trend",
+                                 sweep=sweep.name, z=a.z, tasks=a.tasks,
+                                 min_drop_points=a.min_drop_points, missing=missing)
+    echo(md.read_text())
+    echo(f"trend report: {md}")
+    regs = trend.regressions(comparison)
+    if len(regs):
+        echo(f"ALARM: {len(regs)} regression(s) in sweep {sweep.name} on {date}")
+        return REGRESSED
+    return MISSING if missing else 0
+
+
+# ---------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        sweep = sp.load_sweep(args.sweep)
+        date = sp.parse_date(args.date)
+        if args.command == "check":
+            return check(sweep, date)
+        cluster = cfg.load_cluster(args.cluster or sweep.cluster,
+                                   [*sweep.cluster_overrides, *args.cluster_overrides])
+        plans = sp.plan_sweep(sweep, cluster, date)
+        if args.dry_run:
+            print(dry_run(sweep, cluster, date, plans))
+            return 0
+        preflight_all(plans, cluster)
+        run_sweep(sweep, cluster, date, plans, retry=args.retry_failed)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not args.wait:
+        return 0
+    wait_all(plans, print)
+    return check(sweep, date)
+
+
+def preflight_all(plans: list[sp.MemberPlan], cluster: cfg.Cluster) -> None:
+    from launch import preflight
+
+    seen = set()
+    for p in plans:
+        if p.config_hash in seen:
+            continue
+        seen.add(p.config_hash)
+        try:
+            preflight.check_layout(p.experiment, cluster)
+            preflight.check(p.experiment, cluster)
+        except ConfigError as e:
+            raise ConfigError(f"member {p.name}: {e}") from e
+
+
+if __name__ == "__main__":
+    sys.exit(main())
