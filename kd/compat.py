@@ -80,11 +80,7 @@ def resolve_device(device: str) -> str:
 def activate(device: str = "auto") -> dict[str, bool]:
     """Apply what this process needs (idempotent). Returns which parts are active."""
     device = resolve_device(device)
-    if "stubs" not in _STATE:
-        _STATE["te_stub"] = _install_te_stub()
-        _STATE["triton_stub"] = _install_triton_stub()
-        _install_optional_stubs()
-        _STATE["stubs"] = True
+    install_import_stubs()
     if "bridge" not in _STATE:
         _STATE["compile_helpers_fix"] = _fix_compile_helpers()
         _STATE["signal_handler_fix"] = _fix_signal_handler()
@@ -96,6 +92,16 @@ def activate(device: str = "auto") -> dict[str, bool]:
 
 
 # --------------------------------------------------------------------------- import stubs
+def install_import_stubs() -> None:
+    """Only the import stubs (TE, triton, packages ModelOpt imports but these stages never
+    use, e.g. pulp): enough for data prep, export builders and AnyModel loading in lm-eval on
+    images that lack them. Idempotent; a real installed package always wins."""
+    if "stubs" not in _STATE:
+        _STATE["te_stub"] = _install_te_stub()
+        _STATE["triton_stub"] = _install_triton_stub()
+        _install_optional_stubs()
+        _STATE["stubs"] = True
+
 
 
 class _ScopedStubLoader(importlib.abc.Loader):

@@ -249,6 +249,9 @@ def write_jsonl(path: Path, docs: Iterable[dict], key: str, log_interval: int, n
 
 def tokenize(jsonl: Path, prefix: Path, spec: DataSpec) -> None:
     """``megatron_preprocess_data`` into a private directory, then rename .bin and .idx."""
+    from kd.compat import install_import_stubs
+
+    install_import_stubs()
     from modelopt.torch.utils.plugins.megatron_preprocess_data import megatron_preprocess_data
 
     work = prefix.parent / f".tokenize-{prefix.name}-{os.getpid()}"

@@ -312,6 +312,10 @@ def _language_model(model: str, kind: str, device: str, dtype: str, batch_size: 
 def load_anymodel(model: str | Path, dtype: str = "float32"):
     """Build a Puzzletron AnyModel checkpoint as its base HF class (per-layer shapes applied)."""
     import torch
+
+    from kd.compat import install_import_stubs
+
+    install_import_stubs()
     from modelopt.torch.puzzletron.anymodel import (
         deci_x_patcher,
         resolve_descriptor_from_pretrained,

@@ -153,6 +153,9 @@ def build_pruned_anymodel(
     out = Path(out_dir)
     if _finished(out):
         return out
+    from kd.compat import install_import_stubs
+
+    install_import_stubs()
     from modelopt.torch.puzzletron.anymodel import convert_model
 
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")

@@ -33,7 +33,7 @@ export W
 say "pipeline start: $PHASES (pid $$)"
 # shellcheck source=/dev/null
 if [ "${KD_SKIP_SETUP:-0}" != 1 ]; then  # 1: use the python on PATH (dry runs of this script)
-  source scripts/gpu/setup_device.sh > "$W/logs/setup.log" 2>&1 || { say "setup FAILED"; exit 1; }
+  source scripts/gpu/setup_device.sh >> "$W/logs/setup.log" 2>&1 || { say "setup FAILED"; exit 1; }
 fi
 if want setup; then
   { nvidia-smi; nvidia-smi topo -m; python -m pip list 2>/dev/null | grep -iE \
