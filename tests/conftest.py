@@ -47,6 +47,22 @@ def tiny_tokenizer(fixture_cache: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def demo_assets(fixture_cache: Path) -> dict:
+    """The embedded demo's assets (kd.demo): trained tiny teacher, pruned AnyModel student,
+    corpus, held-out kd_synth task and local MMLU, built once into the fixture cache."""
+    from kd.demo import build
+
+    return build(fixture_cache / "demo")
+
+
+def asset_overrides(assets: dict) -> list[str]:
+    """Experiment overrides that point tiny_demo at the fixture-cache demo assets."""
+    return [f"student.path={assets['student']}", f"teacher.path={assets['teacher']}",
+            f"export.hf_template={assets['teacher']}", f"eval.include_path={assets['tasks']}",
+            f"data.sources=[{{name: synthetic, jsonl: {assets['corpus']}}}]"]
+
+
+@pytest.fixture(scope="session")
 def tiny_teacher(fixture_cache: Path, tiny_tokenizer: Path) -> Path:
     from kd.tiny import build_llama
 

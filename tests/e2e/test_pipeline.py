@@ -14,22 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import asset_overrides
+
 REPO = Path(__file__).resolve().parents[2]
 STAGES = ("prepare_data", "distill", "export_hf", "eval_student_before", "eval_teacher",
           "eval_student_after", "report")
-
-
-@pytest.fixture(scope="session")
-def demo_assets(fixture_cache: Path) -> dict:
-    from kd.demo import build
-
-    return build(fixture_cache / "demo")
-
-
-def asset_overrides(assets: dict) -> list[str]:
-    return [f"student.path={assets['student']}", f"teacher.path={assets['teacher']}",
-            f"export.hf_template={assets['teacher']}", f"eval.include_path={assets['tasks']}",
-            f"data.sources=[{{name: synthetic, jsonl: {assets['corpus']}}}]"]
 
 
 def launch(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
