@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from dataclasses import replace
@@ -194,3 +195,18 @@ def test_bfloat16_on_gpu(always_c_model, always_c_anymodel, mmlu_tasks, tmp_path
         assert (record["settings"]["device"], record["settings"]["dtype"]) == ("cuda", "bfloat16")
         got = {k: g["acc"] for k, g in record["groups"].items()}
         assert got == pytest.approx(expected_acc())
+
+
+def test_same_named_local_copies_are_not_served_from_each_others_cache(tiny_teacher, tmp_path):
+    """`datasets` keys a local folder's cache by its name, not its contents: two different
+    local MMLU copies both called mmlu_data must each be evaluated on their own questions."""
+    from kd.mmlu_local import DEFAULT_SUBJECTS, build_fake_mmlu, write_task_overrides
+
+    counts = {}
+    for copy, n_test in (("a", 2), ("b", 3)):
+        data = build_fake_mmlu(tmp_path / copy / "mmlu_data", n_test=n_test, seed=n_test)
+        tasks = write_task_overrides(tmp_path / copy / "tasks", data, DEFAULT_SUBJECTS)
+        spec = spec_for(tiny_teacher, tasks, tmp_path / copy / "r.json")
+        spec = dataclasses.replace(spec, num_fewshot=0)
+        counts[copy] = evaluate.run(spec)["groups"]["mmlu"]["n"]
+    assert counts == {"a": 2 * len(DEFAULT_SUBJECTS), "b": 3 * len(DEFAULT_SUBJECTS)}
