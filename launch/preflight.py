@@ -20,11 +20,36 @@ from launch.schema import ConfigError
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 
 
+MEMORY_HEADROOM = 0.92  # CUDA context, allocator fragmentation and NCCL buffers need the rest
+
+
 def check(exp: Experiment, cluster: Cluster) -> None:
     check_layout(exp, cluster)
     check_paths(exp)
     check_models(exp)
+    check_memory(exp, cluster)
     check_cluster(cluster)
+
+
+def check_memory(exp: Experiment, cluster: Cluster) -> None:
+    """Refuse a layout whose estimated peak (launch/memory.py) does not fit one GPU."""
+    if not (cluster.gpus_per_node and cluster.gpu_memory_gib):
+        return
+    from launch.memory import estimate
+
+    t = exp.train
+    est = estimate(_config(exp.student.path), _config(exp.teacher.path), tp=t.tp, pp=t.pp,
+                   seq=t.seq_length, mbs=t.micro_batch_size)
+    budget = MEMORY_HEADROOM * cluster.gpu_memory_gib
+    if est.total > budget:
+        raise ConfigError(
+            f"train.tp={t.tp}, train.pp={t.pp}, train.micro_batch_size={t.micro_batch_size}, "
+            f"train.seq_length={t.seq_length}: estimated peak {est.total:.1f} GiB per GPU "
+            f"(student states {est.student_states:.1f}, teacher {est.teacher_weights:.1f}, "
+            f"activations {est.activations:.1f}, KD logits {est.logits:.1f}) exceeds "
+            f"{budget:.1f} GiB ({MEMORY_HEADROOM:.0%} of cluster.gpu_memory_gib="
+            f"{cluster.gpu_memory_gib:g}): raise train.tp or train.pp, or lower "
+            f"train.micro_batch_size or train.seq_length")
 
 
 # ---------------------------------------------------------------- parallel layout
