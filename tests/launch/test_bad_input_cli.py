@@ -38,8 +38,10 @@ def test_rejected_before_anything_is_queued(slurm_cluster, tmp_path, overrides, 
     corpus = tmp_path / "c.jsonl"
     corpus.write_text('{"text": "w1"}\n')
     run_dir = tmp_path / "run"
+    (tmp_path / "tasks").mkdir()
     base = [f"name={name}", f"student.path={student}", f"teacher.path={teacher}",
-            f"export.hf_template={teacher}", "train.tp=1", "train.global_batch_size=2",
+            f"export.hf_template={teacher}", f"eval.include_path={tmp_path / 'tasks'}",
+            "train.tp=1", "train.global_batch_size=2",
             "train.micro_batch_size=1", f"data.sources=[{{name: c, jsonl: {corpus}}}]"]
     res = subprocess.run([sys.executable, "launch/distill.py", "--cluster", "ci", "--config",
                           "tiny_demo", "--run-dir", str(run_dir), *base, *overrides],
@@ -54,10 +56,13 @@ def test_rejected_before_anything_is_queued(slurm_cluster, tmp_path, overrides, 
 def test_student_teacher_vocab_mismatch_cli(slurm_cluster, tmp_path):
     student = write_hf_dir(tmp_path / "s", vocab=300)
     teacher = write_hf_dir(tmp_path / "t")
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text('{"text": "w1"}\n')
     res = subprocess.run([sys.executable, "launch/distill.py", "--cluster", "ci", "--config",
                           "tiny_demo", "--run-dir", str(tmp_path / "run"),
                           f"student.path={student}", f"teacher.path={teacher}",
                           f"export.hf_template={teacher}", "train.tp=1",
-                          "train.global_batch_size=32"],
+                          f"eval.include_path={tmp_path}", "train.global_batch_size=32",
+                          f"data.sources=[{{name: c, jsonl: {corpus}}}]"],
                          cwd=REPO, capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and "student and teacher vocabularies differ" in res.stderr
