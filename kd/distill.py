@@ -26,7 +26,9 @@ import time
 from pathlib import Path
 
 from kd.dist_env import export_env
+from kd.job import console_logger
 from kd.paths import iteration_dir, latest_iteration
+from kd.results import write_json_atomic
 from kd.specs import DistillSpec, KDOptions
 
 log = logging.getLogger("kd.distill")
@@ -59,7 +61,7 @@ def run(spec: DistillSpec, exit_signal: int | None = None) -> dict:
     traps it, saves a checkpoint at the next iteration boundary and stops; ``run`` then raises
     ``DistillInterrupted`` so the job does not count as finished and a rerun resumes.
     """
-    _setup_logging()
+    console_logger(log.name)
     env = export_env()
     validate(spec, env.world_size)
     done = completed_iteration(spec)
@@ -443,22 +445,10 @@ def _summary(spec: DistillSpec, env, status: str, iteration: int, **extra) -> di
 
 
 def _write_marker(spec: DistillSpec, summary: dict) -> None:
-    if not spec.done_marker or Path(spec.done_marker).is_file():
-        return
-    marker = Path(spec.done_marker)
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    tmp = marker.with_name(marker.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, marker)
+    if spec.done_marker and not Path(spec.done_marker).is_file():
+        write_json_atomic(spec.done_marker, summary)
 
 
-def _setup_logging() -> None:
-    if not log.handlers:
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("[%(asctime)s %(name)s] %(message)s"))
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
-        log.propagate = False
 
 
 def spec_from_dict(data: dict) -> DistillSpec:

@@ -29,7 +29,9 @@ import sys
 import time
 from pathlib import Path
 
+from kd.job import console_logger
 from kd.paths import iteration_dir, latest_iteration
+from kd.results import write_json_atomic
 from kd.specs import ExportSpec
 
 log = logging.getLogger("kd.export")
@@ -46,7 +48,7 @@ TOKENIZER_FILES = (
 
 def run(spec: ExportSpec) -> Path:
     """Export the chosen iteration (default: latest) to ``spec.out_dir``; returns that dir."""
-    _setup_logging()
+    console_logger(log.name)
     out = Path(spec.out_dir)
     iteration = resolve_iteration(spec)
     finished = read_finished(out)
@@ -173,25 +175,11 @@ def _single_process_rendezvous():
 
 
 def _write_done_marker(spec: ExportSpec, out: Path, iteration: int) -> None:
-    if not spec.done_marker or Path(spec.done_marker).is_file():
-        return
-    marker = Path(spec.done_marker)
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    tmp = marker.with_name(marker.name + f".tmp{os.getpid()}")
-    tmp.write_text(
-        json.dumps({"stage": "export_hf", "out_dir": str(out), "iteration": iteration}, indent=2)
-        + "\n"
-    )
-    os.replace(tmp, marker)
+    if spec.done_marker and not Path(spec.done_marker).is_file():
+        write_json_atomic(spec.done_marker,
+                          {"stage": "export_hf", "out_dir": str(out), "iteration": iteration})
 
 
-def _setup_logging() -> None:
-    if not log.handlers:
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("[%(asctime)s %(name)s] %(message)s"))
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
-        log.propagate = False
 
 
 def spec_to_json(spec: ExportSpec, path: str | Path) -> Path:

@@ -91,6 +91,19 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def console_logger(name: str) -> logging.Logger:
+    """A stage module's logger printing to stdout (the job log) even outside ``StageJob``
+    (``python -m kd.distill`` / ``kd.export``); idempotent."""
+    logger = logging.getLogger(name)
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("[%(asctime)s %(name)s] %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    return logger
+
+
 def _setup_logging(stage: str) -> None:
     logging.basicConfig(
         level=logging.INFO, stream=sys.stdout, force=False,
