@@ -132,14 +132,19 @@ def _train(spec: DistillSpec, env, exit_signal: int | None) -> dict:
     from megatron.bridge.training.distill import distill
 
     start = latest_iteration(checkpoints_dir(spec)) or 0
+    student = config.model  # the distillation provider is the student's provider
     log.info(
-        "distill: %s from iteration %d to %d (world %d, tp %d, pp %d, device %s)",
+        "distill: %s from iteration %d to %d (world %d, tp %d, pp %d, micro-batch %d, "
+        "recompute %s, overlap grad reduce %s, device %s)",
         "resuming" if start else "starting",
         start,
         spec.train_iters,
         env.world_size,
         spec.tp,
         spec.pp,
+        spec.micro_batch_size,
+        getattr(student, "recompute_granularity", None) or "none",
+        config.ddp.overlap_grad_reduce,
         device,
     )
     t0 = time.time()
@@ -193,6 +198,12 @@ def build_config(spec: DistillSpec, device: str, exit_signal: int | None = None)
     on_gpu = device == "cuda"
     bf16 = on_gpu and spec.precision == "bf16"
     student = build_provider(spec.student, spec, device)
+    if spec.recompute == "full":  # the teacher runs without autograd: nothing to recompute
+        student.recompute_granularity = "full"
+        student.recompute_method = "uniform"
+        student.recompute_num_layers = 1
+    elif spec.recompute != "none":
+        raise ValueError(f"recompute={spec.recompute!r}: choose none or full")
     teacher = build_provider(spec.teacher, spec, device)
     if student.vocab_size != teacher.vocab_size:
         raise ValueError(
@@ -241,7 +252,8 @@ def build_config(spec: DistillSpec, device: str, exit_signal: int | None = None)
         ddp=DistributedDataParallelConfig(
             use_distributed_optimizer=False,
             grad_reduce_in_fp32=on_gpu,
-            overlap_grad_reduce=False,
+            # bucketed all-reduce of the student's gradients while backward still runs
+            overlap_grad_reduce=on_gpu and spec.overlap_grad_reduce,
             overlap_param_gather=False,
             check_for_nan_in_grad=True,
         ),
@@ -439,6 +451,8 @@ def _summary(spec: DistillSpec, env, status: str, iteration: int, **extra) -> di
         "world_size": env.world_size,
         "tp": spec.tp,
         "pp": spec.pp,
+        "micro_batch_size": spec.micro_batch_size,
+        "recompute": spec.recompute,
         "tokens_per_iteration": spec.global_batch_size * spec.seq_length,
         **extra,
     }

@@ -50,11 +50,15 @@ class Data:
 
 @dataclass(frozen=True)
 class Train:
-    tp: int = 1
-    pp: int = 1
+    # tp, pp, micro_batch_size, recompute: "auto" lets launch/layout.py choose from the memory
+    # estimate (smallest model parallelism that fits, then the largest micro-batch)
+    tp: int | str = "auto"
+    pp: int | str = "auto"
     cp: int = 1
     seq_length: int = 4096
-    micro_batch_size: int = 1
+    micro_batch_size: int | str = "auto"
+    recompute: str = "auto"  # auto | none | full (activation recomputation of the student)
+    overlap_grad_reduce: bool = True  # overlap the data-parallel gradient all-reduce (GPU, dp>1)
     global_batch_size: int = 4
     train_iters: int = 100
     lr: float = 1e-4
@@ -240,9 +244,16 @@ def _positive(value: Any, path: str, allow_zero: bool = False) -> None:
 
 def validate_experiment(exp: Experiment) -> None:
     t = exp.train
+    for name in ("tp", "pp", "micro_batch_size"):
+        value = getattr(t, name)
+        if isinstance(value, str) and value != "auto":
+            raise ConfigError(f"train.{name}={value!r}: expected a positive integer or 'auto'")
+    if t.recompute not in ("auto", "none", "full"):
+        raise ConfigError(f"train.recompute={t.recompute!r}: choose one of auto, none, full")
     for name in ("tp", "pp", "cp", "seq_length", "micro_batch_size", "global_batch_size",
                  "train_iters", "eval_interval", "log_interval", "save_interval"):
-        _positive(getattr(t, name), f"train.{name}")
+        if getattr(t, name) != "auto":
+            _positive(getattr(t, name), f"train.{name}")
     _positive(t.eval_iters, "train.eval_iters", allow_zero=True)
     _positive(t.lr_warmup_iters, "train.lr_warmup_iters", allow_zero=True)
     if t.lr <= 0 or t.min_lr < 0 or t.min_lr > t.lr:
@@ -251,7 +262,7 @@ def validate_experiment(exp: Experiment) -> None:
     if t.lr_warmup_iters >= t.train_iters:
         raise ConfigError(f"train.lr_warmup_iters={t.lr_warmup_iters} must be < train.train_iters="
                           f"{t.train_iters}: lower the warm-up or train longer")
-    if t.global_batch_size % t.micro_batch_size:
+    if t.micro_batch_size != "auto" and t.global_batch_size % t.micro_batch_size:
         raise ConfigError(f"train.global_batch_size={t.global_batch_size} is not a multiple of "
                           f"train.micro_batch_size={t.micro_batch_size}")
     if t.precision not in PRECISIONS:

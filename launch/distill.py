@@ -84,6 +84,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         experiment = cfg.load_experiment(args.config, exp_over)
         cluster = cfg.load_cluster(args.cluster, cl_over)
+        from launch import layout
+
+        experiment, chosen = layout.resolve(experiment, cluster)
+        if chosen.auto:
+            print(chosen.describe())
         exp_resolved = to_dict(experiment)
         exp_hash = mf.config_hash(exp_resolved)
         run_dir = choose_run_dir(args, experiment.name, exp_hash)

@@ -3,13 +3,15 @@
     estimate(student_cfg, teacher_cfg, tp=2, pp=1, seq=2048, mbs=2) -> Estimate (GiB parts)
 
 What is counted (Megatron, bf16 mixed precision, no distributed optimizer, no sequence
-parallelism, no activation recomputation — the distill stage's defaults without TE):
+parallelism — the distill stage's defaults without TE):
 - student weights, 18 bytes per parameter: bf16 weights (2) + fp32 main weights (4) + fp32
   gradient buffer (4) + Adam moments (8), divided over TP x PP;
 - teacher weights, bf16 (2 bytes per parameter), divided over TP x PP, no optimizer state;
 - student activations per layer (Korthikanti et al. 2022, bf16):
   ``seq * mbs * hidden * (10 + 24 / tp)`` bytes, plus ``5 * heads * seq^2 * mbs / tp`` when the
   attention is the unfused local one (SDPA/flash keeps no score matrix);
+- with ``recompute=True`` (full, one layer per checkpoint): each layer's bf16 input
+  ``2 * seq * mbs * hidden`` plus the largest single layer's activations;
 - KD logits: student and teacher logits and the softmax / KL intermediates over the TP-sharded
   padded vocabulary, ``LOGIT_COPIES`` fp32 copies of ``seq * mbs * vocab / tp``.
 
@@ -75,16 +77,19 @@ def parameters(cfg: dict, tp: int = 1) -> int:
 
 
 def estimate(student: dict, teacher: dict, *, tp: int, pp: int = 1, seq: int, mbs: int,
-             attention: str = "sdpa") -> Estimate:
+             attention: str = "sdpa", recompute: bool = False) -> Estimate:
     shards = tp * pp
     h, heads = int(student["hidden_size"]), int(student["num_attention_heads"])
     layers = [b for b in _blocks(student)]
     per_layer = seq * mbs * h * (10 + 24 / tp)
     acts = 0.0
     for has_att, _ in layers:
-        acts += per_layer
-        if has_att and attention == "local":
-            acts += 5 * heads * seq * seq * mbs / tp
+        full = per_layer + (5 * heads * seq * seq * mbs / tp
+                            if has_att and attention == "local" else 0.0)
+        # full recomputation keeps only each layer's bf16 input, plus one layer rebuilt at a time
+        acts = max(acts, full) if recompute else acts + full
+    if recompute:
+        acts += len(layers) * 2 * seq * mbs * h
     logits = LOGIT_COPIES * 4 * seq * mbs * padded_vocab(student, tp) / tp
     return Estimate(
         student_states=OPTIMIZER_BYTES * parameters(student, tp) / shards / GIB,

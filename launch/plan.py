@@ -129,6 +129,11 @@ def plan(exp: Experiment, cluster: Cluster, run_dir: str | Path,
                      done_marker=str(paths.stage_done("prepare_data"))),
             time_min=res.prepare_data_min)
 
+    if any(getattr(exp.train, f) == "auto" for f in ("tp", "pp", "micro_batch_size",
+                                                        "recompute")):
+        from launch.layout import resolve  # callers usually resolve first (the config hash)
+
+        exp, _ = resolve(exp, cluster)
     t = exp.train
     add("distill", "kd.distill",
         DistillSpec(
@@ -139,7 +144,8 @@ def plan(exp: Experiment, cluster: Cluster, run_dir: str | Path,
             eval_interval=t.eval_interval, eval_iters=t.eval_iters, log_interval=t.log_interval,
             save_interval=t.save_interval, seed=t.seed,
             precision=t.precision if gpus else "fp32", device=device,
-            kd=KDOptions(**vars(exp.kd)), split=t.split,
+            kd=KDOptions(**vars(exp.kd)), split=t.split, recompute=t.recompute,
+            overlap_grad_reduce=t.overlap_grad_reduce,
             done_marker=str(paths.stage_done("distill"))),
         deps=("prepare_data",) if needs_data else (),
         nodes=cluster.nodes, tasks_per_node=tasks_per_node(cluster), gpus_per_node=gpus,

@@ -23,7 +23,15 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer
 MEMORY_HEADROOM = 0.92  # CUDA context, allocator fragmentation and NCCL buffers need the rest
 
 
+def resolved(exp: Experiment, cluster: Cluster) -> Experiment:
+    """``exp`` with any ``auto`` layout field chosen (launch/layout.py); unchanged otherwise."""
+    from launch import layout
+
+    return layout.resolve(exp, cluster)[0]
+
+
 def check(exp: Experiment, cluster: Cluster) -> None:
+    exp = resolved(exp, cluster)
     check_layout(exp, cluster)
     check_paths(exp)
     check_models(exp)
@@ -35,21 +43,24 @@ def check_memory(exp: Experiment, cluster: Cluster) -> None:
     """Refuse a layout whose estimated peak (launch/memory.py) does not fit one GPU."""
     if not (cluster.gpus_per_node and cluster.gpu_memory_gib):
         return
+    exp = resolved(exp, cluster)
     from launch.memory import estimate
 
     t = exp.train
     est = estimate(_config(exp.student.path), _config(exp.teacher.path), tp=t.tp, pp=t.pp,
-                   seq=t.seq_length, mbs=t.micro_batch_size)
+                   seq=t.seq_length, mbs=t.micro_batch_size, recompute=t.recompute == "full")
     budget = MEMORY_HEADROOM * cluster.gpu_memory_gib
     if est.total > budget:
         raise ConfigError(
             f"train.tp={t.tp}, train.pp={t.pp}, train.micro_batch_size={t.micro_batch_size}, "
-            f"train.seq_length={t.seq_length}: estimated peak {est.total:.1f} GiB per GPU "
+            f"train.recompute={t.recompute}, train.seq_length={t.seq_length}: estimated peak "
+            f"{est.total:.1f} GiB per GPU "
             f"(student states {est.student_states:.1f}, teacher {est.teacher_weights:.1f}, "
             f"activations {est.activations:.1f}, KD logits {est.logits:.1f}) exceeds "
             f"{budget:.1f} GiB ({MEMORY_HEADROOM:.0%} of cluster.gpu_memory_gib="
-            f"{cluster.gpu_memory_gib:g}): raise train.tp or train.pp, or lower "
-            f"train.micro_batch_size or train.seq_length")
+            f"{cluster.gpu_memory_gib:g}): raise train.tp or train.pp, lower "
+            f"train.micro_batch_size or train.seq_length, set train.recompute=full, or let "
+            f"train.tp/pp/micro_batch_size/recompute=auto choose")
 
 
 # ---------------------------------------------------------------- parallel layout
@@ -58,7 +69,7 @@ def world_size(cluster: Cluster) -> int:
 
 
 def check_layout(exp: Experiment, cluster: Cluster) -> None:
-    t = exp.train
+    t = resolved(exp, cluster).train
     ws = world_size(cluster)
     mp = t.tp * t.pp * t.cp
     if ws % mp:
@@ -159,7 +170,7 @@ def tokenizer_fingerprint(path: str) -> str | None:
 
 
 def check_models(exp: Experiment) -> None:
-    tp = exp.train.tp
+    tp = exp.train.tp if exp.train.tp != "auto" else 1  # an auto tp divides the heads
     cfgs = {}
     for role in ("student", "teacher"):
         cfg = cfgs[role] = _config(getattr(exp, role).path)

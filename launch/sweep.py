@@ -166,8 +166,9 @@ def night_members(sweep: sp.Sweep, date: str) -> dict[str, dict]:
     if night:
         return night["members"]
     out = {}
+    cluster = cfg.load_cluster(sweep.cluster, list(sweep.cluster_overrides))
     for m in sp.expand(sweep):
-        _, chash = sp.load_member(sweep, m)
+        _, chash = sp.load_member(sweep, m, cluster)
         out[m.name] = {"run_dir": str(sp.night_dir(sweep, date) / m.name), "config_hash": chash,
                        "candidates": []}
     return out

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from kd.paths import RunPaths
 from launch import config as cfg
+from launch import layout
 from launch import manifest as mf
 from launch.config import Cluster, Experiment
 from launch.plan import SHAREABLE, JobGraph, plan
@@ -170,9 +171,9 @@ def night_dir(sweep: Sweep, date: str) -> Path:
     return sweep_dir(sweep) / date
 
 
-def load_member(sweep: Sweep, member: Member) -> tuple[Experiment, str]:
+def load_member(sweep: Sweep, member: Member, cluster: Cluster) -> tuple[Experiment, str]:
     try:
-        exp = cfg.load_experiment(sweep.base, list(member.overrides))
+        exp, _ = layout.resolve(cfg.load_experiment(sweep.base, list(member.overrides)), cluster)
     except ConfigError as e:
         raise ConfigError(f"member {member.name}: {e}") from e
     return exp, mf.config_hash(to_dict(exp))
@@ -195,7 +196,7 @@ def plan_sweep(sweep: Sweep, cluster: Cluster, date: str) -> list[MemberPlan]:
     owners: dict[tuple[str, str], Path] = {}  # (stage, share key) -> run dir that runs it
     plans = []
     for member in expand(sweep):
-        exp, chash = load_member(sweep, member)
+        exp, chash = load_member(sweep, member, cluster)
         run_dir = root / member.name
         alone = plan(exp, cluster, run_dir)
         shared = {}

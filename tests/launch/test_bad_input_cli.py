@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slurm
 
 CASES = [
     (["train.learning_rate=1"], "unknown key(s) train.learning_rate"),
-    (["train.tp=two"], "train.tp: expected an integer"),
+    (["train.tp=two"], "train.tp='two': expected a positive integer or 'auto'"),
     (["train.tp=4"], "does not divide the world size 2"),
     (["train.global_batch_size=3", "train.micro_batch_size=3"], "not divisible by train.micro_batch_size"),
     (["student.path=/nonexistent/student"], "student.path='/nonexistent/student': no such directory"),

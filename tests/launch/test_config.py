@@ -61,8 +61,13 @@ def test_unknown_top_level_key(make_experiment):
 
 
 def test_wrong_type_names_field(make_experiment):
-    with pytest.raises(ConfigError, match=r"train.tp: expected an integer, got 'eight'"):
+    with pytest.raises(ConfigError, match=r"train.seq_length: expected an integer, got 'long'"):
+        cfg.load_experiment(str(make_experiment()), ["train.seq_length=long"])
+    with pytest.raises(ConfigError, match=r"train.tp='eight': expected a positive integer or "
+                                          r"'auto'"):
         cfg.load_experiment(str(make_experiment()), ["train.tp=eight"])
+    with pytest.raises(ConfigError, match=r"train.recompute='some': choose one of auto, none"):
+        cfg.load_experiment(str(make_experiment()), ["train.recompute=some"])
 
 
 def test_missing_required_field(make_experiment, tmp_path):

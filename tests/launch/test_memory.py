@@ -73,9 +73,11 @@ def test_preflight_refuses_a_layout_that_does_not_fit(make_experiment, tmp_path)
         c = json.loads((d / "config.json").read_text())
         c.update(llama(32, 4096, 14336, 32, 8, 128256))
         (d / "config.json").write_text(json.dumps(c))
-    exp = cfg.load_experiment(str(make_experiment()), ["train.tp=1", "train.global_batch_size=8"])
+    exp = cfg.load_experiment(str(make_experiment()), [
+        "train.tp=1", "train.pp=1", "train.recompute=none", "train.global_batch_size=8"])
     cl = cfg.load_cluster("pyxis_nemo")
     with pytest.raises(ConfigError, match=r"estimated peak .* GiB per GPU .* raise train.tp"):
         preflight.check_memory(exp, cl)
-    exp8 = cfg.load_experiment(str(make_experiment()), ["train.tp=8"])
+    exp8 = cfg.load_experiment(str(make_experiment()), ["train.tp=8", "train.pp=1",
+                                                         "train.recompute=none"])
     preflight.check_memory(exp8, cl)  # the seed's layout fits 80 GB

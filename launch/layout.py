@@ -1,0 +1,180 @@
+"""Choose the distill stage's parallel layout from the memory estimate (login node: pure Python).
+
+``train.tp``, ``train.pp``, ``train.micro_batch_size`` and ``train.recompute`` may be ``auto``
+(the default). ``resolve(exp, cluster)`` returns the experiment with every ``auto`` replaced by
+a number (or ``none``/``full``) and a ``Layout`` that says what was chosen and why; values the
+experiment pins are kept and only checked later by the pre-flight.
+
+The rule (measured in benchmarks/kd_throughput.py; issue 8):
+1. model parallelism as small as fits: the smallest ``tp x pp`` (TP first, within one node,
+   dividing every attention and KV head count; PP dividing both models' layer counts) whose
+   estimated peak at micro-batch 1 fits ``AUTO_FILL`` of ``cluster.gpu_memory_gib``. Lower TP
+   means less communication and larger matmuls per GPU; the GPUs it frees become data-parallel
+   replicas;
+2. the largest micro-batch (a divisor of global_batch_size / DP, at most ``MAX_AUTO_MBS``) that
+   still fits: fewer, larger kernels per step;
+3. activation recomputation (``full``) only when nothing fits without it: it costs about a
+   third more student compute.
+Without GPUs (CPU clusters) there is no memory to fill: tp = pp = 1, no recomputation, and the
+largest micro-batch up to ``MAX_AUTO_MBS``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from launch.config import Cluster, Experiment, tasks_per_node
+from launch.memory import estimate
+from launch.schema import ConfigError
+
+AUTO = "auto"
+AUTO_FILL = 0.80  # of cluster.gpu_memory_gib: the estimate is within ~10 % of measured peaks
+MAX_AUTO_MBS = 8  # larger micro-batches gained nothing measurable on H100 (issue 8)
+RECOMPUTE = ("none", "full")
+
+
+@dataclass(frozen=True)
+class Layout:
+    tp: int
+    pp: int
+    dp: int
+    micro_batch_size: int
+    recompute: str
+    estimate_gib: float | None  # estimated peak per GPU, None without GPUs
+    budget_gib: float | None
+    auto: tuple[str, ...]  # the fields that were chosen here
+
+    def describe(self) -> str:
+        chosen = ", ".join(f"train.{f}" for f in self.auto) or "nothing (all pinned)"
+        mem = ""
+        if self.estimate_gib is not None:
+            mem = f"; estimated peak {self.estimate_gib:.1f} GiB of {self.budget_gib:.1f} GiB"
+        return (f"layout: tp={self.tp} pp={self.pp} dp={self.dp} "
+                f"micro_batch_size={self.micro_batch_size} recompute={self.recompute} "
+                f"(auto: {chosen}{mem})")
+
+
+def is_auto(value: object) -> bool:
+    return value == AUTO
+
+
+def _config(path: str, field: str) -> dict:
+    f = Path(os.path.expanduser(path)) / "config.json"
+    try:
+        return json.loads(f.read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(
+            f"train.tp/pp/micro_batch_size=auto reads the models' configs, but {field}={path!r} "
+            f"has no readable config.json ({e.__class__.__name__}): point {field} at an HF "
+            f"checkpoint directory, or pin train.tp, train.pp and train.micro_batch_size"
+        ) from None
+
+
+def _heads(cfg: dict) -> list[int]:
+    """Every attention and KV head count TP must divide (AnyModel no-op layers skipped)."""
+    heads = int(cfg.get("num_attention_heads", 1))
+    out = [heads]
+    for b in cfg.get("block_configs") or [{}]:
+        att = b.get("attention", {}) if isinstance(b, dict) else {}
+        if att.get("no_op") or att.get("replace_with_linear"):
+            continue
+        out.append(int(att.get("num_key_value_heads") or cfg.get("num_key_value_heads") or heads))
+    return out
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def resolve(exp: Experiment, cluster: Cluster) -> tuple[Experiment, Layout]:
+    t = exp.train
+    auto = tuple(f for f in ("tp", "pp", "micro_batch_size", "recompute")
+                 if is_auto(getattr(t, f)))
+    world = cluster.nodes * tasks_per_node(cluster)
+    gpus = cluster.gpus_per_node
+    if not gpus:
+        tp = 1 if is_auto(t.tp) else t.tp
+        pp = 1 if is_auto(t.pp) else t.pp
+        dp = max(1, world // (tp * pp * t.cp))
+        mbs = t.micro_batch_size
+        if is_auto(mbs):
+            mbs = max(d for d in _divisors(max(1, t.global_batch_size // dp))
+                      if d <= MAX_AUTO_MBS)
+        recompute = "none" if is_auto(t.recompute) else t.recompute
+        layout = Layout(tp, pp, dp, mbs, recompute, None, None, auto)
+        return _apply(exp, layout), layout
+    if not auto:
+        layout = Layout(t.tp, t.pp, max(1, world // (t.tp * t.pp * t.cp)), t.micro_batch_size,
+                        t.recompute, None, None, ())
+        return exp, layout
+    readable = all((Path(os.path.expanduser(m.path)) / "config.json").is_file()
+                   for m in (exp.student, exp.teacher))
+    if not (set(auto) & {"tp", "micro_batch_size"}) and not (cluster.gpu_memory_gib and readable):
+        # tp and mbs pinned, nothing to estimate with: pp 1, no recomputation (the pre-flight's
+        # memory and path checks say what is missing)
+        pp = 1 if is_auto(t.pp) else t.pp
+        rc = "none" if is_auto(t.recompute) else t.recompute
+        layout = Layout(t.tp, pp, max(1, world // (t.tp * pp * t.cp)), t.micro_batch_size,
+                        rc, None, None, auto)
+        return _apply(exp, layout), layout
+    if not cluster.gpu_memory_gib:
+        raise ConfigError(
+            f"train.{'tp' if is_auto(t.tp) else 'micro_batch_size'}=auto chooses the layout from GPU memory, but "
+            f"cluster.gpu_memory_gib is not set: set it (e.g. cluster.gpu_memory_gib=79 for "
+            f"H100 80GB), or pin train.tp, train.pp, train.micro_batch_size and train.recompute")
+    student = _config(exp.student.path, "student.path")
+    teacher = _config(exp.teacher.path, "teacher.path")
+    budget = AUTO_FILL * cluster.gpu_memory_gib
+    node = tasks_per_node(cluster)
+    heads = _heads(student) + _heads(teacher)
+    layers = (int(student["num_hidden_layers"]), int(teacher["num_hidden_layers"]))
+    tps = [t.tp] if not is_auto(t.tp) else [d for d in _divisors(node)
+                                             if all(h % d == 0 for h in heads)]
+    pps = [t.pp] if not is_auto(t.pp) else [d for d in _divisors(world)
+                                             if all(n % d == 0 for n in layers)]
+    shapes = sorted(((tp, pp) for tp in tps for pp in pps
+                     if world % (tp * pp * t.cp) == 0
+                     and t.global_batch_size % (world // (tp * pp * t.cp)) == 0),
+                    key=lambda s: (s[0] * s[1], s[1]))
+    recomputes = ["none", "full"] if is_auto(t.recompute) else [t.recompute]
+
+    def peak(tp: int, pp: int, mbs: int, rc: str) -> float:
+        return estimate(student, teacher, tp=tp, pp=pp, seq=t.seq_length, mbs=mbs,
+                        recompute=rc == "full").total
+
+    for rc in recomputes:
+        for tp, pp in shapes:
+            dp = world // (tp * pp * t.cp)
+            per_rank = t.global_batch_size // dp
+            if is_auto(t.micro_batch_size):
+                options = sorted((d for d in _divisors(per_rank) if d <= MAX_AUTO_MBS),
+                                 reverse=True)
+            else:
+                options = [t.micro_batch_size]
+            for mbs in options:
+                est = peak(tp, pp, mbs, rc)
+                if est <= budget:
+                    layout = Layout(tp, pp, dp, mbs, rc, round(est, 2), round(budget, 2), auto)
+                    return _apply(exp, layout), layout
+    pinned = ", ".join(f"train.{f}={getattr(t, f)}" for f in ("tp", "pp", "micro_batch_size",
+                                                                "recompute") if f not in auto)
+    smallest = min((peak(tp, pp, 1, recomputes[-1]) for tp, pp in shapes), default=None)
+    raise ConfigError(
+        f"no layout fits: with train.seq_length={t.seq_length} on {world} GPUs"
+        f"{' and ' + pinned if pinned else ''}, the smallest estimated peak is "
+        + (f"{smallest:.1f} GiB" if smallest is not None else "undefined (no tp/pp divides the "
+           "heads, layers and global batch)")
+        + f", above {budget:.1f} GiB ({AUTO_FILL:.0%} of cluster.gpu_memory_gib="
+        f"{cluster.gpu_memory_gib:g}): add nodes (cluster.nodes), lower train.seq_length, or "
+        f"unpin the fields above")
+
+
+def _apply(exp: Experiment, layout: Layout) -> Experiment:
+    train = dataclasses.replace(exp.train, tp=layout.tp, pp=layout.pp,
+                                micro_batch_size=layout.micro_batch_size,
+                                recompute=layout.recompute)
+    return dataclasses.replace(exp, train=train)

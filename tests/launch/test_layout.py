@@ -1,0 +1,120 @@
+"""launch/layout.py: ``auto`` tp/pp/micro-batch/recompute chosen from the memory estimate."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from launch import config as cfg
+from launch import layout
+from launch.memory import estimate
+from launch.schema import ConfigError
+
+from .test_memory import BIG_S, BIG_T, llama
+
+REPO = Path(__file__).resolve().parents[2]
+LLAMA_8B = llama(32, 4096, 14336, 32, 8, 128256)
+
+
+@pytest.fixture
+def shaped(make_experiment, tmp_path):
+    """An experiment whose student/teacher config.json carry the given shapes."""
+    def make(student: dict, teacher: dict, *overrides: str):
+        for role, shape in (("student", student), ("teacher", teacher)):
+            f = tmp_path / role / "config.json"
+            f.write_text(json.dumps({**json.loads(f.read_text()), **shape}))
+        return cfg.load_experiment(str(make_experiment()), ["train.tp=auto", *overrides])
+    return make
+
+
+def fits(student, teacher, t, budget) -> bool:
+    return estimate(student, teacher, tp=t.tp, pp=t.pp, seq=t.seq_length,
+                    mbs=t.micro_batch_size, recompute=t.recompute == "full").total <= budget
+
+
+def test_8b_pair_on_an_8_gpu_node_gets_the_smallest_tp_that_fits(shaped):
+    exp = shaped(LLAMA_8B, LLAMA_8B, "train.micro_batch_size=auto", "train.global_batch_size=8")
+    cluster = cfg.load_cluster("pyxis_nemo", ["nodes=1"])
+    out, lay = layout.resolve(exp, cluster)
+    t = out.train
+    budget = layout.AUTO_FILL * cluster.gpu_memory_gib
+    assert (t.tp, t.pp, t.recompute) == (lay.tp, lay.pp, "none")
+    assert lay.dp * t.tp * t.pp == 8
+    assert fits(LLAMA_8B, LLAMA_8B, t, budget)
+    smaller = out.train.__class__(**{**vars(t), "tp": t.tp // 2, "micro_batch_size": 1})
+    assert t.tp > 1 and not fits(LLAMA_8B, LLAMA_8B, smaller, budget)  # tp/2 would not fit
+    assert lay.auto == ("tp", "pp", "micro_batch_size", "recompute")
+    assert f"tp={t.tp}" in lay.describe() and "estimated peak" in lay.describe()
+
+
+def test_1b_pair_on_4_gpus_goes_data_parallel_with_a_larger_micro_batch(shaped):
+    exp = shaped(BIG_S, BIG_T, "train.micro_batch_size=auto", "train.pp=auto",
+                 "train.global_batch_size=32", "train.seq_length=4096")
+    cluster = cfg.load_cluster("local_gpu")
+    out, lay = layout.resolve(exp, cluster)
+    assert (lay.tp, lay.pp, lay.dp) == (1, 1, 4)
+    assert lay.micro_batch_size > 1 and 8 % lay.micro_batch_size == 0
+    budget = layout.AUTO_FILL * cluster.gpu_memory_gib
+    assert fits(BIG_S, BIG_T, out.train, budget)
+    bigger = [m for m in (2, 4, 8) if m > lay.micro_batch_size]
+    if bigger:  # the next micro-batch would not fit, so this is the largest
+        t2 = out.train.__class__(**{**vars(out.train), "micro_batch_size": bigger[0]})
+        assert not fits(BIG_S, BIG_T, t2, budget)
+
+
+def test_pinned_values_are_kept_and_only_the_rest_chosen(shaped):
+    exp = shaped(BIG_S, BIG_T, "train.tp=2", "train.micro_batch_size=auto",
+                 "train.global_batch_size=16", "train.seq_length=2048")
+    out, lay = layout.resolve(exp, cfg.load_cluster("local_gpu"))
+    assert out.train.tp == 2 and lay.dp == 2 and lay.auto == ("pp", "micro_batch_size", "recompute")
+    assert out.train.micro_batch_size == 8  # 16 / dp 2 = 8 per rank, and it fits a 1B pair
+
+
+def test_recompute_only_when_nothing_fits_without_it(shaped):
+    exp = shaped(LLAMA_8B, LLAMA_8B, "train.pp=1", "train.global_batch_size=8",
+                 "train.seq_length=32768")
+    cluster = cfg.load_cluster("pyxis_nemo", ["nodes=1"])
+    out, lay = layout.resolve(exp, cluster)
+    assert lay.recompute == "full" and lay.tp == 8
+    plain = out.train.__class__(**{**vars(out.train), "recompute": "none"})
+    assert not fits(LLAMA_8B, LLAMA_8B, plain, layout.AUTO_FILL * cluster.gpu_memory_gib)
+
+
+def test_no_layout_fits_names_the_fix(shaped):
+    exp = shaped(LLAMA_8B, LLAMA_8B, "train.seq_length=262144", "train.recompute=auto")
+    with pytest.raises(ConfigError, match=r"no layout fits: with train.seq_length=262144 on 8 "
+                                          r"GPUs .* add nodes \(cluster.nodes\)"):
+        layout.resolve(exp, cfg.load_cluster("pyxis_nemo", ["nodes=1"]))
+
+
+def test_auto_needs_gpu_memory_and_readable_models(shaped, make_experiment, tmp_path):
+    exp = shaped(BIG_S, BIG_T)
+    with pytest.raises(ConfigError, match=r"cluster.gpu_memory_gib is not set: set it"):
+        layout.resolve(exp, cfg.load_cluster("local_gpu", ["gpu_memory_gib=null"]))
+    (tmp_path / "student" / "config.json").unlink()
+    with pytest.raises(ConfigError, match=r"student.path=.* has no readable config.json"):
+        layout.resolve(exp, cfg.load_cluster("local_gpu"))
+
+
+def test_cpu_cluster_uses_no_model_parallelism(make_experiment):
+    exp = cfg.load_experiment(str(make_experiment()), [
+        "train.tp=auto", "train.pp=auto", "train.micro_batch_size=auto",
+        "train.global_batch_size=24"])
+    out, lay = layout.resolve(exp, cfg.load_cluster("local"))
+    assert (out.train.tp, out.train.pp, out.train.recompute) == (1, 1, "none")
+    assert out.train.micro_batch_size == 8  # largest divisor of 24 up to MAX_AUTO_MBS
+
+
+def test_cli_prints_the_chosen_layout_and_plans_it(make_experiment, tmp_path):
+    path = make_experiment()
+    proc = subprocess.run(
+        [sys.executable, "launch/distill.py", "--cluster", "local", "--config", str(path),
+         "--run-dir", str(tmp_path / "run"), "--dry-run", "train.tp=auto",
+         "train.micro_batch_size=auto", "train.global_batch_size=4"],
+        cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "layout: tp=1 pp=1 dp=1 micro_batch_size=4 recompute=none" in proc.stdout
