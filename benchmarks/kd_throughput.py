@@ -1,11 +1,19 @@
 """KD throughput: reference settings vs ours, on the same models, data and GPUs (issue 8).
 
 Variants (each a fresh ``world``-process job of Megatron-Bridge's ``distill()`` built by
-``kd.distill.build_config``; no checkpoint is written):
+``kd.distill.build_config``; no checkpoint is written), one change at a time in the order the
+issue expects the gains:
 
-- ``reference``: megatron-core's local spec (unfused ``DotProductAttention``), micro-batch 1;
-- ``sdpa_mbs1``: our SDPA spec (``kd.layer_specs.SDPACoreAttention``), micro-batch 1;
-- ``ours``:      our defaults, SDPA spec with ``--mbs`` (the experiment's micro-batch).
+- ``reference``: the seed's ``distill_hf.py`` settings: TP as given (``--tp``, all GPUs of the
+  node as in the guide), micro-batch 1, megatron-core's local spec (unfused
+  ``DotProductAttention``, the default without TE), no gradient-reduce overlap;
+- ``sdpa``:      + attention through torch SDPA (``kd.layer_specs.SDPACoreAttention``);
+- ``auto_tp``:   + the parallel layout ``launch.layout.choose`` picks (smallest TP that fits,
+  the rest data parallel), micro-batch still 1;
+- ``auto_mbs``:  + the micro-batch it picks (the largest that fits, at most 8);
+- ``ours``:      + overlap of the data-parallel gradient all-reduce: exactly what the distill
+  stage runs by default (train.tp/pp/micro_batch_size/recompute = auto,
+  overlap_grad_reduce = true).
 
 Measured per variant: step time (Megatron's "elapsed time per iteration", median after
 ``--warmup`` iterations), tokens/s/GPU, peak memory per rank, KD loss first/last, MFU.
@@ -21,7 +29,10 @@ embeddings or norms); the second term is QK^T plus AV under a causal mask (each
 students are counted layer by layer from ``block_configs`` (no-op attention or FFN: 0).
 
     python benchmarks/kd_throughput.py --student S --teacher T --data PREFIX --world 4 --tp 4 \\
-        --seq 2048 --gbs 16 --mbs 2 --iters 15 --out bench.json
+        --seq 4096 --gbs 16 --iters 10 --out bench.json
+
+Each variant also records the peak memory ``launch.memory.estimate`` predicts for its layout,
+next to the measured one (the planner's estimate, validated here).
 """
 
 from __future__ import annotations
@@ -44,10 +55,12 @@ STEP = re.compile(
     r"iteration\s+(\d+)/\s*\d+ \|.*?elapsed time per iteration \(ms\): ([0-9.]+)"
     r".*?total loss: ([0-9.Ee+-]+)"
 )
-VARIANTS = {  # name -> (attention spec, micro-batch size or None for --mbs)
-    "reference": ("local", 1),
-    "sdpa_mbs1": ("sdpa", 1),
-    "ours": ("sdpa", None),
+VARIANTS = {  # name -> (attention, tp: "given" | "auto", micro-batch: 1 | "auto", overlap)
+    "reference": ("local", "given", 1, False),
+    "sdpa": ("sdpa", "given", 1, False),
+    "auto_tp": ("sdpa", "auto", 1, False),
+    "auto_mbs": ("sdpa", "auto", "auto", False),
+    "ours": ("sdpa", "auto", "auto", True),
 }
 
 
@@ -250,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tp", type=int, default=1)
     p.add_argument("--seq", type=int, default=2048)
     p.add_argument("--gbs", type=int, default=16)
-    p.add_argument("--mbs", type=int, default=2, help="micro-batch of the 'ours' variant")
+    p.add_argument("--gpu-memory-gib", type=float, default=None,
+                   help="memory per GPU for the layout choice (default: what torch reports)")
     p.add_argument("--iters", type=int, default=15)
     p.add_argument("--warmup", type=int, default=4, help="iterations left out of the median")
     p.add_argument("--variants", default=",".join(VARIANTS))
@@ -289,17 +303,30 @@ def main(argv: list[str] | None = None) -> int:
         "F=2*P_matmul+sum_attn_layers 2*seq*n_heads*head_dim (causal)",
         "variants": {},
     }
+    from launch.layout import choose
+    from launch.memory import estimate
+
+    s_cfg = json.loads((args.student / "config.json").read_text())
+    t_cfg = json.loads((args.teacher / "config.json").read_text())
+    memory = args.gpu_memory_gib or gpu_memory_gib()
+    result["gpu_memory_gib"] = memory
+
+    def layout_of(tp, mbs):
+        return choose(s_cfg, t_cfg, world=args.world, gpus_per_node=args.world,
+                      gpu_memory_gib=memory, global_batch_size=args.gbs, seq_length=args.seq,
+                      tp=args.tp if tp == "given" else "auto", pp=1, micro_batch_size=mbs)
+
     for name in args.variants.split(","):
-        attention, mbs = VARIANTS[name]
-        mbs = mbs or args.mbs
+        attention, tp_mode, mbs_mode, overlap = VARIANTS[name]
+        lay = layout_of(tp_mode, mbs_mode)
         spec = DistillSpec(
             student=str(args.student.absolute()),
             teacher=str(args.teacher.absolute()),
             data_blend=((1.0, str(Path(args.data).absolute())),),
             output_dir=str((args.work / name).absolute()),
-            tp=args.tp,
+            tp=lay.tp,
             seq_length=args.seq,
-            micro_batch_size=mbs,
+            micro_batch_size=lay.micro_batch_size,
             global_batch_size=args.gbs,
             train_iters=args.iters,
             lr=1e-4,
@@ -310,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
             log_interval=1,
             device=args.device,
             split="100,0,0",
+            recompute=lay.recompute,
+            overlap_grad_reduce=overlap,
         )
         args.work.mkdir(parents=True, exist_ok=True)
         spec_file = spec_to_json(spec, args.work / f"{name}.json")
@@ -317,24 +346,40 @@ def main(argv: list[str] | None = None) -> int:
             name, attention, spec_file, args.world, args.work / "logs", args.timeout
         )
         stats = summarize(texts, args.warmup, tokens, args.world, flops, args.peak_tflops)
+        est = estimate(s_cfg, t_cfg, tp=lay.tp, seq=args.seq, mbs=lay.micro_batch_size,
+                       attention=attention, recompute=lay.recompute == "full").total
+        measured = max(stats.get("peak_allocated_gib_per_rank") or [0])
         result["variants"][name] = {
             "attention": attention,
-            "micro_batch_size": mbs,
+            "tp": lay.tp,
+            "dp": lay.dp,
+            "micro_batch_size": lay.micro_batch_size,
+            "recompute": lay.recompute,
+            "overlap_grad_reduce": overlap,
             "rc": code,
             "wall_s": round(wall, 1),
             **stats,
+            "estimated_peak_gib": round(est, 2),
+            "estimate_error": round((est - measured) / measured, 3) if measured else None,
         }
         print(f"KD_BENCH {name} " + json.dumps(result["variants"][name]), flush=True)
     v = result["variants"]
-    for name in ("sdpa_mbs1", "ours"):
-        if v.get(name, {}).get("step_ms_median") and v.get("reference", {}).get("step_ms_median"):
-            result[f"speedup_{name}_vs_reference"] = round(
-                v["reference"]["step_ms_median"] / v[name]["step_ms_median"], 3
-            )
+    base = v.get("reference", {}).get("step_ms_median")
+    for name in v:
+        if name != "reference" and base and v[name].get("step_ms_median"):
+            result[f"speedup_{name}_vs_reference"] = round(base / v[name]["step_ms_median"], 3)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(table(result))
     return 0 if all(x.get("rc") == 0 for x in v.values()) else 1
+
+
+def gpu_memory_gib() -> float:
+    import torch
+
+    if not torch.cuda.is_available():
+        return 80.0  # CPU runs: any value, the layout is only exercised
+    return round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
 
 
 def device_name() -> str:
@@ -352,21 +397,21 @@ def table(result: dict) -> str:
     rows = [
         f"KD throughput on {result['device']}, TP={result['tp']}, world {result['world']}, "
         f"seq {result['seq']}, gbs {result['gbs']}",
-        "| variant | attention | mbs | step ms | tokens/s/GPU | TFLOP/s/GPU | MFU | "
-        "peak alloc GiB (max rank) | loss first -> last |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| variant | attention | TP | DP | mbs | overlap | step ms | tokens/s/GPU | TFLOP/s/GPU "
+        "| MFU | x reference | peak alloc GiB (max rank) | estimate GiB | loss first -> last |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, v in result["variants"].items():
         peak = max(v.get("peak_allocated_gib_per_rank") or [0])
         rows.append(
-            f"| {name} | {v['attention']} | {v['micro_batch_size']} | "
+            f"| {name} | {v['attention']} | {v['tp']} | {v['dp']} | {v['micro_batch_size']} | "
+            f"{'on' if v['overlap_grad_reduce'] else 'off'} | "
             f"{v.get('step_ms_median')} | {v.get('tokens_per_s_per_gpu')} | "
-            f"{v.get('model_tflops_per_gpu')} | {v.get('mfu')} | {peak} | "
+            f"{v.get('model_tflops_per_gpu')} | {v.get('mfu')} | "
+            f"{result.get(f'speedup_{name}_vs_reference', 1.0 if name == 'reference' else '-')} "
+            f"| {peak} | {v.get('estimated_peak_gib')} | "
             f"{v.get('loss_first')} -> {v.get('loss_last')} |"
         )
-    for key in ("speedup_sdpa_mbs1_vs_reference", "speedup_ours_vs_reference"):
-        if key in result:
-            rows.append(f"{key}: {result[key]}")
     return "\n".join(rows)
 
 

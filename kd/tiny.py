@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 SPECIALS = ("<unk>", "<s>", "</s>", "<pad>")
@@ -143,13 +144,14 @@ def build_pruned_anymodel(
     teacher_dir: str | Path,
     out_dir: str | Path,
     *,
-    no_op_attention_layer: int = 0,
-    pruned_ffn_layer: int = 1,
+    no_op_attention_layer: int | Sequence[int] = 0,
+    pruned_ffn_layer: int | Sequence[int] = 1,
     ffn_keep: float = 0.5,
 ) -> Path:
     """A Puzzletron AnyModel student: the teacher converted with modelopt's AnyModel converter,
-    then really pruned: attention of ``no_op_attention_layer`` removed (no_op) and the FFN of
-    ``pruned_ffn_layer`` narrowed to ``ffn_keep`` of its width by slicing its weights."""
+    then really pruned: attention of ``no_op_attention_layer`` (one layer or several) removed
+    (no_op) and the FFN of ``pruned_ffn_layer`` (one or several) narrowed to ``ffn_keep`` of its
+    width by slicing its weights."""
     out = Path(out_dir)
     if _finished(out):
         return out
@@ -158,34 +160,43 @@ def build_pruned_anymodel(
     install_import_stubs()
     from modelopt.torch.puzzletron.anymodel import convert_model
 
+    no_ops = (no_op_attention_layer,) if isinstance(no_op_attention_layer, int) else tuple(
+        no_op_attention_layer)
+    pruned = (pruned_ffn_layer,) if isinstance(pruned_ffn_layer, int) else tuple(
+        pruned_ffn_layer)
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     convert_model(str(teacher_dir), str(tmp), "llama")
     config = json.loads((tmp / "config.json").read_text())
     blocks = config["block_configs"]
-    for name, layer in (
-        ("no_op_attention_layer", no_op_attention_layer),
-        ("pruned_ffn_layer", pruned_ffn_layer),
-    ):
-        if not 0 <= layer < len(blocks):
-            raise ValueError(f"{name}={layer} is out of range: the model has {len(blocks)} layers")
-    width = int(blocks[pruned_ffn_layer]["ffn"]["intermediate_size"] * ffn_keep)
-    if not 0 < width < blocks[pruned_ffn_layer]["ffn"]["intermediate_size"]:
-        raise ValueError(f"ffn_keep={ffn_keep} must leave between 1 and all-but-one FFN channels")
-    # a no-op attention must not carry a KV-head count (megatron-core asserts on it)
-    blocks[no_op_attention_layer]["attention"].update(no_op=True, num_key_value_heads=None)
-    blocks[pruned_ffn_layer]["ffn"]["intermediate_size"] = width
+    for name, layers in (("no_op_attention_layer", no_ops), ("pruned_ffn_layer", pruned)):
+        for layer in layers:
+            if not 0 <= layer < len(blocks):
+                raise ValueError(
+                    f"{name}={layer} is out of range: the model has {len(blocks)} layers")
+    widths = []
+    for layer in pruned:
+        full = blocks[layer]["ffn"]["intermediate_size"]
+        width = int(full * ffn_keep)
+        if not 0 < width < full:
+            raise ValueError(
+                f"ffn_keep={ffn_keep} must leave between 1 and all-but-one FFN channels")
+        blocks[layer]["ffn"]["intermediate_size"] = width
+        widths.append(width)
+        _slice_ffn(tmp / f"subblocks_safetensors/block_{layer}_ffn.safetensors", width)
+    for layer in no_ops:
+        # a no-op attention must not carry a KV-head count (megatron-core asserts on it)
+        blocks[layer]["attention"].update(no_op=True, num_key_value_heads=None)
+        _drop_subblock(tmp, f"subblocks_safetensors/block_{layer}_attention.safetensors")
     (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    _slice_ffn(tmp / f"subblocks_safetensors/block_{pruned_ffn_layer}_ffn.safetensors", width)
-    _drop_subblock(
-        tmp, f"subblocks_safetensors/block_{no_op_attention_layer}_attention.safetensors"
-    )
     meta = {
         "kind": "anymodel",
         "teacher": str(teacher_dir),
-        "no_op_attention_layer": no_op_attention_layer,
-        "pruned_ffn_layer": pruned_ffn_layer,
-        "ffn_width": width,
+        "no_op_attention_layer": no_op_attention_layer if isinstance(
+            no_op_attention_layer, int) else list(no_ops),
+        "pruned_ffn_layer": pruned_ffn_layer if isinstance(pruned_ffn_layer, int) else list(
+            pruned),
+        "ffn_width": widths[0] if len(widths) == 1 else widths,
     }
     return _publish(tmp, out, meta)
 

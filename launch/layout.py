@@ -128,48 +128,61 @@ def resolve(exp: Experiment, cluster: Cluster) -> tuple[Experiment, Layout]:
             f"H100 80GB), or pin train.tp, train.pp, train.micro_batch_size and train.recompute")
     student = _config(exp.student.path, "student.path")
     teacher = _config(exp.teacher.path, "teacher.path")
-    budget = AUTO_FILL * cluster.gpu_memory_gib
-    node = tasks_per_node(cluster)
+    layout = choose(student, teacher, world=world, gpus_per_node=tasks_per_node(cluster),
+                    gpu_memory_gib=cluster.gpu_memory_gib, global_batch_size=t.global_batch_size,
+                    seq_length=t.seq_length, cp=t.cp, tp=t.tp, pp=t.pp,
+                    micro_batch_size=t.micro_batch_size, recompute=t.recompute)
+    return _apply(exp, layout), layout
+
+
+def choose(student: dict, teacher: dict, *, world: int, gpus_per_node: int,
+           gpu_memory_gib: float, global_batch_size: int, seq_length: int, cp: int = 1,
+           tp: int | str = AUTO, pp: int | str = AUTO, micro_batch_size: int | str = AUTO,
+           recompute: str = AUTO) -> Layout:
+    """The rule of the module docstring on HF config dicts (benchmarks call this directly)."""
+    auto = tuple(f for f, v in (("tp", tp), ("pp", pp), ("micro_batch_size", micro_batch_size),
+                                ("recompute", recompute)) if is_auto(v))
+    budget = AUTO_FILL * gpu_memory_gib
     heads = _heads(student) + _heads(teacher)
     layers = (int(student["num_hidden_layers"]), int(teacher["num_hidden_layers"]))
-    tps = [t.tp] if not is_auto(t.tp) else [d for d in _divisors(node)
-                                             if all(h % d == 0 for h in heads)]
-    pps = [t.pp] if not is_auto(t.pp) else [d for d in _divisors(world)
-                                             if all(n % d == 0 for n in layers)]
-    shapes = sorted(((tp, pp) for tp in tps for pp in pps
-                     if world % (tp * pp * t.cp) == 0
-                     and t.global_batch_size % (world // (tp * pp * t.cp)) == 0),
+    tps = [tp] if not is_auto(tp) else [d for d in _divisors(gpus_per_node)
+                                         if all(h % d == 0 for h in heads)]
+    pps = [pp] if not is_auto(pp) else [d for d in _divisors(world)
+                                         if all(n % d == 0 for n in layers)]
+    shapes = sorted(((a, b) for a in tps for b in pps
+                     if world % (a * b * cp) == 0
+                     and global_batch_size % (world // (a * b * cp)) == 0),
                     key=lambda s: (s[0] * s[1], s[1]))
-    recomputes = ["none", "full"] if is_auto(t.recompute) else [t.recompute]
+    recomputes = ["none", "full"] if is_auto(recompute) else [recompute]
 
-    def peak(tp: int, pp: int, mbs: int, rc: str) -> float:
-        return estimate(student, teacher, tp=tp, pp=pp, seq=t.seq_length, mbs=mbs,
+    def peak(a: int, b: int, mbs: int, rc: str) -> float:
+        return estimate(student, teacher, tp=a, pp=b, seq=seq_length, mbs=mbs,
                         recompute=rc == "full").total
 
     for rc in recomputes:
-        for tp, pp in shapes:
-            dp = world // (tp * pp * t.cp)
-            per_rank = t.global_batch_size // dp
-            if is_auto(t.micro_batch_size):
+        for a, b in shapes:
+            dp = world // (a * b * cp)
+            per_rank = global_batch_size // dp
+            if is_auto(micro_batch_size):
                 options = sorted((d for d in _divisors(per_rank) if d <= MAX_AUTO_MBS),
                                  reverse=True)
             else:
-                options = [t.micro_batch_size]
+                options = [micro_batch_size]
             for mbs in options:
-                est = peak(tp, pp, mbs, rc)
+                est = peak(a, b, mbs, rc)
                 if est <= budget:
-                    layout = Layout(tp, pp, dp, mbs, rc, round(est, 2), round(budget, 2), auto)
-                    return _apply(exp, layout), layout
-    pinned = ", ".join(f"train.{f}={getattr(t, f)}" for f in ("tp", "pp", "micro_batch_size",
-                                                                "recompute") if f not in auto)
-    smallest = min((peak(tp, pp, 1, recomputes[-1]) for tp, pp in shapes), default=None)
+                    return Layout(a, b, dp, mbs, rc, round(est, 2), round(budget, 2), auto)
+    pinned = ", ".join(f"train.{f}={v}" for f, v in (
+        ("tp", tp), ("pp", pp), ("micro_batch_size", micro_batch_size), ("recompute", recompute))
+        if f not in auto)
+    smallest = min((peak(a, b, 1, recomputes[-1]) for a, b in shapes), default=None)
     raise ConfigError(
-        f"no layout fits: with train.seq_length={t.seq_length} on {world} GPUs"
+        f"no layout fits: with train.seq_length={seq_length} on {world} GPUs"
         f"{' and ' + pinned if pinned else ''}, the smallest estimated peak is "
         + (f"{smallest:.1f} GiB" if smallest is not None else "undefined (no tp/pp divides the "
            "heads, layers and global batch)")
         + f", above {budget:.1f} GiB ({AUTO_FILL:.0%} of cluster.gpu_memory_gib="
-        f"{cluster.gpu_memory_gib:g}): add nodes (cluster.nodes), lower train.seq_length, or "
+        f"{gpu_memory_gib:g}): add nodes (cluster.nodes), lower train.seq_length, or "
         f"unpin the fields above")
 
 

@@ -8,6 +8,8 @@ ROOT/teacher       random-init Llama: 16 layers, hidden 2048, 16 heads, 8 KV hea
                    (1.14B parameters with the 32000 x 2048 untied embeddings)
 ROOT/student       Puzzletron AnyModel student pruned from it (kd.tiny.build_pruned_anymodel:
                    layer-0 attention no-op, layer-1 FFN halved)
+ROOT/student_small the benchmark's ~0.5B Puzzletron-style student (benchmarks/kd_throughput.py):
+                   attention no-op in layers 0 and 8, every FFN cut to a quarter (0.54B)
 ROOT/corpus.jsonl  synthetic documents (kd.demo's language), the prepare_data stage's input
 ROOT/mmlu_data     small fake MMLU (kd.mmlu_local), ROOT/mmlu_tasks its lm-eval overrides
 """
@@ -40,6 +42,10 @@ def build(root: Path, tiny: bool, docs: int) -> dict:
     teacher = build_llama(root / "teacher", tok, seed=0, **(TINY if tiny else FULL))
     t_teacher = time.time() - t0
     student = build_pruned_anymodel(teacher, root / "student")
+    layers = (TINY if tiny else FULL)["layers"]
+    small = build_pruned_anymodel(teacher, root / "student_small",
+                                  no_op_attention_layer=(0, layers // 2),
+                                  pruned_ffn_layer=tuple(range(layers)), ffn_keep=0.25)
     corpus = root / "corpus.jsonl"
     if not corpus.exists():
         write_corpus(corpus, docs, seed=1, length=64)
@@ -49,6 +55,7 @@ def build(root: Path, tiny: bool, docs: int) -> dict:
     return {
         "teacher": str(teacher),
         "student": str(student),
+        "student_small": str(small),
         "corpus": str(corpus),
         "tasks": str(tasks),
         "teacher_build_s": round(t_teacher, 1),

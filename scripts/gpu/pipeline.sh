@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# The GPU work of issues 3, 9 and 8 on one 4-GPU device machine, phase by phase; started in the
+# The GPU work of issues 3, 9 and 8 on one 4-GPU device machine, phase by phase;
+# issue 8's benchmarks: "setup assets data bench4 bench2 evalbench" (one job at a time, so no
+# timing shares the machine with another run); started in the
 # background by scripts/gpu/device_run.sh (which outlives one `run` call). Idempotent: a phase
 # with a done marker is skipped, so a rerun continues. State in $KD_GPU_WORK (/tmp/kdgpu):
 # progress.log, logs/<phase>.log, results/*.json, runs/<run>/ (launcher run dirs).
@@ -68,5 +70,37 @@ fi
 want tp2 && phase tp2 900 bash -c 'launch "$@"' - tp2 cluster.gpus_per_node=2 train.tp=2
 wait
 want tp4 && phase tp4 900 bash -c 'launch "$@"' - tp4
+
+# Issue 8, nothing else running: assets, tokenized data, then the KD benchmark on 4 and on 2
+# GPUs (seq 4096, ~1B teacher, ~0.5B student), then MMLU eval throughput on one GPU.
+BENCH_DATA=$W/data/synth_text_document
+tokenize() {
+  python - "$W/data" <<'PY'
+import sys
+from kd import compat
+compat.activate("cpu")
+from kd import data
+from kd.specs import DataSource, DataSpec
+print(data.run(DataSpec(sources=(DataSource(name="synth", jsonl=".cache/gpu_1b/corpus.jsonl"),),
+                        tokenizer=".cache/gpu_1b/tokenizer", out_dir=sys.argv[1], workers=8)))
+PY
+}
+kdbench() {  # kdbench WORLD [VARIANTS]: GPUs 0..WORLD-1, reference TP = WORLD
+  python benchmarks/kd_throughput.py --student .cache/gpu_1b/student_small \
+    --teacher .cache/gpu_1b/teacher --data "$BENCH_DATA" --world "$1" --tp "$1" --seq 4096 \
+    --gbs 16 --iters "${KD_BENCH_ITERS:-10}" --warmup 3 --variants "${2:-reference,sdpa,auto_tp,auto_mbs,ours}" \
+    --work "$W/bench$1" --out "$W/results/kd_throughput_$1gpu.json"
+}
+export -f tokenize kdbench
+export BENCH_DATA
+if want assets || want data || want bench4 || want bench2 || want evalbench; then
+  [ -f "$W/done/assets" ] || phase assets 500 python scripts/gpu/build_assets.py .cache/gpu_1b
+fi
+want data && phase data 300 bash -c tokenize
+want bench4 && CUDA_VISIBLE_DEVICES=0,1,2,3 phase bench4 900 bash -c 'kdbench 4'
+want bench2 && CUDA_VISIBLE_DEVICES=0,1 phase bench2 700 bash -c 'kdbench 2 reference,sdpa,ours'
+want evalbench && CUDA_VISIBLE_DEVICES=0 phase evalbench 600 python benchmarks/eval_throughput.py \
+  --model .cache/gpu_1b/teacher --batch-sizes 1,auto --n-test 10 --work "$W/evalbench" \
+  --out "$W/results/eval_throughput.json"
 say "pipeline finished"
 touch "$W/finished"

@@ -1,0 +1,116 @@
+"""MMLU eval throughput: lm-eval's ``hf`` backend through kd.evaluate, batch sizes side by side.
+
+    python benchmarks/eval_throughput.py --model .cache/gpu_1b/teacher --batch-sizes 1,auto \\
+        --n-test 10 --out runs/bench/eval_throughput.json
+
+No Hub here, so the questions are MMLU-shaped stand-ins (kd.mmlu_local): all 57 subjects,
+``--n-test`` test questions each, 5 dev questions for the few-shot prompt, written in words the
+kd.tiny tokenizer knows, with MMLU-like lengths (question 30-90 words, choices 2-12 words; a
+5-shot prompt is then ~550 tokens, real MMLU's are ~400-1000). Each batch size is one full
+``kd.evaluate.run`` of the real ``mmlu`` group (the eval stage's code path, model load
+included): questions/s = questions / eval_seconds. ``auto`` is lm-eval's own search for the
+largest batch that fits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def build_questions(root: Path, n_test: int, seed: int = 0) -> tuple[Path, int]:
+    """All 57 subjects, MMLU-length questions; returns (lm-eval include_path, questions)."""
+    from kd.mmlu_local import mmlu_subjects, write_dataset, write_task_overrides
+
+    rng = random.Random(seed)
+
+    def words(lo: int, hi: int) -> str:
+        return " ".join(f"w{rng.randrange(100)}" for _ in range(rng.randint(lo, hi)))
+
+    def question(subject: str) -> dict:
+        return {"question": words(30, 90), "subject": subject,
+                "choices": [words(2, 12) for _ in range(4)], "answer": rng.randrange(4)}
+
+    subjects = sorted(mmlu_subjects())
+    data = root / f"mmlu_n{n_test}"
+    if not (data / "README.md").is_file():
+        rows = {}
+        for s in subjects:
+            dev = [question(s) for _ in range(5)]
+            rows[s] = {"test": [question(s) for _ in range(n_test)], "validation": dev[:1],
+                       "dev": dev}
+        write_dataset(data, rows)
+    tasks = write_task_overrides(root / f"tasks_n{n_test}", data)
+    return tasks, n_test * len(subjects)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", type=Path, required=True, help="HF checkpoint dir")
+    p.add_argument("--batch-sizes", default="1,auto", help="comma-separated; 'auto' = lm-eval's")
+    p.add_argument("--n-test", type=int, default=10, help="test questions per subject")
+    p.add_argument("--fewshot", type=int, default=5)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--work", type=Path, default=Path("runs/bench/eval"))
+    p.add_argument("--out", type=Path, default=Path("runs/bench/eval_throughput.json"))
+    args = p.parse_args(argv)
+
+    from kd import compat
+
+    compat.activate(compat.resolve_device(args.device))
+    from kd import evaluate
+    from kd.specs import EvalSpec
+
+    args.work.mkdir(parents=True, exist_ok=True)
+    tasks, questions = build_questions(args.work, args.n_test)
+    result = {"model": str(args.model), "questions": questions, "num_fewshot": args.fewshot,
+              "device": device_name(), "runs": {}}
+    for bs in args.batch_sizes.split(","):
+        batch = int(bs) if bs.isdigit() else bs
+        out = args.work / f"bs_{bs}.json"
+        out.unlink(missing_ok=True)  # measure, never reuse
+        spec = EvalSpec(role="student_before", model=str(args.model.absolute()),
+                        out_file=str(out), tasks=("mmlu",), num_fewshot=args.fewshot,
+                        batch_size=batch, dtype=args.dtype, device=args.device,
+                        include_path=str(tasks.absolute()))
+        t0 = time.time()
+        record = evaluate.run(spec)
+        wall = time.time() - t0
+        seconds = record["eval_seconds"]
+        result["runs"][bs] = {
+            "eval_seconds": seconds,
+            "wall_s": round(wall, 1),
+            "questions_per_s": round(questions / seconds, 1),
+            "mmlu_acc": record["groups"]["mmlu"]["acc"],
+            "mmlu_n": record["groups"]["mmlu"]["n"],
+        }
+        print(f"EVAL_BENCH bs={bs} " + json.dumps(result["runs"][bs]), flush=True)
+    runs = result["runs"]
+    if "1" in runs and "auto" in runs:
+        result["speedup_auto_vs_1"] = round(runs["1"]["eval_seconds"] / runs["auto"]["eval_seconds"],
+                                            2)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"MMLU ({questions} questions, {args.fewshot}-shot) on {result['device']}")
+    print("| batch size | eval s (incl. load) | questions/s |\n|---|---|---|")
+    for bs, r in runs.items():
+        print(f"| {bs} | {r['eval_seconds']} | {r['questions_per_s']} |")
+    return 0
+
+
+def device_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
