@@ -73,7 +73,7 @@ class DistillSpec:
     split: str = "99,1,0"  # train/valid/test split of the blend
     done_marker: str | None = None
     recompute: str = "none"  # "none" | "full": activation recomputation of the student
-    overlap_grad_reduce: bool = True  # overlap the DP gradient all-reduce with backward (GPU)
+    overlap_grad_reduce: bool = False  # overlap the DP gradient all-reduce with backward (GPU)
 
 
 @dataclass(frozen=True)

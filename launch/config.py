@@ -58,7 +58,9 @@ class Train:
     seq_length: int = 4096
     micro_batch_size: int | str = "auto"
     recompute: str = "auto"  # auto | none | full (activation recomputation of the student)
-    overlap_grad_reduce: bool = True  # overlap the data-parallel gradient all-reduce (GPU, dp>1)
+    # overlap the data-parallel gradient all-reduce with backward (GPU, dp > 1); off: no gain
+    # measured on one 4 x H100 node (benchmarks/results/h100x4_2026-11-28_issue8.json)
+    overlap_grad_reduce: bool = False
     global_batch_size: int = 4
     train_iters: int = 100
     lr: float = 1e-4

@@ -7,17 +7,22 @@ parallelism — the distill stage's defaults without TE):
 - student weights, 18 bytes per parameter: bf16 weights (2) + fp32 main weights (4) + fp32
   gradient buffer (4) + Adam moments (8), divided over TP x PP;
 - teacher weights, bf16 (2 bytes per parameter), divided over TP x PP, no optimizer state;
-- student activations per layer (Korthikanti et al. 2022, bf16):
-  ``seq * mbs * hidden * (10 + 24 / tp)`` bytes, plus ``5 * heads * seq^2 * mbs / tp`` when the
-  attention is the unfused local one (SDPA/flash keeps no score matrix);
+- student activations per layer, bytes (the terms of Korthikanti et al. 2022, bf16, with
+  coefficients fitted to measurements): ``seq * mbs * (ACT_LAYER * hidden`` for norms and
+  residuals, ``+ ACT_ATTENTION * hidden / tp`` when the layer has attention, ``+ ACT_FFN *
+  ffn_width / tp`` for its SwiGLU MLP (AnyModel no-op parts count 0), ``)``, plus
+  ``ACT_SCORES * heads * seq^2 * mbs / tp`` when attention is the unfused local one (SDPA keeps
+  no score matrix);
 - with ``recompute=True`` (full, one layer per checkpoint): each layer's bf16 input
   ``2 * seq * mbs * hidden`` plus the largest single layer's activations;
 - KD logits: student and teacher logits and the softmax / KL intermediates over the TP-sharded
   padded vocabulary, ``LOGIT_COPIES`` fp32 copies of ``seq * mbs * vocab / tp``.
 
-``LOGIT_COPIES`` is the one fitted constant (from the 1B TP=2 SDPA mbs=1 run); the estimate is
-checked against peak memory measured on 4 x H100 for six layouts in tests/launch/test_memory.py
-(all within 15 %).
+The five coefficients are a least-squares fit to peak memory measured on H100 for 12 layouts
+(TP 1/2/4, micro-batch 1/2/4, seq 1024/2048/4096, local and SDPA attention, three students:
+benchmarks/results/h100x4_2026-11-28*.json); every one is within 2 %, and
+tests/launch/test_memory.py holds them to 15 %. Layouts measured after the fit are checked there
+too (held-out validation).
 """
 
 from __future__ import annotations
@@ -25,7 +30,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 GIB = 1024**3
-LOGIT_COPIES = 10.8
+LOGIT_COPIES = 6.8
+ACT_LAYER = 10.6
+ACT_ATTENTION = 10.2
+ACT_FFN = 6.9
+ACT_SCORES = 2.3
 OPTIMIZER_BYTES = 18  # bf16 param + fp32 main param + fp32 grad + 2 x fp32 Adam moments
 VOCAB_MULTIPLE = 128  # Megatron pads the vocabulary to a multiple of 128 x TP
 
@@ -81,11 +90,12 @@ def estimate(student: dict, teacher: dict, *, tp: int, pp: int = 1, seq: int, mb
     shards = tp * pp
     h, heads = int(student["hidden_size"]), int(student["num_attention_heads"])
     layers = [b for b in _blocks(student)]
-    per_layer = seq * mbs * h * (10 + 24 / tp)
     acts = 0.0
-    for has_att, _ in layers:
-        full = per_layer + (5 * heads * seq * seq * mbs / tp
-                            if has_att and attention == "local" else 0.0)
+    for has_att, ffn in layers:
+        full = seq * mbs * (ACT_LAYER * h + (ACT_ATTENTION * h / tp if has_att else 0.0)
+                            + ACT_FFN * ffn / tp)
+        if has_att and attention == "local":
+            full += ACT_SCORES * heads * seq * seq * mbs / tp
         # full recomputation keeps only each layer's bf16 input, plus one layer rebuilt at a time
         acts = max(acts, full) if recompute else acts + full
     if recompute:
@@ -94,6 +104,7 @@ def estimate(student: dict, teacher: dict, *, tp: int, pp: int = 1, seq: int, mb
     return Estimate(
         student_states=OPTIMIZER_BYTES * parameters(student, tp) / shards / GIB,
         teacher_weights=2 * parameters(teacher, tp) / shards / GIB,
-        activations=acts / pp / GIB,
+        # 1F1B: the first stage holds pp micro-batches of its layers/pp layers: all layers' worth
+        activations=acts / GIB,
         logits=logits / GIB,
     )

@@ -88,17 +88,30 @@ PY
 kdbench() {  # kdbench WORLD [VARIANTS]: GPUs 0..WORLD-1, reference TP = WORLD
   python benchmarks/kd_throughput.py --student .cache/gpu_1b/student_small \
     --teacher .cache/gpu_1b/teacher --data "$BENCH_DATA" --world "$1" --tp "$1" --seq 4096 \
-    --gbs 16 --iters "${KD_BENCH_ITERS:-10}" --warmup 3 --variants "${2:-reference,sdpa,auto_tp,auto_mbs,ours}" \
+    --gbs 16 --iters "${KD_BENCH_ITERS:-10}" --warmup 3 --variants "${2:-reference,sdpa,auto_tp,ours,ours_overlap}" \
     --work "$W/bench$1" --out "$W/results/kd_throughput_$1gpu.json"
 }
-export -f tokenize kdbench
+kdval() {  # kdval NAME STUDENT SEQ GBS VARIANTS [ARGS...]: layouts measured after the memory fit
+  local name=$1 student=$2 seq=$3 gbs=$4 variants=$5
+  shift 5
+  python benchmarks/kd_throughput.py --student ".cache/gpu_1b/$student" \
+    --teacher .cache/gpu_1b/teacher --data "$BENCH_DATA" --world 4 --tp 4 --seq "$seq" \
+    --gbs "$gbs" --iters 8 --warmup 3 --variants "$variants" --work "$W/$name" \
+    --out "$W/results/kd_$name.json" "$@"
+}
+export -f tokenize kdbench kdval
 export BENCH_DATA
-if want assets || want data || want bench4 || want bench2 || want evalbench; then
+if want assets || want data || want bench4 || want bench2 || want evalbench || want val; then
   [ -f "$W/done/assets" ] || phase assets 500 python scripts/gpu/build_assets.py .cache/gpu_1b
 fi
 want data && phase data 300 bash -c tokenize
 want bench4 && CUDA_VISIBLE_DEVICES=0,1,2,3 phase bench4 900 bash -c 'kdbench 4'
 want bench2 && CUDA_VISIBLE_DEVICES=0,1 phase bench2 700 bash -c 'kdbench 2 reference,sdpa,ours'
+# held-out checks of the memory estimate (and the gains of micro-batch 8 and recompute's cost)
+want val && CUDA_VISIBLE_DEVICES=0,1,2,3 phase val 560 bash -c '
+  kdval val_big student 4096 16 ours &&
+  kdval val_seq2048 student_small 2048 64 auto_tp,ours &&
+  kdval val_recompute student_small 4096 16 ours --recompute full'
 want evalbench && CUDA_VISIBLE_DEVICES=0 phase evalbench 600 python benchmarks/eval_throughput.py \
   --model .cache/gpu_1b/teacher --batch-sizes 1,auto --n-test 10 --work "$W/evalbench" \
   --out "$W/results/eval_throughput.json"
