@@ -5,7 +5,8 @@
 a number (or ``none``/``full``) and a ``Layout`` that says what was chosen and why; values the
 experiment pins are kept and only checked later by the pre-flight.
 
-The rule (measured in benchmarks/kd_throughput.py; issue 8):
+The rule (measured with benchmarks/kd_throughput.py, issue 8: on 4 x H100 at seq 4096, TP=4 ->
+TP=1 x DP=4 was 6.5x the tokens/s/GPU, micro-batch 1 -> 4 another 1.46x):
 1. model parallelism as small as fits: the smallest ``tp x pp`` (TP first, within one node,
    dividing every attention and KV head count; PP dividing both models' layer counts) whose
    estimated peak at micro-batch 1 fits ``AUTO_FILL`` of ``cluster.gpu_memory_gib``. Lower TP
@@ -32,8 +33,10 @@ from launch.memory import estimate
 from launch.schema import ConfigError
 
 AUTO = "auto"
-AUTO_FILL = 0.80  # of cluster.gpu_memory_gib: the estimate is within ~10 % of measured peaks
-MAX_AUTO_MBS = 8  # larger micro-batches gained nothing measurable on H100 (issue 8)
+AUTO_FILL = 0.80  # of cluster.gpu_memory_gib: the estimate is within 7 % of 18 measured peaks
+# a cap, not a measured optimum: 8 x 2048 tokens per micro-batch already reached 39 % MFU
+# (4.7 x micro-batch 1, benchmarks/results/h200x4_2026-11-28_issue8_val.json)
+MAX_AUTO_MBS = 8
 RECOMPUTE = ("none", "full")
 
 

@@ -1,6 +1,8 @@
-"""The KD memory estimate (launch/memory.py) against peak memory measured on 4 x H100
-(benchmarks/results/h100x4_2026-11-28.json): six layouts, each within 15 %; and the pre-flight
-check that uses it."""
+"""The KD memory estimate (launch/memory.py) against peak memory measured on GPUs: the 12 layouts
+its coefficients were fitted to (benchmarks/results/h100x4_2026-11-28*.json) and 4 held-out
+layouts measured after the fit (h200x4_2026-11-28_issue8_val.json: a 1B student at 56 GiB,
+micro-batch 8, micro-batch 1 at seq 2048, full recompute), each within 15 % (the issue's bar;
+all are within 7 %); and the pre-flight check that uses it."""
 
 from __future__ import annotations
 
@@ -15,7 +17,10 @@ from launch.memory import estimate, parameters
 from launch.schema import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
-MEASURED = json.loads((REPO / "benchmarks" / "results" / "h100x4_2026-11-28.json").read_text())
+RESULTS = REPO / "benchmarks" / "results"
+MEASURED = json.loads((RESULTS / "h100x4_2026-11-28.json").read_text())
+ISSUE8 = json.loads((RESULTS / "h100x4_2026-11-28_issue8.json").read_text())
+HELD_OUT = json.loads((RESULTS / "h200x4_2026-11-28_issue8_val.json").read_text())["runs"]
 
 
 def llama(layers, hidden, ffn, heads, kv, vocab):
@@ -34,6 +39,8 @@ SMALL_T = llama(12, 1024, 4096, 16, 4, 256)  # tests/kd/test_gpu.py
 SMALL_S = llama(10, 1024, 2816, 16, 4, 256)
 BIG_T = llama(16, 2048, 8192, 16, 8, 32000)  # configs/experiments/gpu_1b_tp.yaml
 BIG_S = pruned(BIG_T)
+SMALL_BENCH_S = {**BIG_T, "block_configs": [  # scripts/gpu/build_assets.py student_small
+    {"attention": {"no_op": i in (0, 8)}, "ffn": {"intermediate_size": 2048}} for i in range(16)]}
 
 
 def measured_points():
@@ -47,7 +54,27 @@ def measured_points():
         ("1B sdpa mbs1", BIG_S, BIG_T, 2, 2048, 1, "sdpa", bench["sdpa_mbs1"]),
         ("1B sdpa mbs2", BIG_S, BIG_T, 2, 2048, 2, "sdpa", bench["ours"]),
         ("1B TP=4 mbs2", BIG_S, BIG_T, 4, 2048, 2, "sdpa", runs[4]),
+        *issue8_points(),
     ]
+
+
+def issue8_points():
+    out = []
+    for key in ("kd_throughput_4gpu", "kd_throughput_2gpu"):
+        for name, v in ISSUE8[key]["variants"].items():
+            out.append((f"{key} {name}", SMALL_BENCH_S, BIG_T, v["tp"], ISSUE8[key]["seq"],
+                        v["micro_batch_size"], v["attention"], v))
+    return out
+
+
+def held_out_points():
+    out = []
+    for run, r in HELD_OUT.items():
+        student = BIG_S if r["student"].endswith("/student") else SMALL_BENCH_S
+        for name, v in r["variants"].items():
+            out.append((f"{run} {name}", student, BIG_T, v["tp"], r["seq"], v["micro_batch_size"],
+                        v["attention"], v))
+    return out
 
 
 def test_parameter_counts_match_the_built_models():
@@ -57,11 +84,12 @@ def test_parameter_counts_match_the_built_models():
     assert parameters(SMALL_T, 2) == gpu["gpu_dense"]["teacher_params"]
 
 
-@pytest.mark.parametrize("point", measured_points(), ids=lambda p: p[0])
+@pytest.mark.parametrize("point", measured_points() + held_out_points(), ids=lambda p: p[0])
 def test_estimate_within_15_percent_of_measured_peak(point):
     _, student, teacher, tp, seq, mbs, attention, run = point
     measured = max(run["peak_allocated_gib_per_rank"])
-    est = estimate(student, teacher, tp=tp, seq=seq, mbs=mbs, attention=attention).total
+    est = estimate(student, teacher, tp=tp, seq=seq, mbs=mbs, attention=attention,
+                   recompute=run.get("recompute") == "full").total
     assert abs(est - measured) / measured < 0.15, (est, measured)
 
 
