@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import losses_of, tagged_json
+from conftest import losses_of, make_spec, run_python, tagged_json
 
 from kd.paths import latest_iteration
 
@@ -25,8 +25,6 @@ def test_full_recompute_gives_the_same_losses(kd_runs, dense_tp1_run, dense_stud
                                               tiny_teacher, token_prefix):
     """train.recompute=full (chosen by launch/layout.py when nothing fits without it) rebuilds
     each student layer in backward: the same math, so the same losses as dense_tp1_run."""
-    from conftest import make_spec, run_python
-
     from kd.distill import spec_to_json
 
     spec = make_spec(dense_student, tiny_teacher, token_prefix, kd_runs / "recompute",
