@@ -41,7 +41,6 @@ import argparse
 import json
 import os
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -169,27 +168,18 @@ def worker(spec_file: Path, attention: str) -> int:
 # --------------------------------------------------------------------------- driver
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def run_variant(
     name: str, attention: str, spec_file: Path, world: int, logs: Path, timeout: int
 ) -> tuple[list[str], float, int]:
-    port, procs = str(free_port()), []
+    from kd.dist_env import free_port, local_job_env
+
+    port, procs = free_port(), []
     logs.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     for rank in range(world):
         env = {
             **os.environ,
-            "RANK": str(rank),
-            "WORLD_SIZE": str(world),
-            "LOCAL_RANK": str(rank),
-            "LOCAL_WORLD_SIZE": str(world),
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": port,
+            **local_job_env(rank, world, port),
             "PYTHONPATH": str(REPO),
             "PYTHONUNBUFFERED": "1",
             "CUDA_DEVICE_MAX_CONNECTIONS": "1",

@@ -42,7 +42,7 @@ def export_env(set_cuda_visible_devices: bool = False) -> DistEnv:
         os.environ.setdefault("LOCAL_RANK", os.environ["RANK"])
         os.environ.setdefault("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
     return DistEnv(
         rank=int(os.environ["RANK"]),
         world_size=int(os.environ["WORLD_SIZE"]),
@@ -53,9 +53,22 @@ def export_env(set_cuda_visible_devices: bool = False) -> DistEnv:
     )
 
 
-def _free_port() -> int:
+def free_port() -> int:
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def local_job_env(rank: int, world: int, port: int | str) -> dict[str, str]:
+    """The variables ``export_env`` reads for rank ``rank`` of a ``world``-process job started
+    by hand on this machine (tests, benchmarks)."""
+    return {
+        "RANK": str(rank),
+        "WORLD_SIZE": str(world),
+        "LOCAL_RANK": str(rank),
+        "LOCAL_WORLD_SIZE": str(world),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+    }

@@ -160,10 +160,9 @@ def build_pruned_anymodel(
     install_import_stubs()
     from modelopt.torch.puzzletron.anymodel import convert_model
 
-    no_ops = (no_op_attention_layer,) if isinstance(no_op_attention_layer, int) else tuple(
-        no_op_attention_layer)
-    pruned = (pruned_ffn_layer,) if isinstance(pruned_ffn_layer, int) else tuple(
-        pruned_ffn_layer)
+    no_ops, pruned = (
+        [x] if isinstance(x, int) else list(x) for x in (no_op_attention_layer, pruned_ffn_layer)
+    )
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     convert_model(str(teacher_dir), str(tmp), "llama")
@@ -192,11 +191,9 @@ def build_pruned_anymodel(
     meta = {
         "kind": "anymodel",
         "teacher": str(teacher_dir),
-        "no_op_attention_layer": no_op_attention_layer if isinstance(
-            no_op_attention_layer, int) else list(no_ops),
-        "pruned_ffn_layer": pruned_ffn_layer if isinstance(pruned_ffn_layer, int) else list(
-            pruned),
-        "ffn_width": widths[0] if len(widths) == 1 else widths,
+        "no_op_attention_layers": no_ops,
+        "pruned_ffn_layers": pruned,
+        "ffn_widths": widths,
     }
     return _publish(tmp, out, meta)
 

@@ -196,11 +196,12 @@ def _with_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def resolve_experiment_path(ref: str) -> Path:
+def named_yaml(ref: str, directory: Path) -> Path:
+    """``ref`` as given when it is a file or ends in .yaml/.yml, else ``directory/<ref>.yaml``."""
     path = Path(ref)
     if path.exists() or path.suffix in (".yaml", ".yml"):
         return path
-    return EXPERIMENTS_DIR / f"{ref}.yaml"
+    return directory / f"{ref}.yaml"
 
 
 def resolve_cluster_path(ref: str) -> Path:
@@ -216,7 +217,7 @@ def resolve_cluster_path(ref: str) -> Path:
 
 
 def experiment_dict(ref: str, overrides: list[str] = ()) -> dict:
-    return _with_overrides(_read_yaml(resolve_experiment_path(ref)), list(overrides))
+    return _with_overrides(_read_yaml(named_yaml(ref, EXPERIMENTS_DIR)), list(overrides))
 
 
 def cluster_dict(ref: str, overrides: list[str] = ()) -> dict:

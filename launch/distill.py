@@ -82,11 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     exp_over, cl_over = split_overrides(args.overrides)
     try:
-        experiment = cfg.load_experiment(args.config, exp_over)
         cluster = cfg.load_cluster(args.cluster, cl_over)
         from launch import layout
 
-        experiment, chosen = layout.resolve(experiment, cluster)
+        experiment, chosen = layout.load_experiment(args.config, exp_over, cluster)
         if chosen.auto:
             print(chosen.describe())
         exp_resolved = to_dict(experiment)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from launch.config import Cluster, Experiment, tasks_per_node
-from launch.memory import estimate
+from launch.memory import estimate, head_counts
 from launch.schema import ConfigError
 
 AUTO = "auto"
@@ -37,7 +37,7 @@ AUTO_FILL = 0.80  # of cluster.gpu_memory_gib: the estimate is within 7 % of 18 
 # a cap, not a measured optimum: 8 x 2048 tokens per micro-batch already reached 39 % MFU
 # (4.7 x micro-batch 1, benchmarks/results/h200x4_2026-11-28_issue8_val.json)
 MAX_AUTO_MBS = 8
-RECOMPUTE = ("none", "full")
+FIELDS = ("tp", "pp", "micro_batch_size", "recompute")
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,21 @@ def is_auto(value: object) -> bool:
     return value == AUTO
 
 
+def load_experiment(ref: str, overrides: list[str], cluster: Cluster) -> tuple[Experiment, Layout]:
+    """``config.load_experiment`` + ``resolve``: what planning and the pre-flight take."""
+    from launch import config as cfg
+
+    return resolve(cfg.load_experiment(ref, overrides), cluster)
+
+
+def require_resolved(exp: Experiment) -> None:
+    """Planning and the pre-flight work on numbers: refuse an experiment with ``auto`` left."""
+    left = [f"train.{f}" for f in FIELDS if is_auto(getattr(exp.train, f))]
+    if left:
+        raise ValueError(f"{', '.join(left)} still 'auto': resolve the experiment first "
+                         f"(launch.layout.resolve or launch.layout.load_experiment)")
+
+
 def _config(path: str, field: str) -> dict:
     f = Path(os.path.expanduser(path)) / "config.json"
     try:
@@ -77,29 +92,27 @@ def _config(path: str, field: str) -> dict:
         ) from None
 
 
-def _heads(cfg: dict) -> list[int]:
-    """Every attention and KV head count TP must divide (AnyModel no-op layers skipped)."""
-    heads = int(cfg.get("num_attention_heads", 1))
-    out = [heads]
-    for b in cfg.get("block_configs") or [{}]:
-        att = b.get("attention", {}) if isinstance(b, dict) else {}
-        if att.get("no_op") or att.get("replace_with_linear"):
-            continue
-        out.append(int(att.get("num_key_value_heads") or cfg.get("num_key_value_heads") or heads))
-    return out
-
-
 def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
 def resolve(exp: Experiment, cluster: Cluster) -> tuple[Experiment, Layout]:
     t = exp.train
-    auto = tuple(f for f in ("tp", "pp", "micro_batch_size", "recompute")
-                 if is_auto(getattr(t, f)))
+    auto = tuple(f for f in FIELDS if is_auto(getattr(t, f)))
     world = cluster.nodes * tasks_per_node(cluster)
-    gpus = cluster.gpus_per_node
-    if not gpus:
+    needs_estimate = bool(set(auto) & {"tp", "micro_batch_size"})
+    readable = all((Path(os.path.expanduser(m.path)) / "config.json").is_file()
+                   for m in (exp.student, exp.teacher))
+    if cluster.gpus_per_node and needs_estimate and not cluster.gpu_memory_gib:
+        raise ConfigError(
+            f"train.{'tp' if is_auto(t.tp) else 'micro_batch_size'}=auto chooses the layout from "
+            f"GPU memory, but cluster.gpu_memory_gib is not set: set it (e.g. "
+            f"cluster.gpu_memory_gib=79 for H100 80GB), or pin train.tp, train.pp, "
+            f"train.micro_batch_size and train.recompute")
+    if not cluster.gpus_per_node or not (needs_estimate or (cluster.gpu_memory_gib and readable)):
+        # no GPU memory to fill (CPU clusters), or nothing to estimate with while tp and mbs are
+        # pinned: no model parallelism, no recomputation, the largest micro-batch up to the cap
+        # (the pre-flight's memory and path checks say what is missing)
         tp = 1 if is_auto(t.tp) else t.tp
         pp = 1 if is_auto(t.pp) else t.pp
         dp = max(1, world // (tp * pp * t.cp))
@@ -107,28 +120,9 @@ def resolve(exp: Experiment, cluster: Cluster) -> tuple[Experiment, Layout]:
         if is_auto(mbs):
             mbs = max(d for d in _divisors(max(1, t.global_batch_size // dp))
                       if d <= MAX_AUTO_MBS)
-        recompute = "none" if is_auto(t.recompute) else t.recompute
-        layout = Layout(tp, pp, dp, mbs, recompute, None, None, auto)
-        return _apply(exp, layout), layout
-    if not auto:
-        layout = Layout(t.tp, t.pp, max(1, world // (t.tp * t.pp * t.cp)), t.micro_batch_size,
-                        t.recompute, None, None, ())
-        return exp, layout
-    readable = all((Path(os.path.expanduser(m.path)) / "config.json").is_file()
-                   for m in (exp.student, exp.teacher))
-    if not (set(auto) & {"tp", "micro_batch_size"}) and not (cluster.gpu_memory_gib and readable):
-        # tp and mbs pinned, nothing to estimate with: pp 1, no recomputation (the pre-flight's
-        # memory and path checks say what is missing)
-        pp = 1 if is_auto(t.pp) else t.pp
         rc = "none" if is_auto(t.recompute) else t.recompute
-        layout = Layout(t.tp, pp, max(1, world // (t.tp * pp * t.cp)), t.micro_batch_size,
-                        rc, None, None, auto)
+        layout = Layout(tp, pp, dp, mbs, rc, None, None, auto)
         return _apply(exp, layout), layout
-    if not cluster.gpu_memory_gib:
-        raise ConfigError(
-            f"train.{'tp' if is_auto(t.tp) else 'micro_batch_size'}=auto chooses the layout from GPU memory, but "
-            f"cluster.gpu_memory_gib is not set: set it (e.g. cluster.gpu_memory_gib=79 for "
-            f"H100 80GB), or pin train.tp, train.pp, train.micro_batch_size and train.recompute")
     student = _config(exp.student.path, "student.path")
     teacher = _config(exp.teacher.path, "teacher.path")
     layout = choose(student, teacher, world=world, gpus_per_node=tasks_per_node(cluster),
@@ -146,7 +140,10 @@ def choose(student: dict, teacher: dict, *, world: int, gpus_per_node: int,
     auto = tuple(f for f, v in (("tp", tp), ("pp", pp), ("micro_batch_size", micro_batch_size),
                                 ("recompute", recompute)) if is_auto(v))
     budget = AUTO_FILL * gpu_memory_gib
-    heads = _heads(student) + _heads(teacher)
+    heads: list[int] = []
+    for cfg in (student, teacher):
+        h, kv = head_counts(cfg)
+        heads += [h, *kv]
     layers = (int(student["num_hidden_layers"]), int(teacher["num_hidden_layers"]))
     tps = [tp] if not is_auto(tp) else [d for d in _divisors(gpus_per_node)
                                          if all(h % d == 0 for h in heads)]

@@ -51,6 +51,22 @@ class Estimate:
         return self.student_states + self.teacher_weights + self.activations + self.logits
 
 
+def head_counts(cfg: dict) -> tuple[int, list[int]]:
+    """Attention heads and the KV-head counts of every attention layer (AnyModel aware)."""
+    heads = int(cfg.get("num_attention_heads", 0))
+    blocks = cfg.get("block_configs")
+    if blocks:
+        kv = []
+        for b in blocks:
+            att = b.get("attention", {}) if isinstance(b, dict) else {}
+            if att.get("no_op") or att.get("replace_with_linear"):
+                continue
+            n = att.get("num_key_value_heads") or cfg.get("num_key_value_heads") or heads
+            kv.append(int(n))
+        return heads, kv
+    return heads, [int(cfg.get("num_key_value_heads") or heads)]
+
+
 def _blocks(cfg: dict) -> list[tuple[bool, int]]:
     """(has attention, FFN width) per layer; AnyModel ``block_configs`` aware."""
     n, ffn = int(cfg["num_hidden_layers"]), int(cfg.get("intermediate_size", 0))

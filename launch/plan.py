@@ -26,6 +26,7 @@ from kd.specs import (
     ReportSpec,
 )
 from launch.config import Cluster, Experiment, tasks_per_node
+from launch.layout import require_resolved
 
 
 @dataclass(frozen=True)
@@ -129,11 +130,7 @@ def plan(exp: Experiment, cluster: Cluster, run_dir: str | Path,
                      done_marker=str(paths.stage_done("prepare_data"))),
             time_min=res.prepare_data_min)
 
-    if any(getattr(exp.train, f) == "auto" for f in ("tp", "pp", "micro_batch_size",
-                                                        "recompute")):
-        from launch.layout import resolve  # callers usually resolve first (the config hash)
-
-        exp, _ = resolve(exp, cluster)
+    require_resolved(exp)
     t = exp.train
     add("distill", "kd.distill",
         DistillSpec(

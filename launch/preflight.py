@@ -15,6 +15,8 @@ import subprocess
 from pathlib import Path
 
 from launch.config import Cluster, Experiment, tasks_per_node
+from launch.layout import require_resolved
+from launch.memory import estimate, head_counts
 from launch.schema import ConfigError
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
@@ -23,15 +25,8 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer
 MEMORY_HEADROOM = 0.92  # CUDA context, allocator fragmentation and NCCL buffers need the rest
 
 
-def resolved(exp: Experiment, cluster: Cluster) -> Experiment:
-    """``exp`` with any ``auto`` layout field chosen (launch/layout.py); unchanged otherwise."""
-    from launch import layout
-
-    return layout.resolve(exp, cluster)[0]
-
-
 def check(exp: Experiment, cluster: Cluster) -> None:
-    exp = resolved(exp, cluster)
+    """``exp`` as ``launch.layout.resolve`` returns it (no ``auto`` left)."""
     check_layout(exp, cluster)
     check_paths(exp)
     check_models(exp)
@@ -43,9 +38,7 @@ def check_memory(exp: Experiment, cluster: Cluster) -> None:
     """Refuse a layout whose estimated peak (launch/memory.py) does not fit one GPU."""
     if not (cluster.gpus_per_node and cluster.gpu_memory_gib):
         return
-    exp = resolved(exp, cluster)
-    from launch.memory import estimate
-
+    require_resolved(exp)
     t = exp.train
     est = estimate(_config(exp.student.path), _config(exp.teacher.path), tp=t.tp, pp=t.pp,
                    seq=t.seq_length, mbs=t.micro_batch_size, recompute=t.recompute == "full")
@@ -69,7 +62,8 @@ def world_size(cluster: Cluster) -> int:
 
 
 def check_layout(exp: Experiment, cluster: Cluster) -> None:
-    t = resolved(exp, cluster).train
+    require_resolved(exp)
+    t = exp.train
     ws = world_size(cluster)
     mp = t.tp * t.pp * t.cp
     if ws % mp:
@@ -141,22 +135,6 @@ def _config(path: str) -> dict:
     return json.loads((Path(os.path.expanduser(path)) / "config.json").read_text())
 
 
-def _heads(cfg: dict) -> tuple[int, list[int]]:
-    """Attention heads and the KV-head counts of every attention layer (AnyModel aware)."""
-    heads = int(cfg.get("num_attention_heads", 0))
-    blocks = cfg.get("block_configs")
-    if blocks:
-        kv = []
-        for b in blocks:
-            att = b.get("attention", {}) if isinstance(b, dict) else {}
-            if att.get("no_op") or att.get("replace_with_linear"):
-                continue
-            n = att.get("num_key_value_heads") or cfg.get("num_key_value_heads") or heads
-            kv.append(int(n))
-        return heads, kv
-    return heads, [int(cfg.get("num_key_value_heads") or heads)]
-
-
 def tokenizer_fingerprint(path: str) -> str | None:
     d = Path(os.path.expanduser(path))
     h = hashlib.sha256()
@@ -170,11 +148,12 @@ def tokenizer_fingerprint(path: str) -> str | None:
 
 
 def check_models(exp: Experiment) -> None:
-    tp = exp.train.tp if exp.train.tp != "auto" else 1  # an auto tp divides the heads
+    require_resolved(exp)
+    tp = exp.train.tp
     cfgs = {}
     for role in ("student", "teacher"):
         cfg = cfgs[role] = _config(getattr(exp, role).path)
-        heads, kv = _heads(cfg)
+        heads, kv = head_counts(cfg)
         if heads % tp:
             raise ConfigError(f"train.tp={tp} does not divide the {role}'s {heads} attention heads "
                               f"({role}.path): choose a tp that divides {heads}")

@@ -79,15 +79,8 @@ class MemberPlan:
 
 
 # ---------------------------------------------------------------- loading
-def resolve_sweep_path(ref: str) -> Path:
-    path = Path(ref)
-    if path.exists() or path.suffix in (".yaml", ".yml"):
-        return path
-    return SWEEPS_DIR / f"{ref}.yaml"
-
-
 def load_sweep(ref: str) -> Sweep:
-    data = cfg._read_yaml(resolve_sweep_path(ref))
+    data = cfg._read_yaml(cfg.named_yaml(ref, SWEEPS_DIR))
     sweep = build(Sweep, data, "")
     validate_sweep(sweep)
     return sweep
@@ -173,7 +166,7 @@ def night_dir(sweep: Sweep, date: str) -> Path:
 
 def load_member(sweep: Sweep, member: Member, cluster: Cluster) -> tuple[Experiment, str]:
     try:
-        exp, _ = layout.resolve(cfg.load_experiment(sweep.base, list(member.overrides)), cluster)
+        exp, _ = layout.load_experiment(sweep.base, list(member.overrides), cluster)
     except ConfigError as e:
         raise ConfigError(f"member {member.name}: {e}") from e
     return exp, mf.config_hash(to_dict(exp))

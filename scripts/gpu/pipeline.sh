@@ -5,9 +5,9 @@
 # background by scripts/gpu/device_run.sh (which outlives one `run` call). Idempotent: a phase
 # with a done marker is skipped, so a rerun continues. State in $KD_GPU_WORK (/tmp/kdgpu):
 # progress.log, logs/<phase>.log, results/*.json, runs/<run>/ (launcher run dirs).
-#   bash scripts/gpu/pipeline.sh "setup gputest tp2 tp4 bench"
+#   bash scripts/gpu/pipeline.sh "setup gputest tp2 tp4"
 set -u
-PHASES=${1:-setup gputest tp2 tp4 bench}
+PHASES=${1:-setup gputest tp2 tp4}
 W=${KD_GPU_WORK:-/tmp/kdgpu}
 mkdir -p "$W/logs" "$W/results" "$W/done" "$W/failed" "$W/runs"
 say() { echo "[$(date +%T) +$((SECONDS))s] $*" | tee -a "$W/progress.log"; }
@@ -45,26 +45,14 @@ if want setup; then
   say "setup: $(tail -n 1 "$W/logs/setup.log")"
 fi
 
-# GPUs 2,3: issue 3 (tests/kd/test_gpu.py, TP=2), then issue 8 (benchmark, TP=2) on the 1B pair.
-# GPUs 0,1 meanwhile: issue 9 at TP=2 through the launcher (submitit gives it GPUs 0,1).
-# Then all 4 GPUs: issue 9 at TP=4.
-bench() {  # after the assets and the TP=2 run's tokenized data exist
-  local data=$W/runs/tp2/data/synth_text_document n=0
-  until [ -f "$W/done/assets" ] && [ -f "$data.idx" ]; do
-    sleep 5; n=$((n + 1)); [ $n -gt 120 ] && { echo "no assets/data after 600 s"; return 1; }
-  done
-  python benchmarks/kd_throughput.py --student .cache/gpu_1b/student \
-    --teacher .cache/gpu_1b/teacher --data "$data" --world 2 --tp 2 --seq 2048 --gbs 16 \
-    --mbs 2 --iters 12 --warmup 4 --work "$W/bench" --out "$W/results/kd_throughput.json"
-}
-export -f bench
+# GPUs 2,3: issue 3 (tests/kd/test_gpu.py, TP=2). GPUs 0,1 meanwhile: issue 9 at TP=2 through
+# the launcher (submitit gives it GPUs 0,1). Then all 4 GPUs: issue 9 at TP=4.
 {
   want gputest && CUDA_VISIBLE_DEVICES=2,3 KD_GPU_REPORT=$W/results/gpu_test.jsonl \
     phase gputest 600 python -m pytest tests/kd/test_gpu.py -s -q -p no:cacheprovider \
     --basetemp="$W/pytest"
-  want bench && CUDA_VISIBLE_DEVICES=2,3 phase bench 600 bash -c bench
 } &
-if want tp2 || want tp4 || want bench; then
+if want tp2 || want tp4; then
   [ -f "$W/done/assets" ] || phase assets 400 python scripts/gpu/build_assets.py .cache/gpu_1b
 fi
 want tp2 && phase tp2 900 bash -c 'launch "$@"' - tp2 cluster.gpus_per_node=2 train.tp=2

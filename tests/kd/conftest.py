@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from kd.dist_env import free_port, local_job_env
 from kd.specs import DistillSpec, KDOptions
 
 REPO = Path(__file__).resolve().parents[2]
@@ -145,18 +145,12 @@ def tagged_json(text: str, tag: str) -> dict:
     return json.loads(lines[-1].removeprefix(tag + " "))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def run_ranks(
     args: list[str], world: int, log_dir: Path, extra_env: dict | None = None, timeout: int = 400
 ) -> list[str]:
     """Start ``world`` processes of ``python ARGS`` as one torch.distributed job (the env vars
     kd.dist_env keeps); return each rank's output."""
-    port = str(free_port())
+    port = free_port()
     procs, logs = [], []
     for rank in range(world):
         env = {
@@ -164,12 +158,7 @@ def run_ranks(
             "PYTHONPATH": str(REPO),
             "PYTHONUNBUFFERED": "1",
             "OMP_NUM_THREADS": "1",
-            "RANK": str(rank),
-            "WORLD_SIZE": str(world),
-            "LOCAL_RANK": str(rank),
-            "LOCAL_WORLD_SIZE": str(world),
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": port,
+            **local_job_env(rank, world, port),
             **(extra_env or {}),
         }
         log = log_dir / f"rank{rank}.log"

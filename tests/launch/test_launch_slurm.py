@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from launch import config as cfg
+from launch import layout, status
 from launch import manifest as mf
-from launch import status
 from launch.plan import plan
 from launch.schema import to_dict
 from launch.submit import launch
@@ -25,8 +25,9 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture
 def stub_run(slurm_cluster, make_experiment, tmp_path):
     def go(*cluster_over, run_dir=None, wait=True):
-        exp = cfg.load_experiment(str(make_experiment()), ["train.tp=1", "train.global_batch_size=2"])
         cl = cfg.load_cluster("ci", [f"env.PYTHONPATH={REPO}", "env.KD_STUB_SLEEP=1", *cluster_over])
+        exp, _ = layout.load_experiment(str(make_experiment()),
+                                        ["train.tp=1", "train.global_batch_size=2"], cl)
         run_dir = run_dir or tmp_path / "run"
         graph = plan(exp, cl, run_dir)
         graph = dataclasses.replace(graph, jobs=tuple(

@@ -57,13 +57,11 @@ def test_1b_pair_on_4_gpus_goes_data_parallel_with_a_larger_micro_batch(shaped):
     cluster = cfg.load_cluster("local_gpu")
     out, lay = layout.resolve(exp, cluster)
     assert (lay.tp, lay.pp, lay.dp) == (1, 1, 4)
-    assert lay.micro_batch_size > 1 and 8 % lay.micro_batch_size == 0
+    assert lay.micro_batch_size == 4  # of 1, 2, 4, 8 (= 32 / dp 4)
     budget = layout.AUTO_FILL * cluster.gpu_memory_gib
     assert fits(BIG_S, BIG_T, out.train, budget)
-    bigger = [m for m in (2, 4, 8) if m > lay.micro_batch_size]
-    if bigger:  # the next micro-batch would not fit, so this is the largest
-        t2 = out.train.__class__(**{**vars(out.train), "micro_batch_size": bigger[0]})
-        assert not fits(BIG_S, BIG_T, t2, budget)
+    t8 = out.train.__class__(**{**vars(out.train), "micro_batch_size": 8})
+    assert not fits(BIG_S, BIG_T, t8, budget)  # the next one would not fit
 
 
 def test_pinned_values_are_kept_and_only_the_rest_chosen(shaped):
@@ -118,3 +116,17 @@ def test_cli_prints_the_chosen_layout_and_plans_it(make_experiment, tmp_path):
         cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "layout: tp=1 pp=1 dp=1 micro_batch_size=4 recompute=none" in proc.stdout
+
+
+def test_planning_and_preflight_refuse_an_unresolved_experiment(make_experiment):
+    from launch import preflight
+    from launch.plan import plan
+
+    cluster = cfg.load_cluster("local")
+    exp = cfg.load_experiment(str(make_experiment()), ["train.tp=auto"])
+    for step in (lambda: plan(exp, cluster, "/tmp/unused"),
+                 lambda: preflight.check_layout(exp, cluster)):
+        with pytest.raises(ValueError, match=r"train.tp, train.pp, train.recompute still 'auto'"):
+            step()
+    resolved, _ = layout.resolve(exp, cluster)
+    assert plan(resolved, cluster, "/tmp/unused").job("distill").spec.tp == 1

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from launch import config as cfg
+from launch import layout
 from launch.executors import sbatch_text, setup_lines
 from launch.plan import plan
 from launch.submit import dry_run_text
@@ -21,8 +22,8 @@ RUN_DIR = Path("/runs/golden")
 
 
 def seed_graph(cluster_name: str, *cluster_over: str):
-    exp = cfg.load_experiment("seed_llama31_8b")
     cl = cfg.load_cluster(cluster_name, ["python=python", *cluster_over])
+    exp, _ = layout.load_experiment("seed_llama31_8b", [], cl)
     return exp, cl, plan(exp, cl, RUN_DIR)
 
 
@@ -44,8 +45,10 @@ def test_seed_graph_edges():
 
 
 def test_pretokenized_prefix_skips_data_prep(tmp_path):
-    exp = cfg.load_experiment("seed_llama31_8b", [f"data.sources=[{{name: w, prefix: {tmp_path}/w}}]"])
-    g = plan(exp, cfg.load_cluster("slurm"), RUN_DIR)
+    cl = cfg.load_cluster("slurm")
+    exp, _ = layout.load_experiment(
+        "seed_llama31_8b", [f"data.sources=[{{name: w, prefix: {tmp_path}/w}}]"], cl)
+    g = plan(exp, cl, RUN_DIR)
     assert "prepare_data" not in g.stages and g.job("distill").deps == ()
     assert g.job("distill").spec.data_blend == ((1.0, f"{tmp_path}/w"),)
 
@@ -76,8 +79,8 @@ def test_shell_metacharacters_are_inert(tmp_path):
     """Values with shell syntax end up quoted: running the setup lines executes nothing."""
     canary = tmp_path / "pwned"
     evil = f"x; touch {canary}; $(touch {canary}) `touch {canary}`"
-    exp = cfg.load_experiment("seed_llama31_8b", [f"name=a'b {evil}"])
     cl = cfg.load_cluster("slurm", [f"env.MY_VAR={evil}", "partition=p;touch x"])
+    exp, _ = layout.load_experiment("seed_llama31_8b", [f"name=a'b {evil}"], cl)
     g = plan(exp, cl, tmp_path / "run dir; touch x")
     text = sbatch_text(g.job("distill"), cl, g.run_dir, exp.name, ["1"])
     assert "#SBATCH --partition='p;touch x'" in text

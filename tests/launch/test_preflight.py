@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 
 from launch import config as cfg
-from launch import preflight
+from launch import layout, preflight
 from launch.schema import ConfigError
 
 from .conftest import write_hf_dir
 
 
 def run_checks(exp_path, exp_over=(), cl_over=(), cluster="slurm"):
-    exp = cfg.load_experiment(str(exp_path), list(exp_over))
     cl = cfg.load_cluster(cluster, list(cl_over))
+    exp, _ = layout.load_experiment(str(exp_path), list(exp_over), cl)
     preflight.check_layout(exp, cl)
     preflight.check_paths(exp)
     preflight.check_models(exp)
@@ -83,8 +83,8 @@ def test_prefix_needs_bin_and_idx(make_experiment, tmp_path):
 
 
 def test_named_cluster_without_partition(make_experiment):
-    exp = cfg.load_experiment(str(make_experiment()))
     cl = cfg.load_cluster("pyxis_nemo", ["partition=null"])
+    exp, _ = layout.load_experiment(str(make_experiment()), [], cl)
     if not preflight.shutil.which("sbatch"):
         pytest.skip("needs the SLURM client (started by the test command)")
     with pytest.raises(ConfigError, match=r"cluster.partition is not set for cluster 'pyxis_nemo'"):
