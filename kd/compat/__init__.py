@@ -26,7 +26,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from kd.compat import patches, probes, stubs
+from kd.compat import patches, probes, scoped, stubs  # noqa: F401  scoped: call-site API
 
 log = logging.getLogger("kd.compat")
 
@@ -38,7 +38,7 @@ class Workaround:
     package: str  # the distribution whose behaviour is worked around
     versions: str  # the range it was verified for, e.g. ">=0.3.0,<0.4"
     why: str
-    stage: str  # "stubs" (before megatron imports) | "bridge" | "cpu" (after)
+    stage: str  # "stubs" (before megatron imports) | "bridge" | "cpu" (after) | "scoped" (per call)
     needed_here: Callable[[str], bool]  # device -> does this machine need it
     apply: Callable[[], None]
     bug_present: Callable[[], bool] | None = None  # upstream probe; None: see `undetectable`
@@ -123,6 +123,17 @@ def activate(device: str = "auto") -> dict[str, str]:
     return dict(_STATE)
 
 
+def enabled(name: str) -> bool:
+    """For the scoped workarounds (``kd.compat.scoped``): apply it around this call?"""
+    if name not in _STATE:
+        wa = next(w for w in WORKAROUNDS if w.name == name)
+        ok, why = decide(wa, "any")
+        if why.startswith("skipped"):
+            log.warning("compat: %s %s (%s); revisit it", wa.name, why, wa.why)
+        _STATE[name] = why
+    return _STATE[name] == "active"
+
+
 def active() -> list[str]:
     return [name for name, state in _STATE.items() if state == "active"]
 
@@ -154,6 +165,10 @@ def resolve_device(device: str) -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _nothing() -> None:  # scoped workarounds act at their call sites (kd.compat.scoped)
+    return None
 
 
 def _on_cpu(device: str) -> bool:
@@ -329,5 +344,44 @@ WORKAROUNDS: tuple[Workaround, ...] = (
         _on_cpu,
         patches.patch_initialize_no_cuda,
         lambda: "allow_no_cuda=True" not in probes.source_text("megatron.bridge.training.setup"),
+    ),
+    Workaround(
+        "bridge-export-shard-dirs",
+        _BRIDGE,
+        _BRIDGE_03,
+        "export_ckpt writes nested shard names (AnyModel subblocks_safetensors/...) without "
+        "creating their parent directories",
+        "scoped",
+        lambda device: True,
+        _nothing,
+        None,
+        "inside Bridge's safetensors writer, reached only by a real AnyModel export; "
+        "tests/kd/test_export.py::test_export_anymodel_keeps_layout runs it",
+    ),
+    Workaround(
+        "bridge-export-rendezvous",
+        _BRIDGE,
+        _BRIDGE_03,
+        "export_ckpt starts its gloo group from MASTER_ADDR/PORT, which inside a multi-task "
+        "SLURM job point at the job-wide rendezvous",
+        "scoped",
+        lambda device: True,
+        _nothing,
+        None,
+        "needs a SLURM job's environment; the SLURM end-to-end tests export inside one",
+    ),
+    Workaround(
+        "datasets-local-folder-cache",
+        "datasets",
+        ">=2.14,<5",
+        "datasets names the cache entry of a local folder after the folder's name, so a second "
+        "local task copy with the same name is served from the first one's cache",
+        "scoped",
+        lambda device: True,
+        _nothing,
+        None,
+        "needs two same-named local lm-eval task copies through lm-eval's loader; "
+        "tests/eval/test_evaluate.py::test_same_named_local_copies_are_not_served_from_each_"
+        "others_cache is that case",
     ),
 )
