@@ -373,7 +373,7 @@ WORKAROUNDS: tuple[Workaround, ...] = (
     Workaround(
         "datasets-local-folder-cache",
         "datasets",
-        ">=2.14,<5",
+        ">=2.14,<6",
         "datasets names the cache entry of a local folder after the folder's name, so a second "
         "local task copy with the same name is served from the first one's cache",
         "scoped",

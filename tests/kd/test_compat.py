@@ -65,7 +65,7 @@ def test_registry_is_complete_and_explained():
     names = [w.name for w in compat.WORKAROUNDS]
     assert len(names) == len(set(names))
     for wa in compat.WORKAROUNDS:
-        assert wa.stage in ("stubs", "bridge", "cpu"), wa.name
+        assert wa.stage in ("stubs", "bridge", "cpu", "scoped"), wa.name
         assert wa.why, wa.name
         assert (wa.bug_present is None) == bool(wa.undetectable), wa.name
         compat.version_in("1.0", wa.versions)  # parses
@@ -94,6 +94,13 @@ def test_cpu_active_set(cpu_table):
     assert {n for n in cpu_table if n.startswith("cpu-")} <= active
 
 
+def test_scoped_workarounds_are_enabled_for_these_versions(monkeypatch):
+    monkeypatch.setattr(compat, "_STATE", {})
+    for wa in compat.WORKAROUNDS:
+        if wa.stage == "scoped":
+            assert compat.enabled(wa.name), compat._STATE[wa.name]
+
+
 def test_gpu_device_drops_the_cpu_patches(cpu_table):
     for wa in compat.WORKAROUNDS:
         ok, why = compat.decide(wa, "cuda")
@@ -120,8 +127,9 @@ def test_activate_reports_its_state_in_a_fresh_process():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True
     )
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out["summary"].startswith(f"compat: {len(compat.WORKAROUNDS)} active: ")
-    assert set(out["state"]) == {w.name for w in compat.WORKAROUNDS}
+    process_wide = {w.name for w in compat.WORKAROUNDS if w.stage != "scoped"}
+    assert out["summary"].startswith(f"compat: {len(process_wide)} active: ")
+    assert set(out["state"]) == process_wide  # scoped ones are decided at their call sites
     import torch  # noqa: F401  the CPU patches were applied in the child, not here
 
     assert not compat._STATE.get("cpu-torch-cuda-shims")
