@@ -125,6 +125,7 @@ def _train(spec: DistillSpec, env, exit_signal: int | None) -> dict:
 
     device = compat.resolve_device(spec.device)
     compat.activate(device)
+    log.info("%s", compat.summary())
     _init_process_group(device, env)
     config = build_config(spec, device, exit_signal=exit_signal)
     if exit_signal is not None:

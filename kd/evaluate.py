@@ -21,17 +21,15 @@ group and writes ``spec.out_file`` in the schema of ``kd/results.py``.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import hashlib
 import importlib.metadata
 import json
 import logging
-import tempfile
 import time
 from pathlib import Path
 
-from kd import results
+from kd import compat, results
 from kd.specs import EvalSpec
 
 log = logging.getLogger("kdlaunch.evaluate")
@@ -259,32 +257,9 @@ def _evaluate(spec: EvalSpec, device: str, dtype: str, key: str) -> dict:
     start = time.time()
     lm = _language_model(spec.model, kind, device, dtype, spec.batch_size)
     manager = TaskManager(include_path=spec.include_path) if spec.include_path else TaskManager()
-    with _private_datasets_cache(bool(spec.include_path)):
+    with compat.scoped.private_datasets_cache(bool(spec.include_path)):
         res = _simple_evaluate(lm_eval, lm, spec, manager)
     return _record(spec, res, kind, device, dtype, key, start)
-
-
-@contextlib.contextmanager
-def _private_datasets_cache(active: bool):
-    """Local task data gets a fresh, private HF ``datasets`` cache.
-
-    ``datasets`` names the cache entry of a local folder after the folder's *name* and the
-    config (``mmlu_data_abstract_algebra_0.0.0_<hash of the builder>``), not its path or
-    contents: a second local MMLU copy with the same folder name is silently served from the
-    first one's cache (seen: 4 questions per subject evaluated from a 10-question copy).
-    """
-    if not active:
-        yield
-        return
-    import datasets
-
-    previous = datasets.config.HF_DATASETS_CACHE
-    with tempfile.TemporaryDirectory(prefix="kd-datasets-") as tmp:
-        datasets.config.HF_DATASETS_CACHE = Path(tmp)
-        try:
-            yield
-        finally:
-            datasets.config.HF_DATASETS_CACHE = previous
 
 
 def _simple_evaluate(lm_eval, lm, spec: EvalSpec, manager) -> dict:

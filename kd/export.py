@@ -19,7 +19,6 @@ CLI::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import logging
@@ -105,7 +104,7 @@ def _export(spec: ExportSpec, iteration: int, out: Path) -> None:
     ckpt = iteration_dir(Path(spec.checkpoints), iteration)
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    _precreate_shard_dirs(source, tmp)
+    compat.scoped.precreate_shard_dirs(source, tmp)
     log.info(
         "export: %s -> %s through %s (%s)",
         ckpt,
@@ -115,7 +114,7 @@ def _export(spec: ExportSpec, iteration: int, out: Path) -> None:
     )
     t0 = time.time()
     bridge = AutoBridge.from_hf_pretrained(source, torch_dtype=torch.float32)
-    with _single_process_rendezvous():
+    with compat.scoped.single_process_rendezvous():
         bridge.export_ckpt(str(ckpt), str(tmp), show_progress=False, strict=True)
     shutil.copyfile(Path(spec.student) / "config.json", tmp / "config.json")
     _copy_missing_tokenizer(spec.hf_template, tmp)
@@ -134,17 +133,6 @@ def _export(spec: ExportSpec, iteration: int, out: Path) -> None:
     log.info("export: wrote %d tensors to %s in %.1fs", meta["tensors"], out, meta["seconds"])
 
 
-def _precreate_shard_dirs(source: str, out: Path) -> None:
-    """Bridge 0.3.1 writes nested shard names (AnyModel: ``subblocks_safetensors/x``) without
-    creating their parent dirs; create them from the source's index."""
-    out.mkdir(parents=True, exist_ok=True)
-    index = Path(source) / "model.safetensors.index.json"
-    if not index.is_file():
-        return
-    for shard in set(json.loads(index.read_text())["weight_map"].values()):
-        (out / shard).parent.mkdir(parents=True, exist_ok=True)
-
-
 def _copy_missing_tokenizer(template: str, out: Path) -> None:
     if any((out / name).is_file() for name in TOKENIZER_FILES) or not Path(template).is_dir():
         return
@@ -161,17 +149,6 @@ def count_tensors(hf_dir: Path) -> int:
         with safe_open(str(file), framework="pt") as f:
             total += len(list(f.keys()))
     return total
-
-
-@contextlib.contextmanager
-def _single_process_rendezvous():
-    """export_ckpt's gloo group must not join a job-wide MASTER_ADDR/PORT: hide them so it
-    picks a free local port."""
-    saved = {k: os.environ.pop(k) for k in ("MASTER_ADDR", "MASTER_PORT") if k in os.environ}
-    try:
-        yield
-    finally:
-        os.environ.update(saved)
 
 
 def _write_done_marker(spec: ExportSpec, out: Path, iteration: int) -> None:

@@ -1,0 +1,199 @@
+"""The patches ``kd.compat`` applies: Megatron-Bridge fixes (every device) and the CPU patches
+(megatron-core/Bridge hard-code CUDA). Each is registered, with its versions and reason, in
+``kd.compat.WORKAROUNDS``; nothing here runs on import."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib
+
+
+def fix_compile_helpers() -> None:
+    from megatron.bridge.training import initialize
+
+    original = initialize.compile_helpers
+
+    def compile_helpers_if_missing():
+        try:
+            importlib.import_module("megatron.core.datasets.helpers_cpp")
+        except ImportError:
+            original()
+
+    initialize.compile_helpers = compile_helpers_if_missing
+
+
+def fix_signal_handler() -> None:
+    from megatron.bridge.training.state import GlobalState
+
+    original = GlobalState._set_signal_handler
+    if getattr(original, "_kd_fixed", False):
+        return
+
+    def set_signal_handler(self):
+        original(self)
+        handler, train = self._signal_handler, getattr(self.cfg, "train", None)
+        if handler is None or train is None or not train.exit_signal_handler:
+            return
+        if handler.original_handler is None:  # built but never entered: trap the signal now
+            handler.__enter__()
+
+    set_signal_handler._kd_fixed = True
+    GlobalState._set_signal_handler = set_signal_handler
+
+
+# --------------------------------------------------------------------------- CPU patches
+def _is_cuda(device) -> bool:
+    import torch
+
+    if isinstance(device, torch.device):
+        return device.type == "cuda"
+    if isinstance(device, str):
+        return device.startswith("cuda")
+    return isinstance(device, int) and not isinstance(device, bool)  # bare ordinal = cuda:N
+
+
+def patch_torch_cuda() -> None:
+    import torch
+
+    class CudaToCpu(torch.overrides.TorchFunctionMode):
+        """Rewrites device="cuda..." to cpu in every torch call (as `with torch.device` does)."""
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = dict(kwargs or {})
+            if "device" in kwargs and _is_cuda(kwargs["device"]):
+                kwargs["device"] = "cpu"
+            if func is torch.Tensor.to and len(args) > 1 and _is_cuda(args[1]):
+                args = (args[0], "cpu", *args[2:])
+            return func(*args, **kwargs)
+
+    CudaToCpu().__enter__()  # stays active for the life of this (CPU-only) process
+    cpu = torch.device("cpu")
+    cuda = torch.cuda
+    cuda.current_device = lambda: cpu
+    cuda.set_device = lambda *a, **k: None
+    cuda.synchronize = lambda *a, **k: None
+    cuda.get_rng_state = lambda device="cuda": torch.get_rng_state()
+    cuda.random.get_rng_state = cuda.get_rng_state
+    cuda.set_rng_state = lambda state, device="cuda": None
+    cuda.manual_seed = lambda seed: None  # the CPU generator is seeded by Megatron separately
+    cuda.manual_seed_all = lambda seed: None
+    cuda.Stream = _DummyStream
+    cuda.Event = _DummyEvent
+    cuda.current_stream = lambda *a, **k: _DummyStream()
+    cuda.stream = lambda *a, **k: contextlib.nullcontext()
+    cuda.memory_stats = lambda *a, **k: {}
+    for name in (
+        "memory_allocated",
+        "max_memory_allocated",
+        "memory_reserved",
+        "max_memory_reserved",
+    ):
+        setattr(cuda, name, lambda *a, **k: 0)
+    cuda.reset_peak_memory_stats = lambda *a, **k: None
+    torch.Tensor.cuda = lambda self, *a, **k: self
+    torch.nn.Module.cuda = lambda self, *a, **k: self
+
+
+def patch_gloo_scatter() -> None:
+    import torch
+
+    original = torch.distributed.scatter
+
+    def scatter(tensor, scatter_list=None, *args, **kwargs):
+        if scatter_list:
+            scatter_list = [t.contiguous() for t in scatter_list]
+        return original(tensor, scatter_list, *args, **kwargs)
+
+    torch.distributed.scatter = scatter
+
+
+def patch_rng_state() -> None:
+    import torch
+    from megatron.core.tensor_parallel import random as mrandom
+
+    mrandom._get_cuda_rng_state = lambda *a, **k: torch.get_rng_state()
+    mrandom._set_cuda_rng_state = lambda new_state, *a, **k: torch.set_rng_state(new_state)
+
+
+def patch_causal_mask() -> None:
+    import torch
+    from megatron.core.fusions import fused_softmax
+    from megatron.core.transformer import utils as tutils
+
+    @functools.lru_cache
+    def get_default_causal_mask(sq: int):
+        return torch.triu(torch.ones(sq, sq, device="cpu"), diagonal=1).bool()
+
+    tutils.get_default_causal_mask = get_default_causal_mask
+    fused_softmax.get_default_causal_mask = get_default_causal_mask
+
+
+def patch_grad_clip() -> None:
+    import torch
+    from megatron.core.optimizer import clip_grads, optimizer
+
+    def clip_grad_by_total_norm_fp32(parameters, max_norm, total_norm, use_decoupled_grad=False):
+        params = [parameters] if isinstance(parameters, torch.Tensor) else parameters
+        attr = "decoupled_grad" if use_decoupled_grad else "grad"
+        grads = [getattr(p, attr).detach() for p in params if getattr(p, attr, None) is not None]
+        coeff = max_norm / (total_norm + 1.0e-6)
+        if coeff < 1.0 and grads:
+            torch._foreach_mul_(grads, coeff)
+
+    clip_grads.clip_grad_by_total_norm_fp32 = clip_grad_by_total_norm_fp32
+    optimizer.clip_grad_by_total_norm_fp32 = clip_grad_by_total_norm_fp32
+
+
+def patch_warmup_jit() -> None:
+    from megatron.bridge.training import initialize
+
+    initialize._warmup_jit_function = lambda *a, **k: None
+
+
+def patch_rng_tracker() -> None:
+    from megatron.bridge.training import initialize
+
+    original_seed = initialize._set_random_seed
+
+    def set_random_seed(seed, *args, **kwargs):
+        original_seed(seed, *args, **kwargs)
+        from megatron.core import tensor_parallel
+
+        if not tensor_parallel.get_cuda_rng_tracker().is_initialized():
+            tensor_parallel.model_parallel_cuda_manual_seed(seed)
+
+    initialize._set_random_seed = set_random_seed
+
+
+def patch_initialize_no_cuda() -> None:
+    from megatron.bridge.training import initialize, setup
+
+    setup.initialize_megatron = functools.partial(
+        initialize.initialize_megatron, allow_no_cuda=True
+    )
+
+
+class _DummyStream:
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def wait_stream(self, *args, **kwargs):
+        pass
+
+    def synchronize(self):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+class _DummyEvent(_DummyStream):
+    def record(self, *args, **kwargs):
+        pass
+
+    def elapsed_time(self, *args, **kwargs):
+        return 0.0

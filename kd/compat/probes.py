@@ -1,0 +1,97 @@
+"""Upstream probes: does the bug a workaround exists for still exist in the installed
+library? They read the installed source files (no import), so they see upstream's code even
+after a patch replaced the live function. ``tests/kd/test_compat.py`` runs them."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import re
+from pathlib import Path
+
+
+def module_file(module: str) -> Path | None:
+    """The installed source file of ``module``, found without importing its parent packages
+    (importing them is what some of these bugs break)."""
+    parts = module.split(".")
+    try:
+        spec = importlib.util.find_spec(parts[0])
+    except (ImportError, ValueError):
+        return None
+    if spec is None:
+        return None
+    if len(parts) == 1:
+        return Path(spec.origin) if spec.origin else None
+    for root in spec.submodule_search_locations or ():
+        base = Path(root, *parts[1:])
+        for candidate in (base.with_name(base.name + ".py"), base / "__init__.py"):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def source_text(module: str) -> str:
+    path = module_file(module)
+    return path.read_text() if path is not None else ""
+
+
+def top_level_imports(module: str, root: str) -> bool:
+    pattern = rf"^(?:import|from)\s+{re.escape(root)}\b"
+    return re.search(pattern, source_text(module), flags=re.MULTILINE) is not None
+
+
+def function_source(module: str, name: str, cls: str | None = None) -> str:
+    path = module_file(module)
+    if path is None:
+        return ""
+    text = path.read_text()
+    tree = ast.parse(text)
+    scope = tree.body
+    if cls is not None:
+        scope = next(
+            (n.body for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls), []
+        )
+    for node in scope:
+        if isinstance(node, ast.FunctionDef) and node.name == name:
+            return ast.get_source_segment(text, node) or ""
+    return ""
+
+
+def gloo_scatter_scrambles() -> bool:
+    """Two gloo processes: does scatter of a non-contiguous tensor deliver the wrong values?"""
+    import torch.multiprocessing as mp
+
+    result = mp.get_context("spawn").Manager().dict()
+    mp.spawn(_scatter_worker, args=(2, _free_port(), result), nprocs=2, join=True)
+    return not result.get("ok", True)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _scatter_worker(rank: int, world: int, port: int, result) -> None:
+    import torch
+    import torch.distributed as dist
+
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
+    try:
+        full = torch.arange(16, dtype=torch.float32).reshape(4, 4)
+        out = torch.empty(4, 2)
+        shards = list(full.chunk(2, dim=1)) if rank == 0 else None  # column slices
+        dist.scatter(out, shards, src=0)
+        if rank == 1:
+            result["ok"] = bool(torch.equal(out, full[:, 2:]))
+    finally:
+        dist.destroy_process_group()
+
+
+def mcore_makefile_missing() -> bool:
+    path = module_file("megatron.core.datasets")
+    return path is not None and not (path.parent / "Makefile").is_file()

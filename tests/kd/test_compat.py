@@ -1,0 +1,135 @@
+"""kd.compat: every workaround is version-gated, the active set is reported, and each
+detectable upstream bug is probed so that a fixed upstream tells us to delete the workaround."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+
+import pytest
+
+from kd import compat
+from kd.compat import Workaround
+
+
+@pytest.mark.parametrize(
+    ("version", "spec", "expected"),
+    [
+        ("0.3.1", ">=0.3.0,<0.4", True),
+        ("0.4.0", ">=0.3.0,<0.4", False),
+        ("0.3", ">=0.3.0,<0.4", True),
+        ("2.13.0+cpu", ">=2.6,<2.15", True),
+        ("2.15.0rc1", ">=2.6,<2.15", False),
+        ("0.16.1", "==0.16.1", True),
+        ("0.16.10", ">=0.16.0,<0.17", True),
+    ],
+)
+def test_version_in(version, spec, expected):
+    assert compat.version_in(version, spec) is expected
+
+
+def _fake(name, versions, needed=True, calls=None):
+    return Workaround(
+        name,
+        "torch",  # installed everywhere the tests run
+        versions,
+        "test",
+        "cpu",
+        lambda device: needed,
+        lambda: calls.append(name),
+    )
+
+
+def test_outside_its_version_range_a_workaround_is_skipped_with_a_log_line(monkeypatch, caplog):
+    calls: list[str] = []
+    monkeypatch.setattr(compat, "_STATE", {})
+    fakes = [
+        _fake("in-range", ">=0.1", calls=calls),
+        _fake("too-new-for-it", "<0.1", calls=calls),
+        _fake("not-needed", ">=0.1", needed=False, calls=calls),
+    ]
+    with caplog.at_level(logging.WARNING, logger="kd.compat"):
+        compat.apply_workarounds(fakes, "cpu")
+    assert calls == ["in-range"]
+    assert compat.active() == ["in-range"]
+    assert "too-new-for-it skipped: torch" in caplog.text and "outside <0.1" in caplog.text
+    assert "not-needed" not in caplog.text  # not needed here is not worth a warning
+    assert "too-new-for-it (skipped: torch" in compat.summary()
+    compat.apply_workarounds(fakes, "cpu")  # idempotent
+    assert calls == ["in-range"]
+
+
+def test_registry_is_complete_and_explained():
+    names = [w.name for w in compat.WORKAROUNDS]
+    assert len(names) == len(set(names))
+    for wa in compat.WORKAROUNDS:
+        assert wa.stage in ("stubs", "bridge", "cpu", "scoped"), wa.name
+        assert wa.why, wa.name
+        assert (wa.bug_present is None) == bool(wa.undetectable), wa.name
+        compat.version_in("1.0", wa.versions)  # parses
+
+
+def _table(device: str) -> dict:
+    proc = subprocess.run(
+        [sys.executable, "-m", "kd.compat", "--device", device, "--probe", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    return {row["name"]: row for row in json.loads(proc.stdout)["workarounds"]}
+
+
+@pytest.fixture(scope="module")
+def cpu_table() -> dict:
+    return _table("cpu")
+
+
+def test_cpu_active_set(cpu_table):
+    active = {n for n, r in cpu_table.items() if r["state"] == "active"}
+    # this CPU stack has no TE, no triton, no CUDA: every workaround applies here
+    assert {"te-import-stub", "triton-import-stub", "cpu-torch-cuda-shims"} <= active
+    assert {n for n in cpu_table if n.startswith("cpu-")} <= active
+
+
+def test_scoped_workarounds_are_enabled_for_these_versions(monkeypatch):
+    monkeypatch.setattr(compat, "_STATE", {})
+    for wa in compat.WORKAROUNDS:
+        if wa.stage == "scoped":
+            assert compat.enabled(wa.name), compat._STATE[wa.name]
+
+
+def test_gpu_device_drops_the_cpu_patches(cpu_table):
+    for wa in compat.WORKAROUNDS:
+        ok, why = compat.decide(wa, "cuda")
+        if wa.stage == "cpu":
+            assert not ok and why == "not needed here", wa.name
+
+
+@pytest.mark.parametrize("name", [w.name for w in compat.WORKAROUNDS if w.bug_present is not None])
+def test_upstream_bug_is_still_there(cpu_table, name):
+    """Fails once upstream fixed the bug: then delete the workaround from kd/compat."""
+    row = cpu_table[name]
+    assert row["upstream_bug"] == "present", (
+        f"{row['package']} {row['installed']} no longer has the bug that {name} works around "
+        f"({row['why']}): delete it from kd/compat (or narrow its versions)"
+    )
+
+
+def test_activate_reports_its_state_in_a_fresh_process():
+    code = (
+        "import json; from kd import compat; state = compat.activate('cpu'); "
+        "print(json.dumps({'summary': compat.summary(), 'state': state}))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True
+    )
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    process_wide = {w.name for w in compat.WORKAROUNDS if w.stage != "scoped"}
+    assert out["summary"].startswith(f"compat: {len(process_wide)} active: ")
+    assert set(out["state"]) == process_wide  # scoped ones are decided at their call sites
+    import torch  # noqa: F401  the CPU patches were applied in the child, not here
+
+    assert not compat._STATE.get("cpu-torch-cuda-shims")
