@@ -190,6 +190,7 @@ def write(hist: pd.DataFrame, date: str, out_dir: Path, *, sweep: str, z: float 
     without results tonight and where each stands; the report then says it is partial. With
     no scores at all yet, only the Markdown is written."""
     hist = hist[hist["sweep"] == sweep] if "sweep" in hist else hist
+    hist = hist[hist["date"] <= date]  # the report of a night shows that night and before
     comparison = compare(hist, date, z=z, tasks=tasks, min_drop_points=min_drop_points)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -2,16 +2,18 @@
 """Nightly sweeps: plan and submit every member of a sweep, then collect, report and alarm.
 
     python launch/sweep.py configs/sweeps/nightly_tiny.yaml --cluster ci [--date 2026-01-31]
-    python launch/sweep.py configs/sweeps/nightly_tiny.yaml --dry-run     # print, submit nothing
+    python launch/sweep.py configs/sweeps/nightly_tiny.yaml --dry-run     # graphs + pre-flight
     python launch/sweep.py configs/sweeps/nightly_tiny.yaml --retry-failed  # resubmit failures
     python launch/sweep.py check configs/sweeps/nightly_tiny.yaml [--date 2026-01-31]
 
 Runs go to <root>/<sweep>/<date>/<member> (one per night: rerunning the same date submits
 nothing already submitted or finished; failed members are resubmitted only with
---retry-failed). `check` appends each finished member's scores to <root>/<sweep>/history.csv,
-writes <root>/<sweep>/<date>/trend/trend.{md,png} and exits 1 when a member regressed (drop
-larger than the sweep's stderr threshold), 3 when a member has no results for the night (failed
-or still running), 2 on a config error, 0 otherwise.
+--retry-failed). The dry run submits nothing but runs every member's pre-flight, as the launch
+does: it exits 2 when any member would be refused. `check` appends each finished member's scores
+to <root>/<sweep>/history.csv, writes <root>/<sweep>/<date>/trend/trend.{md,png} (partial, with
+each missing member's state, while members have no results) and exits 1 when a member regressed
+(drop larger than the sweep's stderr threshold), 3 when a member has no results for the night
+(failed, still running or not launched), 2 on a config error, 0 otherwise.
 """
 
 from __future__ import annotations

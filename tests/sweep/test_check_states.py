@@ -143,3 +143,13 @@ def test_some_failed(sweep_yaml, fake_slurm, capsys):
     assert code == 3, out
     md = (trend / "trend.md").read_text()
     assert "- a-lo: failed: distill FAILED, export_hf CANCELLED" in md, md
+
+
+def test_report_of_an_earlier_night_leaves_later_nights_out(sweep_yaml, capsys):
+    path = sweep_yaml()
+    write_night(path, DATE, dict.fromkeys(MEMBERS, GOOD))
+    assert main(["check", str(path), "--date", DATE]) == 0
+    capsys.readouterr()
+    assert main(["check", str(path), "--date", "2026-01-04"]) == 3  # never launched
+    md = (path.parent / "sweeps/unit_sweep/2026-01-04/trend/trend.md").read_text()
+    assert DATE not in md and "- a-hi: not launched" in md and "nothing to plot" in md
