@@ -355,7 +355,7 @@ def test_local_demo_commands(scratch, demo_assets):
                 .replace("/data/mmlu", str(Path(demo_assets["tasks"]).parent / "mmlu_data")))
         proc = run_python(text, scratch, timeout=120)
         assert proc.returncode == 0, (c, proc.stderr[-2000:])
-        assert (scratch / "mmlu-tasks" / "mmlu.yaml").is_file(), list((scratch / "mmlu-tasks").iterdir())
+        assert (scratch / "mmlu-tasks" / "_mmlu.yaml").is_file(), list((scratch / "mmlu-tasks").iterdir())
 
 
 # short overrides for the sweep run on the test cluster (the shipped file: 40 iterations, two
