@@ -88,6 +88,9 @@ def markdown_commands(path: Path) -> list[Command]:
         if block is not None:
             block.append((n, line))
             continue
+        assert line.count("`") % 2 == 0, (
+            f"{rel}:{n}: inline code broken over two lines: keep it on one line, so the doc "
+            f"test sees the whole command")
         for span in re.findall(r"`([^`]+)`", line):  # a command, not a word or a folder
             if span.startswith(COMMAND_WORDS) and (len(span.split()) > 1
                                                    or span.endswith((".sh", ".py"))):
