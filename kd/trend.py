@@ -86,10 +86,18 @@ def _fmt_iter(v) -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else str(int(v))
 
 
+def _waiting(missing) -> dict[str, str]:
+    """``missing`` as {member: where it stands}; a plain list of names says nothing more."""
+    return dict(missing) if isinstance(missing, dict) else {m: "no results" for m in missing}
+
+
 def markdown(hist: pd.DataFrame, date: str, comparison: pd.DataFrame, *, sweep: str,
-             missing: list[str] = (), z: float = 2.0) -> str:
+             missing: dict[str, str] | list[str] = (), z: float = 2.0,
+             plotted: bool = True) -> str:
     regs = regressions(comparison)
-    lines = [f"# Nightly sweep {sweep}: {date}", ""]
+    missing = _waiting(missing)
+    partial = f" (partial: {len(missing)} member(s) without results)" if missing else ""
+    lines = [f"# Nightly sweep {sweep}: {date}{partial}", ""]
     if len(regs):
         lines.append(f"**ALARM: {len(regs)} regression(s)** (drop > {z:g} combined stderrs):")
         lines += [f"- {r.member} {r.label}: {r.prev:.2f} ({r.prev_date}) → {r.cur:.2f} "
@@ -98,12 +106,17 @@ def markdown(hist: pd.DataFrame, date: str, comparison: pd.DataFrame, *, sweep: 
     else:
         lines.append("No regression.")
     if missing:
-        lines += ["", f"**No results tonight** (failed or still running): {', '.join(missing)}"]
+        lines += ["", "**No results tonight** (failed or still running); this report is "
+                      "partial, run `check` again when they end:", ""]
+        lines += [f"- {member}: {state}" for member, state in missing.items()]
     lines += ["", "## Tonight against the previous night", "", _comparison_md(comparison), "",
               "## Over nights (accuracy, points; iteration = selected checkpoint)"]
     for member in dict.fromkeys(hist["member"]):
         lines += ["", f"### {member}", "", md_table(member_table(hist, member).reset_index())]
-    lines += ["", "![trend](trend.png)"]
+    if plotted:
+        lines += ["", "![trend](trend.png)"]
+    else:
+        lines += ["", "(no scores in the history yet: nothing to plot)"]
     return "\n".join(lines) + "\n"
 
 
@@ -135,7 +148,11 @@ def md_table(frame: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def plot(hist: pd.DataFrame, out: Path, *, sweep: str) -> Path:
+def plot(hist: pd.DataFrame, out: Path, *, sweep: str) -> Path | None:
+    """One panel per task, one line per member over nights; None (nothing written) while the
+    history holds no scores."""
+    if hist.empty:
+        return None
     import matplotlib
 
     matplotlib.use("Agg")
@@ -167,14 +184,18 @@ def plot(hist: pd.DataFrame, out: Path, *, sweep: str) -> Path:
 
 def write(hist: pd.DataFrame, date: str, out_dir: Path, *, sweep: str, z: float = 2.0,
           tasks=("mmlu",), min_drop_points: float = 1.0,
-          missing: list[str] = ()) -> tuple[Path, pd.DataFrame]:
+          missing: dict[str, str] | list[str] = ()) -> tuple[Path, pd.DataFrame]:
     """Write ``trend.md`` + ``trend.png`` under ``out_dir``; return the Markdown path and the
-    comparison (whose ``status == REGRESSION`` rows are the alarm)."""
+    comparison (whose ``status == REGRESSION`` rows are the alarm). ``missing``: members
+    without results tonight and where each stands; the report then says it is partial. With
+    no scores at all yet, only the Markdown is written."""
     hist = hist[hist["sweep"] == sweep] if "sweep" in hist else hist
+    hist = hist[hist["date"] <= date]  # the report of a night shows that night and before
     comparison = compare(hist, date, z=z, tasks=tasks, min_drop_points=min_drop_points)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    plot(hist, out_dir / "trend.png", sweep=sweep)
+    plotted = plot(hist, out_dir / "trend.png", sweep=sweep) is not None
     md = out_dir / "trend.md"
-    md.write_text(markdown(hist, date, comparison, sweep=sweep, missing=missing, z=z))
+    md.write_text(markdown(hist, date, comparison, sweep=sweep, missing=missing, z=z,
+                           plotted=plotted))
     return md, comparison

@@ -2,16 +2,18 @@
 """Nightly sweeps: plan and submit every member of a sweep, then collect, report and alarm.
 
     python launch/sweep.py configs/sweeps/nightly_tiny.yaml --cluster ci [--date 2026-01-31]
-    python launch/sweep.py configs/sweeps/nightly_tiny.yaml --dry-run     # print, submit nothing
+    python launch/sweep.py configs/sweeps/nightly_tiny.yaml --dry-run     # graphs + pre-flight
     python launch/sweep.py configs/sweeps/nightly_tiny.yaml --retry-failed  # resubmit failures
     python launch/sweep.py check configs/sweeps/nightly_tiny.yaml [--date 2026-01-31]
 
 Runs go to <root>/<sweep>/<date>/<member> (one per night: rerunning the same date submits
 nothing already submitted or finished; failed members are resubmitted only with
---retry-failed). `check` appends each finished member's scores to <root>/<sweep>/history.csv,
-writes <root>/<sweep>/<date>/trend/trend.{md,png} and exits 1 when a member regressed (drop
-larger than the sweep's stderr threshold), 3 when a member has no results for the night (failed
-or still running), 2 on a config error, 0 otherwise.
+--retry-failed). The dry run submits nothing but runs every member's pre-flight, as the launch
+does: it exits 2 when any member would be refused. `check` appends each finished member's scores
+to <root>/<sweep>/history.csv, writes <root>/<sweep>/<date>/trend/trend.{md,png} (partial, with
+each missing member's state, while members have no results) and exits 1 when a member regressed
+(drop larger than the sweep's stderr threshold), 3 when a member has no results for the night
+(failed, still running or not launched), 2 on a config error, 0 otherwise.
 """
 
 from __future__ import annotations
@@ -146,8 +148,9 @@ def wait_all(plans: list[sp.MemberPlan], echo: Callable[[str], None]) -> int:
     return code
 
 
-def dry_run(sweep: sp.Sweep, cluster: cfg.Cluster, date: str,
-            plans: list[sp.MemberPlan]) -> str:
+def dry_run(sweep: sp.Sweep, cluster: cfg.Cluster, date: str, plans: list[sp.MemberPlan],
+            errors: dict[str, str]) -> str:
+    """Every member's graph and what its pre-flight says (``errors``: ``preflight_errors``)."""
     from launch.submit import describe
 
     lines = [f"sweep {sweep.name} {date} on {cluster.name}: {len(plans)} member(s)"]
@@ -155,7 +158,12 @@ def dry_run(sweep: sp.Sweep, cluster: cfg.Cluster, date: str,
         lines += ["", f"== member {p.name} (config {p.config_hash}): {' '.join(p.overrides)}",
                   describe(p.graph)]
         lines += [describe(c) for c in p.candidates]
+        lines.append(f"pre-flight: {'a real launch would stop here: ' + errors[p.name]}"
+                     if p.name in errors else "pre-flight: ok")
     lines += ["", "shared stages:", *(sp.shared_summary(plans) or ["  (none)"])]
+    if errors:
+        lines += ["", f"pre-flight: {len(errors)} of {len(plans)} member(s) would be refused "
+                      f"({', '.join(errors)}); nothing was queued"]
     return "\n".join(lines)
 
 
@@ -184,19 +192,38 @@ def _finished(run_dir: Path) -> bool:
     return status.is_finished(status.stage_states(run_dir)[1])
 
 
-def collect(sweep: sp.Sweep, date: str, echo: Callable[[str], None]) -> list[str]:
+def run_state(run_dir: Path) -> str:
+    """Where a run without results stands, for the report: 'not launched', 'failed: <stage>
+    <STATE>, ...' or 'waiting: <stage> <STATE>, ...' (stages not completed yet)."""
+    from launch import status
+
+    if mf.read(RunPaths(run_dir).manifest) is None:
+        return "not launched"
+    _, rows = status.stage_states(run_dir)
+    failed = [f"{s} {r['state']}" for s, r in rows.items() if r["state"] in status.FAILED]
+    if failed:
+        return "failed: " + ", ".join(failed)
+    pending = [f"{s} {r['state']}" for s, r in rows.items() if r["state"] != "COMPLETED"]
+    return "waiting: " + (", ".join(pending) or "its results file")
+
+
+def collect(sweep: sp.Sweep, date: str, echo: Callable[[str], None]) -> dict[str, str]:
     """Append every finished member's scores (selected checkpoint) to the history; returns the
-    members without results tonight."""
-    rows, missing = [], []
+    members without results tonight and where each stands (``run_state``)."""
+    rows, missing = [], {}
     for name, m in night_members(sweep, date).items():
         run_dir = Path(m["run_dir"])
         exp = (mf.read(RunPaths(run_dir).manifest) or {}).get("experiment") or {}
         train = exp.get("train", {})
         final = (exp.get("export") or {}).get("iteration") or train.get("train_iters", 0)
         files = history.candidate_results(run_dir, final)
-        pending = [c for c in m.get("candidates", []) if not _finished(Path(c))]
-        if final not in files or pending:
-            missing.append(name)
+        pending = [Path(c) for c in m.get("candidates", []) if not _finished(Path(c))]
+        if final not in files:
+            missing[name] = run_state(run_dir)
+            continue
+        if pending:  # a candidate that failed has ended: selection goes on without it
+            missing[name] = "waiting: checkpoint candidates " + ", ".join(
+                f"select/{c.name} ({run_state(c).removeprefix('waiting: ')})" for c in pending)
             continue
         best, scores = history.select_best(files, sweep.select.task)
         if len(scores) > 1:
@@ -213,6 +240,8 @@ def collect(sweep: sp.Sweep, date: str, echo: Callable[[str], None]) -> list[str
 
 
 def check(sweep: sp.Sweep, date: str, echo: Callable[[str], None] = print) -> int:
+    """Collect, write the trend report (partial while members have no results) and return the
+    exit code: 1 regression, 3 a member without results (failed or still running), else 0."""
     from kd import trend
 
     missing = collect(sweep, date, echo)
@@ -227,7 +256,10 @@ def check(sweep: sp.Sweep, date: str, echo: Callable[[str], None] = print) -> in
     if len(regs):
         echo(f"ALARM: {len(regs)} regression(s) in sweep {sweep.name} on {date}")
         return REGRESSED
-    return MISSING if missing else 0
+    if missing:
+        echo(f"{len(missing)} member(s) without results for {date}: {', '.join(missing)}")
+        return MISSING
+    return 0
 
 
 # ---------------------------------------------------------------- main
@@ -242,8 +274,11 @@ def main(argv: list[str] | None = None) -> int:
                                    [*sweep.cluster_overrides, *args.cluster_overrides])
         plans = sp.plan_sweep(sweep, cluster, date)
         if args.dry_run:
-            print(dry_run(sweep, cluster, date, plans))
-            return 0
+            errors = preflight_errors(plans, cluster)
+            print(dry_run(sweep, cluster, date, plans, errors))
+            for name, e in errors.items():
+                print(f"error: member {name}: {e}", file=sys.stderr)
+            return 2 if errors else 0
         preflight_all(plans, cluster)
         run_sweep(sweep, cluster, date, plans, retry=args.retry_failed)
     except ConfigError as e:
@@ -255,19 +290,31 @@ def main(argv: list[str] | None = None) -> int:
     return check(sweep, date)
 
 
-def preflight_all(plans: list[sp.MemberPlan], cluster: cfg.Cluster) -> None:
+def preflight_errors(plans: list[sp.MemberPlan], cluster: cfg.Cluster) -> dict[str, str]:
+    """{member: pre-flight error} for every member a launch would refuse (the same checks as
+    ``launch/distill.py``; members with the same config are checked once)."""
     from launch import preflight
 
-    seen = set()
+    errors: dict[str, str] = {}
+    by_hash: dict[str, str | None] = {}
     for p in plans:
-        if p.config_hash in seen:
-            continue
-        seen.add(p.config_hash)
-        try:
-            preflight.check_layout(p.experiment, cluster)
-            preflight.check(p.experiment, cluster)
-        except ConfigError as e:
-            raise ConfigError(f"member {p.name}: {e}") from e
+        if p.config_hash not in by_hash:
+            try:
+                preflight.check_layout(p.experiment, cluster)
+                preflight.check(p.experiment, cluster)
+                by_hash[p.config_hash] = None
+            except ConfigError as e:
+                by_hash[p.config_hash] = str(e)
+        if by_hash[p.config_hash]:
+            errors[p.name] = by_hash[p.config_hash]
+    return errors
+
+
+def preflight_all(plans: list[sp.MemberPlan], cluster: cfg.Cluster) -> None:
+    """Refuse the whole launch, naming every member's error, when any member would fail."""
+    errors = preflight_errors(plans, cluster)
+    if errors:
+        raise ConfigError("; ".join(f"member {name}: {e}" for name, e in errors.items()))
 
 
 if __name__ == "__main__":

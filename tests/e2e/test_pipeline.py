@@ -1,5 +1,7 @@
-"""End to end: the whole pipeline with real work, locally (the embedded default) and on the
-real SLURM test cluster (every stage its own job; distill on 2 nodes x 1 task, TP=2 over gloo).
+"""End to end: the whole pipeline with real work on the real SLURM test cluster (every stage its
+own job; distill on 2 nodes x 1 task, TP=2 over gloo). The local run (the embedded default) is
+tests/docs/test_documented_commands.py::test_local_demo_commands: the documented demo command,
+checked with ``check_finished_run`` below.
 
 Both use the demo assets (kd.demo: trained tiny teacher, pruned AnyModel student, held-out
 kd_synth task, local MMLU copy), built once into the shared fixture cache.
@@ -48,25 +50,6 @@ def check_finished_run(run_dir: Path, out: str) -> dict:
     assert (ckpt / "latest_checkpointed_iteration.txt").read_text().strip() == str(
         manifest["experiment"]["train"]["train_iters"])
     return manifest
-
-
-@pytest.mark.e2e
-@pytest.mark.timeout(1200)
-def test_local_pipeline_and_relaunch(demo_assets, tmp_path):
-    run_dir = tmp_path / "run"
-    res = launch("--cluster", "local", "--config", "tiny_demo", "--run-dir", str(run_dir),
-                 "train.train_iters=60", *asset_overrides(demo_assets))
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    check_finished_run(run_dir, res.stdout)
-    assert "| Before distillation |" in res.stdout  # the report is printed at the end
-    # a finished run: the relaunch skips every stage and says so
-    again = launch("--cluster", "local", "--config", "tiny_demo", "--run-dir", str(run_dir),
-                   "train.train_iters=60", *asset_overrides(demo_assets))
-    assert again.returncode == 0 and again.stdout.count("complete, skipped") == 7, again.stdout
-    # the same directory with another config is refused: nothing is touched
-    other = launch("--cluster", "local", "--config", "tiny_demo", "--run-dir", str(run_dir),
-                   "train.train_iters=61", *asset_overrides(demo_assets))
-    assert other.returncode == 2 and "belongs to a different config" in other.stderr
 
 
 @pytest.mark.e2e

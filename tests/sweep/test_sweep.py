@@ -144,3 +144,18 @@ def test_launch_side_stays_light():
                          check=True).stdout.strip()
     assert out == "[]"
     assert Path(REPO / "launch" / "sweep.py").stat().st_size > 0
+
+
+def test_dry_run_runs_each_members_preflight(sweep_yaml, tmp_path, capsys):
+    """The dry run predicts the real launch: a member the pre-flight refuses is named with its
+    error, the exit code is 2, and nothing is created."""
+    path = sweep_yaml(grid={"data": {"a": [], "gone": [
+        f"data.sources=[{{name: g, jsonl: {tmp_path / 'gone.jsonl'}}}]"]}})
+    assert main([str(path), "--dry-run", "--date", "2026-01-01"]) == 2
+    out, err = capsys.readouterr()
+    assert "== member gone" in out and out.count("pre-flight: ok") == 1
+    assert f"error: member gone: data.sources[0].jsonl='{tmp_path / 'gone.jsonl'}': no such file" in err
+    assert "1 of 2 member(s) would be refused (gone)" in out
+    assert main([str(path), "--date", "2026-01-01"]) == 2  # the real launch refuses the same
+    assert "member gone: data.sources[0].jsonl" in capsys.readouterr().err
+    assert not (path.parent / "sweeps").exists()
