@@ -202,6 +202,8 @@ RULES = (
     Rule("cron-check", r"(cd /path/to/kdlaunch && )?\.venv/bin/python launch/sweep\.py check "
                        r"configs/sweeps/nightly_tiny\.yaml --date .*yesterday.*", "real",
          "slurm: yesterday was not launched: exit 3 and a partial report"),
+    Rule("compat-table", r"\.venv/bin/python -m kd\.compat --device cpu --probe", "real",
+         "prints this machine's workaround table (a few seconds, no jobs)"),
     Rule("status", r"python launch/status\.py runs/(kd1|<run>)( --logs distill| --wait| --cancel)?",
          "real", "slurm: runs/kd1 and runs/<run> = a member of the sweep run here"),
 )
@@ -269,6 +271,13 @@ def test_not_run_and_help_commands_exist(tmp_path):
                 proc = run([sys.executable, script, "--help"], REPO)
                 assert "usage:" in proc.stdout, (c, proc.stdout[-500:])
             assert proc.returncode == 0, (c, proc.stdout[-1000:], proc.stderr[-1000:])
+
+
+def test_compat_table_command():
+    for c in commands_of("compat-table"):
+        proc = run([sys.executable, *c.text.split()[1:]], REPO, timeout=300)
+        assert proc.returncode == 0, (c, proc.stderr[-2000:])
+        assert "workarounds active" in proc.stdout and "upstream bug: present" in proc.stdout, c
 
 
 # ---------------------------------------------------------------- running
