@@ -40,8 +40,10 @@ SECRET_WORDS = {"TOKEN", "SECRET", "PASSWORD", "PASSWD", "PWD", "CREDENTIALS", "
 
 # (what it looks like, pattern) -- tokens and credentials recognised by their value
 _SECRET_VALUES = (
-    ("a Hugging Face token", re.compile(r"\bhf_[A-Za-z0-9]{20,}")),
-    ("a GitHub token", re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,})")),
+    # real tokens are 30+ random letters of both cases and digits; a directory called
+    # hf_checkpoints_llama is not one
+    ("a Hugging Face token", re.compile(r"\bhf_(?=[a-z0-9]*[A-Z])(?=[A-Z0-9]*[a-z])[A-Za-z0-9]{30,}")),
+    ("a GitHub token", re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{40,})")),
     ("an AWS access key", re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b")),
     ("a password in a URL (user:password@)",
      re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]+:[^/\s@]+@")),

@@ -34,7 +34,8 @@ def stage_states(run_dir: Path) -> tuple[dict, dict[str, dict]]:
     paths = RunPaths(run_dir)
     manifest = mf.read(paths.manifest)
     if manifest is None:
-        raise SystemExit(f"error: {run_dir} has no manifest.json: not a kdlaunch run directory")
+        raise mf.ManifestError(f"{run_dir} has no manifest.json: not a kdlaunch run directory; "
+                               f"pass the directory the launcher printed")
     stages = manifest.get("stages", {})
     ids = [s["job_id"] for s in stages.values() if s.get("job_id")]
     is_slurm = manifest.get("cluster", {}).get("executor") == "slurm"
@@ -148,16 +149,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cancel", action="store_true", help="cancel the run's unfinished jobs")
     p.add_argument("--wait", action="store_true", help="wait until every stage has ended")
     args = p.parse_args(argv)
+    if not str(args.run_dir).strip():
+        print("error: RUN_DIR is empty; pass the run directory the launcher printed",
+              file=sys.stderr)
+        return 2
     run_dir = args.run_dir.absolute()
-    if args.logs:
-        print(tail(run_dir, args.logs, args.n))
-        return 0
-    if args.cancel:
-        print(cancel(run_dir))
-        return 0
-    if args.wait:
-        return wait_for_run(run_dir)
-    text, code = render(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        print(f"error: {run_dir} is a file, not a run directory; pass the directory that holds "
+              f"manifest.json", file=sys.stderr)
+        return 2
+    try:
+        if args.logs:
+            print(tail(run_dir, args.logs, args.n))
+            return 0
+        if args.cancel:
+            print(cancel(run_dir))
+            return 0
+        if args.wait:
+            return wait_for_run(run_dir)
+        text, code = render(run_dir)
+    except mf.ManifestError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(text)
     return code
 

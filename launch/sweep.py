@@ -246,8 +246,12 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         preflight_all(plans, cluster)
         run_sweep(sweep, cluster, date, plans, retry=args.retry_failed)
-    except ConfigError as e:
+    except ConfigError as e:  # includes launch.shell's refusals and bad manifests
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # an unreadable sweep file or an unwritable sweep directory
+        print(f"error: {e.filename or ''}: {e.strerror}; check the path and its permissions",
+              file=sys.stderr)
         return 2
     if not args.wait:
         return 0
