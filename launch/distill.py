@@ -150,7 +150,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         print("nothing was queued.", file=sys.stderr)
         return 2
-    run_dir.mkdir(parents=True, exist_ok=True)  # default mode: the user's umask decides
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)  # default mode: the user's umask decides
+    except OSError as e:
+        print(f"error: --run-dir {run_dir}: cannot create it ({e.strerror}); choose a writable "
+              f"path\nnothing was queued.", file=sys.stderr)
+        return 2
     try:
         with submit.run_lock(run_dir):
             # read under the lock: a launch that held it before us recorded its job ids, which

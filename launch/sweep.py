@@ -241,6 +241,13 @@ def main(argv: list[str] | None = None) -> int:
         cluster = cfg.load_cluster(args.cluster or sweep.cluster,
                                    [*sweep.cluster_overrides, *args.cluster_overrides])
         plans = sp.plan_sweep(sweep, cluster, date)
+        from launch import submit
+
+        for p in plans:  # launch.shell refuses a bad value before any member is queued
+            try:
+                submit.check_scripts(p.graph, cluster, p.experiment.name)
+            except ConfigError as e:
+                raise ConfigError(f"member {p.name}: {e}") from e
         if args.dry_run:
             print(dry_run(sweep, cluster, date, plans))
             return 0
@@ -248,6 +255,10 @@ def main(argv: list[str] | None = None) -> int:
         run_sweep(sweep, cluster, date, plans, retry=args.retry_failed)
     except ConfigError as e:  # includes launch.shell's refusals and bad manifests
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except UnicodeDecodeError as e:
+        print(f"error: {args.sweep}: not UTF-8 text ({e.reason} at byte {e.start}); save the "
+              f"sweep file as UTF-8", file=sys.stderr)
         return 2
     except OSError as e:  # an unreadable sweep file or an unwritable sweep directory
         print(f"error: {e.filename or ''}: {e.strerror}; check the path and its permissions",
