@@ -143,17 +143,17 @@ def cancel(run_dir: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("run_dir", type=Path)
+    p.add_argument("run_dir", type=str)
     p.add_argument("--logs", metavar="STAGE", help="print the tail of STAGE's log")
     p.add_argument("-n", type=int, default=40, help="lines for --logs (default 40)")
     p.add_argument("--cancel", action="store_true", help="cancel the run's unfinished jobs")
     p.add_argument("--wait", action="store_true", help="wait until every stage has ended")
     args = p.parse_args(argv)
-    if not str(args.run_dir).strip():
+    if not args.run_dir.strip():
         print("error: RUN_DIR is empty; pass the run directory the launcher printed",
               file=sys.stderr)
         return 2
-    run_dir = args.run_dir.absolute()
+    run_dir = Path(args.run_dir).absolute()
     if run_dir.exists() and not run_dir.is_dir():
         print(f"error: {run_dir} is a file, not a run directory; pass the directory that holds "
               f"manifest.json", file=sys.stderr)

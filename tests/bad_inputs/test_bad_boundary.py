@@ -95,7 +95,7 @@ def _launch_cases():
     def add(cid, overrides, field, *, mode="dry-run", run_dir=None, emit=None):
         cases.append(pytest.param(overrides, field, mode, run_dir, emit, id=cid))
 
-    nl = "\\n"  # a YAML double-quoted escape: the override value holds a real newline
+    # {nl} becomes a YAML double-quoted escape: the override value holds a real newline
     add("partition-newline", ['cluster.partition="debug{nl}touch {M}"'], "cluster.partition")
     add("partition-newline-launch", ['cluster.partition="debug{nl}touch {M}"'],
         "cluster.partition", mode="launch")
@@ -428,7 +428,6 @@ def test_report_verdict_never_from_nan():
 
 # ---------------------------------------------------------------- sweeps
 def _sweep_cases():
-    nl = "\n"
     return {
         "name-dotdot": ("name: ../x\nbase: tiny_demo\ngrid: {lr: {a: [train.lr=1e-3]}}\n",
                         [], "name="),
@@ -452,7 +451,6 @@ def _sweep_cases():
                            "grid: {lr: {a: [train.lr=1e-3]}}\n", [], "alarm.z"),
         "empty-grid": ("name: s\nbase: tiny_demo\ngrid: {lr: {}}\n", [], "grid.lr"),
         "unknown-key": ("name: s\nbase: tiny_demo\ngird: {}\n", [], "gird"),
-        "_unused": (nl, [], ""),
     }
 
 
@@ -473,8 +471,8 @@ def test_bad_sweep_files(world, capsys, kind):
         path.write_text(text.replace("{M}", marker).replace("{BASE}", base))
     cluster_over = [c.replace("{M}", marker) for c in cluster_over]
     before = snapshot(world["tmp"])
-    code, out, err = run_cli(sweep_cli.main, [str(path), "--cluster", "ci", "--dry-run",
-                                              *cluster_over], capsys)
+    code, out, err = run_cli(sweep_cli.main, [str(path), *cluster_over, "--cluster", "ci",
+                                              "--dry-run"], capsys)
     assert code == 2 and message in err and "Traceback" not in err, err
     assert not world["queued"] and not marker_path.exists()
     assert snapshot(world["tmp"]) == before
