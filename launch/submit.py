@@ -165,7 +165,7 @@ def _submit_slurm(graph: JobGraph, cluster: Cluster, manifest: dict, entry: dict
     paths = RunPaths(graph.run_dir)
     stages = manifest["stages"]
     old_ids = [s["job_id"] for s in stages.values() if s.get("job_id")]
-    old_states = slurm_state.query(old_ids) if old_ids else {}
+    old_states = _live_states(old_ids)
     job_ids = external_job_ids(graph)
     for job in graph.jobs:
         rec = stages.setdefault(job.stage, {})
@@ -230,6 +230,26 @@ def _abort(graph: JobGraph, manifest: dict, entry: dict, stage: str, error: Exce
         echo(f"  cancelled the jobs this launch had queued: {', '.join(cancelled)}")
     echo("nothing of this launch is left queued; fix the error and launch again")
     return 1
+
+
+def _live_states(job_ids: list[str]) -> dict[str, dict]:
+    """sacct's view of ``job_ids``, completed by squeue for the ones accounting does not show
+    yet: a job queued a second ago by a concurrent launch (that held the run-dir lock before
+    this one) is adopted, not submitted a second time."""
+    states = slurm_state.query(job_ids) if job_ids else {}
+    missing = [j for j in job_ids if j not in states]
+    if not missing:
+        return states
+    try:
+        out = subprocess.run(["squeue", "-h", "-o", "%i|%T", "-j", ",".join(missing)],
+                             capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return states
+    for line in out.splitlines():
+        jid, _, state = line.strip().partition("|")
+        if jid in missing and state:
+            states[jid] = {"state": state}
+    return states
 
 
 def external_job_ids(graph: JobGraph) -> dict[str, str]:

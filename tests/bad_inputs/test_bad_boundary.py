@@ -488,7 +488,7 @@ def test_concurrent_launches_queue_one_job_set(slurm_cluster, demo_assets, tmp_p
     name = f"conc{uuid.uuid4().hex[:6]}"
     argv = [sys.executable, str(REPO / "launch" / "distill.py"), "--cluster", "ci", "--config",
             "tiny_demo", "--run-dir", str(run_dir), f"name={name}",
-            *asset_overrides(demo_assets), "cluster.time_min=5",
+            *asset_overrides(demo_assets), "cluster.time_min=5", "train.micro_batch_size=8",
             "cluster.additional_parameters={begin: now+600}"]  # held: nothing runs on the nodes
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     results_: list = [None, None]
