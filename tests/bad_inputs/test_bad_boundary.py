@@ -522,3 +522,35 @@ def test_concurrent_launches_queue_one_job_set(slurm_cluster, demo_assets, tmp_p
                 all_ids |= set(re.findall(r"submitted job (\d+)", r.stdout))
         if all_ids:
             subprocess.run(["scancel", *sorted(all_ids)], capture_output=True, timeout=30)
+
+
+@pytest.mark.slurm
+def test_submission_failing_midway_cancels_what_it_queued(slurm_cluster, demo_assets, tmp_path):
+    """sbatch refuses the distill job (more memory than any node): the prepare_data job this
+    launch had already queued is cancelled, and the manifest says so."""
+    from tests.conftest import asset_overrides
+
+    run_dir = tmp_path / "run"
+    name = f"mid{uuid.uuid4().hex[:6]}"
+    res = subprocess.run(
+        [sys.executable, str(REPO / "launch" / "distill.py"), "--cluster", "ci", "--config",
+         "tiny_demo", "--run-dir", str(run_dir), f"name={name}", *asset_overrides(demo_assets),
+         "train.micro_batch_size=8", "cluster.mem_gb=100000",
+         "cluster.additional_parameters={begin: now+600}"],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+        timeout=240)
+    ids = re.findall(r"submitted job (\d+)", res.stdout)
+    try:
+        assert res.returncode == 1, res.stdout + res.stderr
+        assert "distill" in res.stdout and "sbatch refused it" in res.stdout
+        manifest = json.loads((run_dir / "manifest.json").read_text())
+        launch = manifest["launches"][-1]
+        assert launch["failed_stage"] == "distill" and launch["cancelled"] == ids and ids
+        assert manifest["stages"]["prepare_data"]["state"] == "CANCELLED"
+        assert manifest["stages"]["distill"]["state"] == "NOT_SUBMITTED"
+        queued = subprocess.run(["squeue", "-h", "-t", "PD,R", "-o", "%i", "-j", ",".join(ids)],
+                                capture_output=True, text=True, timeout=30).stdout.split()
+        assert not queued, queued
+    finally:
+        if ids:
+            subprocess.run(["scancel", *ids], capture_output=True, timeout=30)
