@@ -142,10 +142,12 @@ def main(argv: list[str] | None = None) -> int:
             print(submit.dry_run_text(graph, cluster, experiment.name))
             try:
                 preflight.check(experiment, cluster)
+                preflight.check_live(graph, cluster)
             except ConfigError as e:
                 print(f"\npre-flight: a real launch would stop here: {e}")
             return 0
         preflight.check(experiment, cluster)
+        preflight.check_live(graph, cluster)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         print("nothing was queued.", file=sys.stderr)

@@ -526,19 +526,35 @@ def test_concurrent_launches_queue_one_job_set(slurm_cluster, demo_assets, tmp_p
 
 @pytest.mark.slurm
 def test_submission_failing_midway_cancels_what_it_queued(slurm_cluster, demo_assets, tmp_path):
-    """sbatch refuses the distill job (more memory than any node): the prepare_data job this
-    launch had already queued is cancelled, and the manifest says so."""
+    """sbatch refuses the second job (pre-flight now catches what the cluster would refuse, so
+    the refusal comes from a wrapper around the real sbatch): the prepare_data job this launch
+    had really queued is cancelled, and the manifest says so."""
+    import shutil
+
     from tests.conftest import asset_overrides
 
+    shims = tmp_path / "shims"
+    shims.mkdir()
+    count = tmp_path / "count"
+    shim = shims / "sbatch"
+    shim.write_text(f"""#!/bin/sh
+n=$(cat {count} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {count}
+if [ $n -ge 2 ]; then
+  echo "sbatch: error: Batch job submission failed: Requested node configuration is not available" >&2
+  exit 1
+fi
+exec {shutil.which("sbatch")} "$@"
+""")
+    shim.chmod(0o755)
     run_dir = tmp_path / "run"
     name = f"mid{uuid.uuid4().hex[:6]}"
     res = subprocess.run(
         [sys.executable, str(REPO / "launch" / "distill.py"), "--cluster", "ci", "--config",
          "tiny_demo", "--run-dir", str(run_dir), f"name={name}", *asset_overrides(demo_assets),
-         "train.micro_batch_size=8", "cluster.mem_gb=100000",
-         "cluster.additional_parameters={begin: now+600}"],
-        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
-        timeout=240)
+         "train.micro_batch_size=8", "cluster.additional_parameters={begin: now+600}"],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO),
+                       "PATH": f"{shims}:{os.environ['PATH']}"},
+        capture_output=True, text=True, timeout=240)
     ids = re.findall(r"submitted job (\d+)", res.stdout)
     try:
         assert res.returncode == 1, res.stdout + res.stderr
@@ -554,3 +570,17 @@ def test_submission_failing_midway_cancels_what_it_queued(slurm_cluster, demo_as
     finally:
         if ids:
             subprocess.run(["scancel", *ids], capture_output=True, timeout=30)
+
+
+@pytest.mark.slurm
+@pytest.mark.parametrize("override, message", [
+    ("cluster.partition=nosuchpartition", "cluster.partition='nosuchpartition': no such partition"),
+    ("cluster.mem_gb=100000", "cluster.mem_gb=100000"),
+    ("cluster.stages.mem_gb=4096", "cluster.stages.mem_gb=4096"),
+], ids=["no-such-partition", "distill-memory-over-any-node", "eval-memory-over-any-node"])
+def test_live_preflight_refuses_what_sbatch_would(slurm_cluster, world, capsys, override, message):
+    code, out, err = run_cli(distill_cli.main, ["--cluster", "ci", "--config", "tiny_demo",
+                                                "--run-dir", "run", "name=bnd", *world["base"],
+                                                override], capsys)
+    assert code == 2 and message in err and "nothing was queued." in err, out + err
+    assert not world["queued"] and not (world["work"] / "run").exists()
