@@ -26,7 +26,14 @@ from kd.paths import RunPaths
 from launch import manifest as mf
 from launch import shell, slurm_state
 from launch.config import Cluster
-from launch.executors import job_folder, local_executor, sbatch_text, setup_lines, slurm_executor
+from launch.executors import (
+    job_folder,
+    local_executor,
+    python_command,
+    sbatch_text,
+    setup_lines,
+    slurm_executor,
+)
 from launch.plan import Job, JobGraph
 
 ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED",
@@ -63,6 +70,7 @@ def check_scripts(graph: JobGraph, cluster: Cluster, run_name: str) -> None:
     """Render every stage's sbatch script once, so launch.shell refuses a bad value (naming
     the field) before the run directory, the manifest or any job exists."""
     if cluster.executor != "slurm":
+        python_command(cluster)
         for j in graph.jobs:
             setup_lines(cluster, j)
             shell.check("run directory", job_folder(graph.run_dir, j.stage))
