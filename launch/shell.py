@@ -36,7 +36,7 @@ ENV_HINT = ("pass secrets through the environment of the shell that launches (SL
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _SBATCH_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_-]*\Z")
 _SBATCH_FORBIDDEN = set("'\"\\`")
-SECRET_WORDS = {"TOKEN", "SECRET", "PASSWORD", "PASSWD", "PWD", "CREDENTIALS", "APIKEY"}
+SECRET_WORDS = {"TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIALS", "APIKEY"}
 
 # (what it looks like, pattern) -- tokens and credentials recognised by their value
 _SECRET_VALUES = (
