@@ -584,3 +584,16 @@ def test_live_preflight_refuses_what_sbatch_would(slurm_cluster, world, capsys, 
                                                 override], capsys)
     assert code == 2 and message in err and "nothing was queued." in err, out + err
     assert not world["queued"] and not (world["work"] / "run").exists()
+
+
+@pytest.mark.parametrize("value", [HF, "https://u:pw@host/x", "AccountKey=abc=="],
+                         ids=["token", "url-password", "connection-string"])
+def test_manifest_never_holds_a_secret(tmp_path, value):
+    """The last gate: manifest.write refuses a secret anywhere in the tree, naming the path."""
+    from launch import manifest as mf
+    from launch.shell import UnsafeValue
+
+    data = mf.new(tmp_path, {"name": "x", "extra": {"notes": [value]}}, {"name": "ci"})
+    with pytest.raises(UnsafeValue, match=r"manifest\.experiment\.extra\.notes\[0\]"):
+        mf.write(tmp_path / "manifest.json", data)
+    assert not (tmp_path / "manifest.json").exists()
