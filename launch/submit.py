@@ -112,17 +112,25 @@ def emit_sbatch(graph: JobGraph, cluster: Cluster, run_name: str, out_dir: Path)
 LOCK_WAIT_S = float(os.environ.get("KD_LOCK_WAIT_S", "120"))
 
 
+_HELD: set[str] = set()  # run dirs whose lock this process holds (the lock is re-entrant)
+
+
 @contextlib.contextmanager
 def run_lock(run_dir: Path, wait_s: float | None = None):
     """Exclusive ``RUN/.launch.lock`` (fcntl.flock) for the whole launch.
 
     A concurrent launch into the same run directory waits up to ``wait_s`` (default
     ``$KD_LOCK_WAIT_S`` or 120 s), then either gets the lock (and adopts what the first one
-    recorded) or refuses with a ConfigError. The lock dies with its process."""
+    recorded) or refuses with a ConfigError. Re-entrant within a process; the lock dies with
+    its process."""
     from launch.schema import ConfigError
 
-    wait_s = LOCK_WAIT_S if wait_s is None else wait_s
     path = Path(run_dir) / ".launch.lock"
+    key = str(Path(run_dir).resolve())
+    if key in _HELD:
+        yield path
+        return
+    wait_s = LOCK_WAIT_S if wait_s is None else wait_s
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         deadline = time.monotonic() + wait_s
@@ -140,9 +148,18 @@ def run_lock(run_dir: Path, wait_s: float | None = None):
                 time.sleep(0.2)
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {mf.now()}\n".encode())
+        _HELD.add(key)
         yield path
     finally:
+        _HELD.discard(key)
         os.close(fd)  # releases the flock
+
+
+def _refresh(manifest: dict, path: Path) -> None:
+    """Under the lock: take the job ids and launches a concurrent launch recorded meanwhile."""
+    disk = mf.read(path)
+    if disk and disk.get("config_hash") == manifest.get("config_hash"):
+        manifest["stages"], manifest["launches"] = disk["stages"], disk["launches"]
 
 
 def _stage_record(job: Job, graph: JobGraph) -> dict[str, Any]:
@@ -152,16 +169,19 @@ def _stage_record(job: Job, graph: JobGraph) -> dict[str, Any]:
 
 def launch(graph: JobGraph, cluster: Cluster, manifest: dict, run_name: str,
            wait: bool = False, echo=print) -> int:
-    """Submit (or run) every unfinished stage. Returns the process exit code."""
+    """Submit (or run) every unfinished stage, holding the run directory's lock. Returns the
+    process exit code."""
     paths = RunPaths(graph.run_dir)
     paths.jobs.mkdir(parents=True, exist_ok=True)
     paths.stages.mkdir(parents=True, exist_ok=True)
-    launch_entry = {"time": mf.now(), "cluster": cluster.name, "argv": sys.argv[1:],
-                    "submitted": [], "skipped": [], "adopted": []}
-    manifest["launches"].append(launch_entry)
-    if cluster.executor == "local":
-        return _run_local(graph, cluster, manifest, launch_entry, echo)
-    return _submit_slurm(graph, cluster, manifest, launch_entry, run_name, wait, echo)
+    with run_lock(graph.run_dir):
+        _refresh(manifest, paths.manifest)
+        launch_entry = {"time": mf.now(), "cluster": cluster.name, "argv": sys.argv[1:],
+                        "submitted": [], "skipped": [], "adopted": []}
+        manifest["launches"].append(launch_entry)
+        if cluster.executor == "local":
+            return _run_local(graph, cluster, manifest, launch_entry, echo)
+        return _submit_slurm(graph, cluster, manifest, launch_entry, run_name, wait, echo)
 
 
 def _done(paths: RunPaths, stage: str) -> bool:
