@@ -152,6 +152,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         print("nothing was queued.", file=sys.stderr)
         return 2
+    except UnicodeDecodeError as e:  # a config read as text before the schema could say which
+        print(f"error: --config {args.config} or --cluster {args.cluster}: not UTF-8 text "
+              f"({e.reason} at byte {e.start}); save it as UTF-8\nnothing was queued.",
+              file=sys.stderr)
+        return 2
     try:
         run_dir.mkdir(parents=True, exist_ok=True)  # default mode: the user's umask decides
     except OSError as e:

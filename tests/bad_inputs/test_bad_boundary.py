@@ -348,6 +348,18 @@ def test_bad_run_dir(world, capsys, run_dir, message):
     assert (world["work"] / "afile").read_text() == "keep me"
 
 
+@pytest.mark.parametrize("flag", ["--config", "--cluster"])
+def test_config_not_utf8(world, capsys, flag):
+    bad = world["tmp"] / "bad.yaml"
+    bad.write_bytes(b"name: \xff\xfe\n")
+    argv = {"--config": ["--cluster", "ci", "--config", str(bad)],
+            "--cluster": ["--cluster", str(bad), "--config", "tiny_demo"]}[flag]
+    code, out, err = run_cli(distill_cli.main, [*argv, "--run-dir", "run", *world["base"]],
+                             capsys)
+    assert code == 2 and "UTF-8" in err and str(bad) in err, err
+    assert not world["queued"] and not (world["work"] / "run").exists()
+
+
 def _bad_results():
     nan, inf = math.nan, math.inf
     return {
