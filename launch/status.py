@@ -23,6 +23,7 @@ if __package__ in (None, ""):
 from kd.paths import RunPaths  # noqa: E402
 from launch import manifest as mf  # noqa: E402
 from launch import slurm_state  # noqa: E402
+from launch.schema import ConfigError  # noqa: E402
 
 FAILED = {"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE"}
 ERROR_WORDS = ("Error", "error:", "Traceback", "Killed", "CANCELLED", "DUE TO TIME LIMIT",
@@ -124,7 +125,7 @@ def wait_for_run(run_dir: Path, echo=print, poll_s: float = 5.0, timeout_s: floa
 def tail(run_dir: Path, stage: str, n: int) -> str:
     _, rows = stage_states(run_dir)
     if stage not in rows:
-        raise SystemExit(f"error: no stage {stage!r}; stages: {', '.join(rows)}")
+        raise ConfigError(f"--logs {stage!r}: no such stage; stages: {', '.join(rows)}")
     log = rows[stage]["log"]
     if not log or not Path(log).exists():
         return f"{stage}: no log yet ({rows[stage]['state']})"
@@ -168,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.wait:
             return wait_for_run(run_dir)
         text, code = render(run_dir)
-    except mf.ManifestError as e:
+    except ConfigError as e:  # a bad manifest (mf.ManifestError) or a bad argument
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(text)

@@ -324,12 +324,20 @@ def test_status_on_bad_manifest(tmp_path, capsys, monkeypatch, kind, cmd):
 
 
 @pytest.mark.parametrize("setup, message", [
-    ("file", "is a file"), ("empty", "empty"), ("no-manifest", "no manifest.json")])
+    ("file", "is a file"), ("empty", "empty"), ("no-manifest", "no manifest.json"),
+    ("unknown-stage", "--logs 'nosuch': no such stage")])
 def test_status_bad_run_dir(tmp_path, capsys, setup, message):
-    target = {"file": tmp_path / "f", "empty": "", "no-manifest": tmp_path}[setup]
+    target = {"file": tmp_path / "f", "empty": "", "no-manifest": tmp_path,
+              "unknown-stage": tmp_path}[setup]
+    extra = []
     if setup == "file":
         target.write_text("x")
-    code, out, err = run_cli(status_cli.main, [str(target)], capsys)
+    if setup == "unknown-stage":
+        (tmp_path / "manifest.json").write_text(json.dumps(
+            {"kdlaunch_manifest": 1, "stages": {"distill": {}}, "launches": [],
+             "experiment": {}, "cluster": {"executor": "local"}}))
+        extra = ["--logs", "nosuch"]
+    code, out, err = run_cli(status_cli.main, [str(target), *extra], capsys)
     assert code == 2 and message in err, err
 
 
