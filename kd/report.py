@@ -14,6 +14,7 @@ conservative test (a paired test on per-question results would be sharper).
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,6 +101,10 @@ def verdict(before: dict, after: dict, noise_z: float = NOISE_Z, key: str = "mml
     and its stderr."""
     b, a = before["groups"][key], after["groups"][key]
     task = results.label(key)
+    if not all(_finite(x) for x in (b.get("acc"), a.get("acc"))):
+        # results.load refuses these; a record built in code must not give a verdict either
+        raise ValueError(f"{task}: a score is missing or not a finite number "
+                         f"(before {b.get('acc')!r}, after {a.get('acc')!r}); no verdict")
     delta = a["acc"] - b["acc"]
     if b["acc_stderr"] is None or a["acc_stderr"] is None:
         outcome = "improved" if delta > 0 else "regressed" if delta < 0 else "within noise"
@@ -211,7 +216,15 @@ def run(spec: ReportSpec) -> str:
     """Read the three results files, write report.{md,csv,png}; return the Markdown."""
     before, after, teacher = (results.load(p) for p in (spec.before, spec.after, spec.teacher))
     out = Path(spec.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: is a file, not a directory; pass a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"--out {out}: cannot create it ({e.strerror}); pass a writable "
+                         f"directory") from e
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out}: not writable by you; pass a writable directory")
     text = markdown(before, after, teacher, spec.title)
     _write_text(out / "report.md", text)
     _write_text(out / "report.csv", frame(before, after, teacher).to_csv(float_format="%.6g"))
@@ -254,6 +267,11 @@ def _describe(value: object) -> str:
     if isinstance(value, dict):
         return ", ".join(f"{k}={v}" for k, v in sorted(value.items())) or "none"
     return "none" if value is None else str(value)
+
+
+def _finite(value: object) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
 
 
 def _nan(value: float | None) -> float:

@@ -43,6 +43,7 @@ behind the number (lm-eval's ``sample_len``). ``acc_stderr`` is null when lm-eva
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import tempfile
@@ -151,17 +152,51 @@ def load(path: str | Path) -> dict:
             "or pass the path of an existing results JSON"
         )
     try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+        data = json.loads(path.read_text())  # NaN/Infinity parse; validate names the field
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as e:
         raise ValueError(f"{path} is not valid JSON ({e}); re-run the eval that wrote it") from e
+    except OSError as e:
+        raise ValueError(f"cannot read results file {path}: {e.strerror}") from e
     if isinstance(data, dict) and data.get("schema") == SCHEMA:
-        return data
+        return validate(data, path)
     if isinstance(data, dict) and ("groups" in data or "results" in data):
-        return from_lm_eval(data)
+        try:
+            return validate(from_lm_eval(data), path)
+        except (TypeError, AttributeError, KeyError) as e:
+            raise ValueError(f"{path}: lm-eval results of an unexpected shape ({e!r}); pass the "
+                             f"results_*.json lm-eval wrote, unedited") from e
     raise ValueError(
         f"{path} is neither a {SCHEMA} file nor lm-eval results "
         "(expected the keys 'schema', or 'groups'/'results')"
     )
+
+
+def _score(value: Any, where: str, *, optional: bool) -> float | None:
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{where}: {value!r} is not a finite number; re-run the eval that "
+                         f"wrote it (a verdict cannot come from it)")
+    return value
+
+
+def validate(record: dict, path: str | Path) -> dict:
+    """Refuse a results record whose scores are missing, non-numeric, NaN or infinite."""
+    groups = record.get("groups")
+    if not isinstance(groups, dict):
+        raise ValueError(f"{path}: no 'groups' mapping; expected {SCHEMA} (see kd/results.py)")
+    missing = [k for k in GROUPS if k not in groups]
+    if missing:
+        raise ValueError(f"{path}: groups lack {', '.join(missing)}; evaluate the full `mmlu` "
+                         f"task group (tasks=['mmlu'])")
+    for key, entry in groups.items():
+        if not isinstance(entry, dict):
+            raise ValueError(f"{path}: groups.{key} is not a mapping with 'acc'")
+        acc = _score(entry.get("acc"), f"{path}: groups.{key}.acc", optional=False)
+        if not 0 <= acc <= 1:
+            raise ValueError(f"{path}: groups.{key}.acc={acc!r} is not a fraction in [0, 1]")
+        _score(entry.get("acc_stderr"), f"{path}: groups.{key}.acc_stderr", optional=True)
+    return record
 
 
 def comparable_settings(record: dict) -> dict:
@@ -187,7 +222,7 @@ def _groups(res: dict) -> dict:
                 "task group (tasks=['mmlu']), not single subjects"
             )
         out[key] = {
-            "acc": float(entry["acc,none"]),
+            "acc": _number(entry["acc,none"]),
             "acc_stderr": _number(entry.get("acc_stderr,none")),
             "n": _group_size(entry),
         }
@@ -209,7 +244,7 @@ def _extras(res: dict, tasks: list[str]) -> dict:
                              "multiple-choice tasks with an `acc` metric can be reported")
         n = ((res.get("n-samples") or {}).get(task) or {}).get("effective")
         out[task] = {
-            "acc": float(entry["acc,none"]),
+            "acc": _number(entry["acc,none"]),
             "acc_stderr": _number(entry.get("acc_stderr,none")),
             "n": int(n) if n is not None else _group_size(entry),
         }

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
+import re
 import sys
 from pathlib import Path
 
@@ -22,6 +24,7 @@ if __package__ in (None, ""):
 
 from launch import config as cfg  # noqa: E402
 from launch import manifest as mf  # noqa: E402
+from launch import shell  # noqa: E402
 from launch.schema import ConfigError, to_dict  # noqa: E402
 
 DEFAULT_CLUSTER = "local"
@@ -36,10 +39,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="cluster profile name (configs/clusters/NAME.yaml) or path; default local")
     p.add_argument("--config", default=DEFAULT_CONFIG,
                    help="experiment YAML (path or name in configs/experiments); default tiny_demo")
-    p.add_argument("--run-dir", type=Path, help="run directory (default runs/<name>-<timestamp>)")
+    p.add_argument("--run-dir", type=str, help="run directory (default runs/<name>-<timestamp>)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the job graph and every sbatch script; submit nothing")
-    p.add_argument("--emit-sbatch", type=Path, metavar="DIR",
+    p.add_argument("--emit-sbatch", type=str, metavar="DIR",
                    help="write the run as standalone sbatch scripts + submit.sh to DIR (for "
                         "hand submission); submit nothing")
     p.add_argument("--new-run", action="store_true",
@@ -60,10 +63,11 @@ def split_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
 
 def choose_run_dir(args: argparse.Namespace, exp_name: str, exp_hash: str) -> Path:
     """The run directory: refuse one that belongs to a different config (unless --new-run)."""
+    validate_name(exp_name)
     if args.run_dir is None:
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         return (Path("runs") / f"{exp_name}-{stamp}").absolute()
-    run_dir = args.run_dir.absolute()
+    run_dir = validate_dir("--run-dir", args.run_dir)
     candidate, n = run_dir, 1
     while True:
         old = mf.read(candidate / "manifest.json")
@@ -78,6 +82,35 @@ def choose_run_dir(args: argparse.Namespace, exp_name: str, exp_hash: str) -> Pa
         candidate = run_dir.with_name(f"{run_dir.name}-{n}")
 
 
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*\Z")
+
+
+def validate_name(name: str) -> None:
+    """The experiment name becomes a directory name and a SLURM job name."""
+    if not isinstance(name, str) or not NAME.match(name) or ".." in name or len(name) > 100:
+        raise ConfigError(f"name: {name!r} is not a valid experiment name; use letters, digits, "
+                          f"'.', '_', '+' and '-' (no '/', no '..', no spaces, at most 100)")
+
+
+def validate_dir(flag: str, text: str) -> Path:
+    """A directory the launcher will create or write into: not empty, not a file, writable."""
+    if not text.strip():
+        raise ConfigError(f"{flag}: empty; give a directory path (e.g. runs/my-run)")
+    path = Path(text).absolute()
+    shell.check(flag, str(path))
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{flag} {path}: is a file, not a directory; choose another path")
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(f"{flag} {path}: {probe} is a file, so the directory cannot be "
+                          f"created; choose another path")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {path}: {probe} is not writable by you; choose another path")
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     exp_over, cl_over = split_overrides(args.overrides)
@@ -89,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
         if chosen.auto:
             print(chosen.describe())
         exp_resolved = to_dict(experiment)
+        cluster_resolved = to_dict(cluster)
+        shell.refuse_secrets(exp_resolved, "")
+        shell.refuse_secrets(cluster_resolved, "cluster")
         exp_hash = mf.config_hash(exp_resolved)
         run_dir = choose_run_dir(args, experiment.name, exp_hash)
         from launch import plan as planner
@@ -97,28 +133,56 @@ def main(argv: list[str] | None = None) -> int:
         from launch import preflight, submit
 
         preflight.check_layout(experiment, cluster)
-        if args.emit_sbatch:
-            print(f"wrote {submit.emit_sbatch(graph, cluster, experiment.name, args.emit_sbatch)}")
+        submit.check_scripts(graph, cluster, experiment.name)
+        if args.emit_sbatch is not None:
+            out_dir = validate_dir("--emit-sbatch", args.emit_sbatch)
+            print(f"wrote {submit.emit_sbatch(graph, cluster, experiment.name, out_dir)}")
             return 0
         if args.dry_run:
             print(submit.dry_run_text(graph, cluster, experiment.name))
             try:
                 preflight.check(experiment, cluster)
+                preflight.check_live(graph, cluster)
             except ConfigError as e:
                 print(f"\npre-flight: a real launch would stop here: {e}")
             return 0
         preflight.check(experiment, cluster)
+        preflight.check_live(graph, cluster)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         print("nothing was queued.", file=sys.stderr)
         return 2
-    run_dir.mkdir(parents=True, exist_ok=True)  # default mode: the user's umask decides
-    manifest = mf.read(run_dir / "manifest.json") or mf.new(run_dir, exp_resolved,
-                                                            to_dict(cluster))
-    manifest["cluster"] = to_dict(cluster)
-    mf.write(run_dir / "manifest.json", manifest)
-    print(submit.describe(graph))
-    code = submit.launch(graph, cluster, manifest, experiment.name, wait=args.wait)
+    except UnicodeDecodeError as e:  # a config read as text before the schema could say which
+        print(f"error: --config {args.config} or --cluster {args.cluster}: not UTF-8 text "
+              f"({e.reason} at byte {e.start}); save it as UTF-8\nnothing was queued.",
+              file=sys.stderr)
+        return 2
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)  # default mode: the user's umask decides
+    except OSError as e:
+        print(f"error: --run-dir {run_dir}: cannot create it ({e.strerror}); choose a writable "
+              f"path\nnothing was queued.", file=sys.stderr)
+        return 2
+    try:
+        with submit.run_lock(run_dir):
+            # read under the lock: a launch that held it before us recorded its job ids, which
+            # this one adopts instead of submitting them a second time
+            manifest = mf.read(run_dir / "manifest.json") or mf.new(run_dir, exp_resolved,
+                                                                    cluster_resolved)
+            if manifest.get("config_hash") != exp_hash:
+                raise ConfigError(f"--run-dir {run_dir} was taken by a launch of a different "
+                                  f"config meanwhile; use another --run-dir")
+            manifest["cluster"] = cluster_resolved
+            mf.write(run_dir / "manifest.json", manifest)
+            print(submit.describe(graph))
+            code = submit.launch(graph, cluster, manifest, experiment.name, wait=False)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.wait and cluster.executor == "slurm" and code == 0:
+        from launch.status import wait_for_run
+
+        code = wait_for_run(run_dir)
     if cluster.executor == "local":
         _print_report(run_dir)
     print(f"run directory: {run_dir}")

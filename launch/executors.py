@@ -1,18 +1,19 @@
 """The only place SLURM flags exist: Job + Cluster -> submitit executor / sbatch text.
 
-Every value that reaches the sbatch script goes through submitit's ``shlex.quote`` (``#SBATCH``
-flags, srun arguments) or ours (``export`` lines). The cluster's ``setup`` lines and ``python``
-command are shell by design: they come from the cluster profile the user owns, not from
-experiment values.
+Every value that reaches an sbatch script passes through launch.shell first: control characters
+and secrets are refused there, naming the field. ``#SBATCH`` values and srun arguments are then
+quoted by submitit (``shlex.quote``), ``export`` lines and the command by launch.shell.quote. The
+cluster's ``setup`` lines and ``python`` command are shell by design (the cluster profile the user
+owns): checked, not quoted.
 """
 
 from __future__ import annotations
 
-import shlex
 import sys
 from pathlib import Path
 from typing import Any
 
+from launch import shell
 from launch.config import REPO, Cluster
 from launch.plan import Job
 
@@ -25,8 +26,17 @@ def job_folder(run_dir: Path, stage: str) -> Path:
     return Path(run_dir) / "jobs" / stage
 
 
+def sealed_folder(run_dir: Path, stage: str) -> Path:
+    """:func:`job_folder`, checked for its ``#SBATCH --output`` line."""
+    folder = job_folder(run_dir, stage)
+    shell.sbatch_value("run directory", folder)
+    return folder
+
+
 def python_command(cluster: Cluster) -> str:
-    return cluster.python or shlex.quote(sys.executable)
+    if cluster.python:
+        return shell.shell_line("cluster.python", cluster.python)
+    return shell.quote("python (sys.executable)", sys.executable)
 
 
 def container_srun_args(cluster: Cluster, run_dir: Path) -> list[str]:
@@ -48,10 +58,17 @@ def fragment(name: str) -> list[str]:
 
 
 def setup_lines(cluster: Cluster, job: Job) -> list[str]:
-    lines = [f"export {k}={shlex.quote(str(v))}" for k, v in sorted(cluster.env.items())]
+    lines = []
+    for k, v in sorted(cluster.env.items()):
+        if not shell.re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(k)):
+            raise shell.UnsafeValue(f"cluster.env.{k!r}: not a valid environment variable name")
+        if shell.secret_name(str(k)):
+            raise shell.UnsafeValue(f"cluster.env.{k}: its name says it holds a secret; "
+                                    f"{shell.ENV_HINT}")
+        lines.append(f"export {k}={shell.quote(f'cluster.env.{k}', v)}")
     if job.stage == "distill" and job.gpus_per_node:
         lines += fragment("distill_env.sh")
-    lines += list(cluster.setup)
+    lines += [shell.shell_line(f"cluster.setup[{i}]", ln) for i, ln in enumerate(cluster.setup)]
     return lines
 
 
@@ -68,7 +85,10 @@ def slurm_parameters(job: Job, cluster: Cluster, run_dir: Path, run_name: str,
         # every stage may be requeued (preemption, or a timeout of a long eval): each one resumes
         # from what it wrote, and afterok waits for the final completion
         "setup": setup_lines(cluster, job),
-        "srun_args": container_srun_args(cluster, run_dir) + list(cluster.srun_args),
+        "srun_args": ([shell.check("cluster.container", a)
+                       for a in container_srun_args(cluster, run_dir)]
+                      + [shell.check(f"cluster.srun_args[{i}]", a)
+                         for i, a in enumerate(cluster.srun_args)]),
         "stderr_to_stdout": True,
     }
     if job.gpus_per_node:
@@ -86,7 +106,28 @@ def slurm_parameters(job: Job, cluster: Cluster, run_dir: Path, run_name: str,
     extra["requeue"] = True
     if extra:
         params["additional_parameters"] = extra
-    return params
+    return sealed_parameters(params)
+
+
+# where each sbatch parameter comes from, for the error message
+_FIELDS = {"job_name": "experiment name", "partition": "cluster.partition",
+           "account": "cluster.account", "qos": "cluster.qos", "mem": "mem_gb",
+           "time": "time_min", "dependency": "dependency"}
+
+
+def sealed_parameters(params: dict[str, Any]) -> dict[str, Any]:
+    """Every ``#SBATCH`` key and value through launch.shell (submitit renders the lines)."""
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        if key in ("setup", "srun_args"):  # already checked line by line
+            out[key] = value
+        elif key == "additional_parameters":
+            out[key] = {shell.sbatch_key(f"cluster.additional_parameters.{k}", k):
+                        shell.sbatch_value(f"cluster.additional_parameters.{k}", v)
+                        for k, v in value.items()}
+        else:
+            out[key] = shell.sbatch_value(_FIELDS.get(key, key), value)
+    return out
 
 
 def sbatch_text(job: Job, cluster: Cluster, run_dir: Path, run_name: str,
@@ -94,9 +135,9 @@ def sbatch_text(job: Job, cluster: Cluster, run_dir: Path, run_name: str,
     """The exact sbatch script submitit writes for this job (used by --dry-run)."""
     from submitit.slurm.slurm import _make_sbatch_string
 
-    folder = job_folder(run_dir, job.stage)
+    folder = sealed_folder(run_dir, job.stage)
     command = SUBMITIT_COMMAND.format(python=python_command(cluster),
-                                      folder=shlex.quote(str(folder)))
+                                      folder=shell.quote("run directory", folder))
     params = slurm_parameters(job, cluster, run_dir, run_name, dependency_ids)
     return _make_sbatch_string(command=command, folder=folder, **params)
 
@@ -107,16 +148,16 @@ def standalone_sbatch_text(job: Job, cluster: Cluster, run_dir: Path, run_name: 
     from submitit.slurm.slurm import _make_sbatch_string
 
     command = (f"{python_command(cluster)} -u -m kd.job {job.stage} "
-               f"--spec {shlex.quote(str(spec_file))}")
+               f"--spec {shell.quote('--emit-sbatch directory', spec_file)}")
     params = slurm_parameters(job, cluster, run_dir, run_name, [])
-    return _make_sbatch_string(command=command, folder=job_folder(run_dir, job.stage), **params)
+    return _make_sbatch_string(command=command, folder=sealed_folder(run_dir, job.stage), **params)
 
 
 def slurm_executor(job: Job, cluster: Cluster, run_dir: Path, run_name: str,
                    dependency_ids: list[str]):
     from submitit import SlurmExecutor
 
-    ex = SlurmExecutor(folder=job_folder(run_dir, job.stage),
+    ex = SlurmExecutor(folder=sealed_folder(run_dir, job.stage),
                        max_num_timeout=cluster.max_requeues, python=python_command(cluster))
     ex.update_parameters(**slurm_parameters(job, cluster, run_dir, run_name, dependency_ids))
     return ex
@@ -127,6 +168,7 @@ def local_executor(job: Job, cluster: Cluster, run_dir: Path):
 
     ex = LocalExecutor(folder=job_folder(run_dir, job.stage),
                        max_num_timeout=cluster.max_requeues, python=cluster.python)
+    shell.check("run directory", job_folder(run_dir, job.stage))
     ex.update_parameters(timeout_min=job.time_min, tasks_per_node=job.tasks_per_node,
                          gpus_per_node=job.gpus_per_node * job.nodes,
                          signal_delay_s=min(cluster.signal_delay_s, job.time_min * 30),

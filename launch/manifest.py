@@ -2,8 +2,8 @@
 
 It is rewritten atomically (temp file + rename) every time a job id becomes known or a stage
 changes state, so ``status``/``cancel``/a relaunch work from any later shell. Secrets never
-reach it: configs cannot hold them (launch.config rejects secret-looking env keys) and the
-environment is not recorded.
+reach it: launch.shell refuses them (by key and by value) before a launch starts, ``write``
+checks again, and the environment is not recorded.
 """
 
 from __future__ import annotations
@@ -17,7 +17,11 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from launch import shell
 from launch.config import REPO
+from launch.schema import ConfigError
+
+VERSION = 1
 
 PACKAGES = ("kdlaunch", "submitit", "torch", "megatron-core", "megatron-bridge", "nvidia-modelopt",
             "lm-eval", "transformers", "pandas")
@@ -55,18 +59,56 @@ def git_revision() -> str | None:
     return rev + ("-dirty" if dirty else "")
 
 
+class ManifestError(ConfigError):
+    """A manifest.json that cannot be trusted; the message names the file and the fix."""
+
+
 def read(path: Path) -> dict | None:
+    """The manifest at ``path`` (None when there is none), validated: kdlaunch's, this version,
+    the expected shape. Anything else is a :class:`ManifestError`, never a traceback."""
+    path = Path(path)
+    fix = "restore it from a backup, or launch into a new --run-dir (the old one is kept)"
     try:
-        return json.loads(Path(path).read_text())
+        raw = path.read_bytes()
     except FileNotFoundError:
         return None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); it was not written by kdlaunch or was "
-                         f"edited by hand: restore it or use a new --run-dir") from e
+    except IsADirectoryError:
+        raise ManifestError(f"{path} is a directory, not a manifest file; {fix}") from None
+    except OSError as e:
+        raise ManifestError(f"cannot read {path}: {e.strerror}; check its permissions") from e
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise ManifestError(f"{path} is not valid JSON (truncated or edited by hand?: "
+                            f"{str(e)[:200]}); {fix}") from None
+    if isinstance(data, dict) and "kdlaunch_sweep" in data:  # a sweep night's manifest
+        if not isinstance(data.get("launches"), list):
+            raise ManifestError(f"{path}: 'launches' is missing or not a list; {fix}")
+        return data
+    if not isinstance(data, dict) or "kdlaunch_manifest" not in data:
+        raise ManifestError(f"{path} is not a kdlaunch manifest (no 'kdlaunch_manifest' key); "
+                            f"this directory belongs to something else: use a new --run-dir")
+    version = data["kdlaunch_manifest"]
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ManifestError(f"{path}: kdlaunch_manifest={version!r} is not a version number; {fix}")
+    if version > VERSION:
+        raise ManifestError(f"{path}: written by a newer kdlaunch (manifest version {version}, "
+                            f"this one reads {VERSION}); update kdlaunch to use this run")
+    for key, kind in (("stages", dict), ("launches", list), ("experiment", dict)):
+        if not isinstance(data.get(key), kind):
+            raise ManifestError(f"{path}: '{key}' is missing or not a {kind.__name__}; {fix}")
+    for stage, rec in data["stages"].items():
+        if not isinstance(rec, dict):
+            raise ManifestError(f"{path}: stages.{stage} is not a mapping; {fix}")
+        if rec.get("job_id") is not None and not isinstance(rec["job_id"], (str, int)):
+            raise ManifestError(f"{path}: stages.{stage}.job_id={rec['job_id']!r} is not a "
+                                f"job id; {fix}")
+    return data
 
 
 def write(path: Path, manifest: dict[str, Any]) -> None:
     path = Path(path)
+    shell.refuse_secrets(manifest, "manifest")  # the last gate: checked before any job exists
     manifest["updated"] = now()
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False, default=str) + "\n")
@@ -75,7 +117,7 @@ def write(path: Path, manifest: dict[str, Any]) -> None:
 
 def new(run_dir: Path, experiment: dict, cluster: dict) -> dict[str, Any]:
     return {
-        "kdlaunch_manifest": 1,
+        "kdlaunch_manifest": VERSION,
         "run_dir": str(run_dir),
         "created": now(),
         "updated": now(),

@@ -209,3 +209,65 @@ def check_cluster(cluster: Cluster) -> None:
         raise ConfigError(f"cluster.partition is not set for cluster {cluster.name!r}: add "
                           f"`partition: NAME` to the profile or pass cluster.partition=NAME "
                           f"(see `sinfo`; the generic --cluster slurm also reads $SBATCH_PARTITION)")
+
+
+# ---------------------------------------------------------------- live cluster (sinfo/scontrol)
+def check_live(graph, cluster: Cluster, echo=print) -> None:
+    """Every stage of ``graph`` against what the live cluster offers: the partition exists, and
+    each stage's nodes, CPUs, memory, GPUs and time fit its nodes and the partition's limits.
+    When the cluster cannot be asked, says so in one line and returns."""
+    if cluster.executor != "slurm":
+        return
+    from launch import slurm_info
+
+    why = slurm_info.reachable()
+    parts = nodes = None
+    if why is None:
+        parts, nodes = slurm_info.partitions(), slurm_info.nodes()
+        if parts is None or nodes is None:
+            why = "scontrol show partition/node failed"
+    if why:
+        echo(f"pre-flight: the live cluster was not asked ({why}); partition and node limits "
+             f"are checked by sbatch at submission")
+        return
+    name = cluster.partition or default_partition() or next(
+        (p for p, v in parts.items() if v["default"]), None)
+    if name not in parts:
+        raise ConfigError(f"cluster.partition={name!r}: no such partition on this cluster "
+                          f"(scontrol lists: {', '.join(sorted(parts)) or 'none'}); set "
+                          f"cluster.partition to one of them")
+    part = parts[name]
+    members = {n: v for n, v in nodes.items() if name in v["partitions"]}
+    for job in graph.jobs:
+        where = "cluster" if job.stage == "distill" else "cluster.stages"
+        _check_job_fits(job, name, part, members, where)
+
+
+def _check_job_fits(job, name: str, part: dict, members: dict[str, dict], where: str) -> None:
+    stage = f"stage {job.stage}"
+    if part["max_time_min"] is not None and job.time_min > part["max_time_min"]:
+        raise ConfigError(f"{stage}: time {job.time_min} min is over partition {name}'s limit "
+                          f"of {part['max_time_min']:.0f} min; lower the stage time in {where}")
+    if part["max_nodes"] is not None and job.nodes > part["max_nodes"]:
+        raise ConfigError(f"{stage}: {job.nodes} nodes, partition {name} allows "
+                          f"{part['max_nodes']}; lower cluster.nodes")
+    cpus = job.tasks_per_node * job.cpus_per_task
+    mem_mb = job.mem_gb * 1024 if job.mem_gb is not None else 0
+    need = f"{cpus} CPUs, {job.gpus_per_node} GPUs" + (f", {job.mem_gb} GB" if mem_mb else "")
+    fit = [n for n, v in members.items()
+           if v["cpus"] >= cpus and v["mem_mb"] >= mem_mb and v["gpus"] >= job.gpus_per_node]
+    if len(fit) >= job.nodes:
+        return
+    biggest = ", ".join(f"{n}: {v['cpus']} CPUs, {v['mem_mb'] / 1024:.1f} GB, {v['gpus']} GPUs"
+                        for n, v in sorted(members.items())[:4]) or "no nodes"
+    if mem_mb and not any(v["mem_mb"] >= mem_mb for v in members.values()):
+        field = f"{where}.mem_gb={job.mem_gb}"
+    elif not any(v["gpus"] >= job.gpus_per_node for v in members.values()):
+        field = f"gpus_per_node={job.gpus_per_node}"
+    elif not any(v["cpus"] >= cpus for v in members.values()):
+        field = f"{where}.cpus_per_task={job.cpus_per_task} x {job.tasks_per_node} task(s)"
+    else:
+        field = f"cluster.nodes={job.nodes}"
+    raise ConfigError(f"{stage}: {field}: needs {job.nodes} node(s) with {need} each in "
+                      f"partition {name}, which has {len(fit)} such node(s) ({biggest}); "
+                      f"lower the request")

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         text = report.run(spec)
-    except ValueError as e:
+    except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(text, end="")

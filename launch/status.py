@@ -23,6 +23,7 @@ if __package__ in (None, ""):
 from kd.paths import RunPaths  # noqa: E402
 from launch import manifest as mf  # noqa: E402
 from launch import slurm_state  # noqa: E402
+from launch.schema import ConfigError  # noqa: E402
 
 FAILED = {"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE"}
 ERROR_WORDS = ("Error", "error:", "Traceback", "Killed", "CANCELLED", "DUE TO TIME LIMIT",
@@ -34,7 +35,8 @@ def stage_states(run_dir: Path) -> tuple[dict, dict[str, dict]]:
     paths = RunPaths(run_dir)
     manifest = mf.read(paths.manifest)
     if manifest is None:
-        raise SystemExit(f"error: {run_dir} has no manifest.json: not a kdlaunch run directory")
+        raise mf.ManifestError(f"{run_dir} has no manifest.json: not a kdlaunch run directory; "
+                               f"pass the directory the launcher printed")
     stages = manifest.get("stages", {})
     ids = [s["job_id"] for s in stages.values() if s.get("job_id")]
     is_slurm = manifest.get("cluster", {}).get("executor") == "slurm"
@@ -123,7 +125,7 @@ def wait_for_run(run_dir: Path, echo=print, poll_s: float = 5.0, timeout_s: floa
 def tail(run_dir: Path, stage: str, n: int) -> str:
     _, rows = stage_states(run_dir)
     if stage not in rows:
-        raise SystemExit(f"error: no stage {stage!r}; stages: {', '.join(rows)}")
+        raise ConfigError(f"--logs {stage!r}: no such stage; stages: {', '.join(rows)}")
     log = rows[stage]["log"]
     if not log or not Path(log).exists():
         return f"{stage}: no log yet ({rows[stage]['state']})"
@@ -142,22 +144,34 @@ def cancel(run_dir: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("run_dir", type=Path)
+    p.add_argument("run_dir", type=str)
     p.add_argument("--logs", metavar="STAGE", help="print the tail of STAGE's log")
     p.add_argument("-n", type=int, default=40, help="lines for --logs (default 40)")
     p.add_argument("--cancel", action="store_true", help="cancel the run's unfinished jobs")
     p.add_argument("--wait", action="store_true", help="wait until every stage has ended")
     args = p.parse_args(argv)
-    run_dir = args.run_dir.absolute()
-    if args.logs:
-        print(tail(run_dir, args.logs, args.n))
-        return 0
-    if args.cancel:
-        print(cancel(run_dir))
-        return 0
-    if args.wait:
-        return wait_for_run(run_dir)
-    text, code = render(run_dir)
+    if not args.run_dir.strip():
+        print("error: RUN_DIR is empty; pass the run directory the launcher printed",
+              file=sys.stderr)
+        return 2
+    run_dir = Path(args.run_dir).absolute()
+    if run_dir.exists() and not run_dir.is_dir():
+        print(f"error: {run_dir} is a file, not a run directory; pass the directory that holds "
+              f"manifest.json", file=sys.stderr)
+        return 2
+    try:
+        if args.logs:
+            print(tail(run_dir, args.logs, args.n))
+            return 0
+        if args.cancel:
+            print(cancel(run_dir))
+            return 0
+        if args.wait:
+            return wait_for_run(run_dir)
+        text, code = render(run_dir)
+    except ConfigError as e:  # a bad manifest (mf.ManifestError) or a bad argument
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(text)
     return code
 

@@ -273,6 +273,13 @@ def main(argv: list[str] | None = None) -> int:
         cluster = cfg.load_cluster(args.cluster or sweep.cluster,
                                    [*sweep.cluster_overrides, *args.cluster_overrides])
         plans = sp.plan_sweep(sweep, cluster, date)
+        from launch import submit
+
+        for p in plans:  # launch.shell refuses a bad value before any member is queued
+            try:
+                submit.check_scripts(p.graph, cluster, p.experiment.name)
+            except ConfigError as e:
+                raise ConfigError(f"member {p.name}: {e}") from e
         if args.dry_run:
             errors = preflight_errors(plans, cluster)
             print(dry_run(sweep, cluster, date, plans, errors))
@@ -281,8 +288,16 @@ def main(argv: list[str] | None = None) -> int:
             return 2 if errors else 0
         preflight_all(plans, cluster)
         run_sweep(sweep, cluster, date, plans, retry=args.retry_failed)
-    except ConfigError as e:
+    except ConfigError as e:  # includes launch.shell's refusals and bad manifests
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except UnicodeDecodeError as e:
+        print(f"error: {args.sweep}: not UTF-8 text ({e.reason} at byte {e.start}); save the "
+              f"sweep file as UTF-8", file=sys.stderr)
+        return 2
+    except OSError as e:  # an unreadable sweep file or an unwritable sweep directory
+        print(f"error: {e.filename or ''}: {e.strerror}; check the path and its permissions",
+              file=sys.stderr)
         return 2
     if not args.wait:
         return 0
