@@ -195,7 +195,10 @@ def validate(record: dict, path: str | Path) -> dict:
         acc = _score(entry.get("acc"), f"{path}: groups.{key}.acc", optional=False)
         if not 0 <= acc <= 1:
             raise ValueError(f"{path}: groups.{key}.acc={acc!r} is not a fraction in [0, 1]")
-        _score(entry.get("acc_stderr"), f"{path}: groups.{key}.acc_stderr", optional=True)
+        se = _score(entry.get("acc_stderr"), f"{path}: groups.{key}.acc_stderr", optional=True)
+        if se is not None and se < 0:
+            raise ValueError(f"{path}: groups.{key}.acc_stderr={se!r} is negative; a standard "
+                             f"error is >= 0: re-run the eval that wrote it")
     return record
 
 

@@ -173,20 +173,73 @@ def _looks_secret(env_key: str) -> bool:
 
 
 # ---------------------------------------------------------------- loading
+MAX_YAML_BYTES = 1 << 20  # configs are a few KB; a MB is a mistake or an attack
+MAX_YAML_NODES = 100_000  # after alias expansion: an alias bomb is refused, not expanded
+
+
 def _read_yaml(path: Path) -> dict:
     import yaml
 
     try:
-        text = path.read_text()
+        size = path.stat().st_size
+        if size > MAX_YAML_BYTES:
+            raise ConfigError(f"{path}: {size} bytes; a config is at most {MAX_YAML_BYTES} bytes "
+                              f"(is this the right file?)")
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}): save it as UTF-8") from None
     except OSError as e:
-        raise ConfigError(f"cannot read config {path}: {e.strerror}") from e
+        raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
     try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if node is not None:
+            _check_nodes(node, path)
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+        message = " ".join(str(e).split())[:500]
+        raise ConfigError(f"{path}: not valid YAML: {message}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return data
+
+
+def _check_nodes(root, path: Path) -> None:
+    """Refuse duplicate keys and alias bombs (the expanded node count, computed without
+    expanding)."""
+    import yaml
+
+    sizes: dict[int, int] = {}
+    stack, order = [root], []
+    while stack:  # post-order over the node graph (aliases share node objects)
+        node = stack.pop()
+        if id(node) in sizes:
+            continue
+        sizes[id(node)] = -1
+        order.append(node)
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[str, int] = {}
+            for key, _ in node.value:
+                if isinstance(key, yaml.ScalarNode):
+                    if key.value in seen:
+                        raise ConfigError(
+                            f"{path}: line {key.start_mark.line + 1}: key {key.value!r} appears "
+                            f"twice in one mapping (first on line {seen[key.value]}); the second "
+                            f"would silently win: merge them into one")
+                    seen[key.value] = key.start_mark.line + 1
+            stack += [n for pair in node.value for n in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            stack += node.value
+    for node in reversed(order):
+        if isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = node.value
+        else:
+            children = []
+        sizes[id(node)] = 1 + sum(max(sizes.get(id(c), 1), 1) for c in children)
+        if sizes[id(node)] > MAX_YAML_NODES:
+            raise ConfigError(f"{path}: expands to more than {MAX_YAML_NODES} values through "
+                              f"YAML aliases (&/*): write the values out, or use fewer aliases")
 
 
 def _with_overrides(data: dict, overrides: list[str]) -> dict:
@@ -289,6 +342,21 @@ def validate_experiment(exp: Experiment) -> None:
                           "export.hf_template=meta-llama/Llama-3.1-8B-Instruct, or set "
                           "export.enabled=false")
     _positive(exp.export.iteration, "export.iteration")
+    it, t = exp.export.iteration, exp.train
+    if it is not None:
+        if it > t.train_iters:
+            raise ConfigError(f"export.iteration={it} lies beyond train.train_iters="
+                              f"{t.train_iters}: no checkpoint will exist there; pick a saved "
+                              f"iteration <= {t.train_iters} (or leave it unset for the last)")
+        if it != t.train_iters and (not t.save_interval or it % t.save_interval):
+            raise ConfigError(f"export.iteration={it} is not a save boundary (train.save_interval"
+                              f"={t.save_interval}, train.train_iters={t.train_iters}): pick a "
+                              f"multiple of the save interval or the last iteration")
+    if isinstance(e_bs := exp.eval.batch_size, int) and not isinstance(e_bs, bool):
+        _positive(e_bs, "eval.batch_size")
+    if exp.eval.enabled and not exp.eval.tasks:
+        raise ConfigError("eval.tasks is empty: name at least one task (e.g. [mmlu]), or set "
+                          "eval.enabled=false")
     e = exp.eval
     _positive(e.num_fewshot, "eval.num_fewshot", allow_zero=True)
     _positive(e.limit, "eval.limit")
@@ -333,6 +401,11 @@ def validate_cluster(cl: Cluster) -> None:
     _positive(cl.gpus_per_node, "cluster.gpus_per_node", allow_zero=True)
     _positive(cl.tasks_per_node, "cluster.tasks_per_node")
     _positive(cl.max_requeues, "cluster.max_requeues", allow_zero=True)
+    _positive(cl.mem_gb, "cluster.mem_gb", allow_zero=True)  # 0: all of the node (sbatch --mem=0)
+    _positive(cl.save_time_s, "cluster.save_time_s", allow_zero=True)
+    for name in ("prepare_data_min", "export_min", "eval_min", "report_min", "cpus_per_task"):
+        _positive(getattr(cl.stages, name), f"cluster.stages.{name}")
+    _positive(cl.stages.mem_gb, "cluster.stages.mem_gb", allow_zero=True)
     if cl.executor == "local" and cl.nodes != 1:
         raise ConfigError(f"cluster.nodes={cl.nodes}: the local executor runs on one machine; "
                           f"set cluster.nodes=1")

@@ -115,6 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     exp_over, cl_over = split_overrides(args.overrides)
     try:
+        for override in args.overrides:
+            # YAML would fold a newline in an override into a space: refuse it, naming the key
+            key = override.split("=", 1)[0]
+            if shell.has_control(override):
+                shell.check(key, override)
         cluster = cfg.load_cluster(args.cluster, cl_over)
         from launch import layout
 
@@ -125,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         cluster_resolved = to_dict(cluster)
         shell.refuse_secrets(exp_resolved, "")
         shell.refuse_secrets(cluster_resolved, "cluster")
+        shell.check_tree("", exp_resolved)  # control characters anywhere; NaN/inf numbers
+        shell.check_tree("cluster", cluster_resolved)
         exp_hash = mf.config_hash(exp_resolved)
         run_dir = choose_run_dir(args, experiment.name, exp_hash)
         from launch import plan as planner
@@ -145,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
                 preflight.check_live(graph, cluster)
             except ConfigError as e:
                 print(f"\npre-flight: a real launch would stop here: {e}")
+                print("nothing was queued (dry run); exit 2, as the real launch would")
+                return 2
             return 0
         preflight.check(experiment, cluster)
         preflight.check_live(graph, cluster)

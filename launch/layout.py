@@ -80,16 +80,35 @@ def require_resolved(exp: Experiment) -> None:
                          f"(launch.layout.resolve or launch.layout.load_experiment)")
 
 
-def _config(path: str, field: str) -> dict:
+REQUIRED_MODEL_KEYS = ("hidden_size", "num_attention_heads", "num_hidden_layers", "vocab_size")
+
+
+def read_model_config(path: str, field: str) -> dict:
+    """A model's ``config.json``, checked for what the layout and the memory estimate read;
+    ConfigError naming ``field`` and the file otherwise (never a default of 0)."""
     f = Path(os.path.expanduser(path)) / "config.json"
     try:
-        return json.loads(f.read_text())
-    except (OSError, ValueError) as e:
-        raise ConfigError(
-            f"train.tp/pp/micro_batch_size=auto reads the models' configs, but {field}={path!r} "
-            f"has no readable config.json ({e.__class__.__name__}): point {field} at an HF "
-            f"checkpoint directory, or pin train.tp, train.pp and train.micro_batch_size"
-        ) from None
+        cfg = json.loads(f.read_bytes().decode("utf-8"))
+    except OSError as e:
+        raise ConfigError(f"{field}={path!r} has no readable config.json ({e.strerror}): point "
+                          f"{field} at an HF checkpoint directory (config.json + safetensors)"
+                          ) from None
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ConfigError(f"{field}: {f} is not valid JSON ({e}): restore the checkpoint's "
+                          f"config.json") from None
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{field}: {f} is not a JSON object: restore the checkpoint's "
+                          f"config.json")
+    for key in REQUIRED_MODEL_KEYS:
+        value = cfg.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ConfigError(f"{field}: {f} has {key}={value!r}; a positive integer is needed "
+                              f"(a Llama-style HF config.json)")
+    return cfg
+
+
+def _config(path: str, field: str) -> dict:
+    return read_model_config(path, field)
 
 
 def _divisors(n: int) -> list[int]:

@@ -8,7 +8,6 @@ the fix. It reads small files only (``config.json``, tokenizer files, file exist
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import subprocess
@@ -40,7 +39,8 @@ def check_memory(exp: Experiment, cluster: Cluster) -> None:
         return
     require_resolved(exp)
     t = exp.train
-    est = estimate(_config(exp.student.path), _config(exp.teacher.path), tp=t.tp, pp=t.pp,
+    est = estimate(_config(exp.student.path, "student.path"),
+                   _config(exp.teacher.path, "teacher.path"), tp=t.tp, pp=t.pp,
                    seq=t.seq_length, mbs=t.micro_batch_size, recompute=t.recompute == "full")
     budget = MEMORY_HEADROOM * cluster.gpu_memory_gib
     if est.total > budget:
@@ -131,8 +131,10 @@ def check_paths(exp: Experiment) -> None:
 
 
 # ---------------------------------------------------------------- models
-def _config(path: str) -> dict:
-    return json.loads((Path(os.path.expanduser(path)) / "config.json").read_text())
+def _config(path: str, field: str = "student.path") -> dict:
+    from launch.layout import read_model_config
+
+    return read_model_config(path, field)
 
 
 def tokenizer_fingerprint(path: str) -> str | None:
@@ -152,7 +154,7 @@ def check_models(exp: Experiment) -> None:
     tp = exp.train.tp
     cfgs = {}
     for role in ("student", "teacher"):
-        cfg = cfgs[role] = _config(getattr(exp, role).path)
+        cfg = cfgs[role] = _config(getattr(exp, role).path, f"{role}.path")
         heads, kv = head_counts(cfg)
         if heads % tp:
             raise ConfigError(f"train.tp={tp} does not divide the {role}'s {heads} attention heads "

@@ -19,6 +19,7 @@ pass through :func:`shell_line`: checked, never quoted.
 
 from __future__ import annotations
 
+import math
 import re
 import shlex
 from typing import Any
@@ -50,6 +51,8 @@ _SECRET_VALUES = (
     ("a connection string credential",
      re.compile(r"(?i)\b(?:AccountKey|SharedAccessSignature|SharedAccessKey|Password|Pwd)=")),
     ("a private key", re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----")),
+    ("a JSON web token",
+     re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")),
 )
 # NAME=value inside a line (export lines, srun --export=ALL,NAME=value, env assignments)
 _ASSIGN = re.compile(r"(?:^|[\s,;])(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(\S*)")
@@ -140,3 +143,24 @@ def refuse_secrets(tree: Any, root: str) -> None:
         what = find_secret(tree)
         if what:
             raise UnsafeValue(f"{root}: looks like {what}; {ENV_HINT}")
+
+
+def check_tree(field: str, tree: Any) -> None:
+    """:func:`check` on every string (and key) of a nested config; every float finite (a NaN
+    learning rate, temperature or alarm threshold never reaches a job or a verdict)."""
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            path = f"{field}.{k}" if field else str(k)
+            check(f"{path} (key)", k)
+            check_tree(path, v)
+    elif isinstance(tree, (list, tuple)):
+        for i, v in enumerate(tree):
+            check_tree(f"{field}[{i}]", v)
+    elif isinstance(tree, str):
+        check(field, tree)
+    elif isinstance(tree, float) and not math.isfinite(tree):
+        raise ConfigError(f"{field}={tree}: not a finite number: give a real value")
+
+
+def has_control(text: str) -> bool:
+    return _CONTROL.search(text) is not None
