@@ -597,7 +597,9 @@ exec {shutil.which("sbatch")} "$@"
     ("cluster.partition=nosuchpartition", "cluster.partition='nosuchpartition': no such partition"),
     ("cluster.mem_gb=100000", "cluster.mem_gb=100000"),
     ("cluster.stages.mem_gb=4096", "cluster.stages.mem_gb=4096"),
-], ids=["no-such-partition", "distill-memory-over-any-node", "eval-memory-over-any-node"])
+    ("cluster.gpus_per_node=1", "gpus_per_node=1"),
+], ids=["no-such-partition", "distill-memory-over-any-node", "eval-memory-over-any-node",
+        "gpus-on-a-cpu-cluster"])
 def test_live_preflight_refuses_what_sbatch_would(slurm_cluster, world, capsys, override, message):
     code, out, err = run_cli(distill_cli.main, ["--cluster", "ci", "--config", "tiny_demo",
                                                 "--run-dir", "run", "name=bnd", *world["base"],
