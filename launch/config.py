@@ -9,11 +9,12 @@ overrides)``; overrides are dotted ``key=value`` strings (``train.lr=3e-4``,
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from launch.schema import ConfigError, apply_override, build, parse_override
+from launch.schema import ConfigError, apply_override, build, parse_override, read_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTERS_DIR = REPO / "configs" / "clusters"
@@ -164,6 +165,9 @@ class Cluster:
 
 EXECUTORS = ("slurm", "local")
 PRECISIONS = ("bf16", "fp32")
+EVAL_DTYPES = ("auto", "bfloat16", "float16", "float32", "half", "float")
+SLURM_TIME = re.compile(r"(\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d{1,2}|\d+-\d{1,2}:\d{1,2}"
+                        r"|\d+-\d{1,2}:\d{1,2}:\d{1,2}|infinite|unlimited|UNLIMITED|INFINITE)")
 SECRET_WORDS = {"TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIALS"}
 
 
@@ -174,16 +178,7 @@ def _looks_secret(env_key: str) -> bool:
 
 # ---------------------------------------------------------------- loading
 def _read_yaml(path: Path) -> dict:
-    import yaml
-
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise ConfigError(f"cannot read config {path}: {e.strerror}") from e
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    data = read_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return data
@@ -276,6 +271,12 @@ def validate_experiment(exp: Experiment) -> None:
     parts = t.split.split(",")
     if len(parts) != 3 or not all(p.strip().replace(".", "", 1).isdigit() for p in parts):
         raise ConfigError(f"train.split={t.split!r}: write three numbers, e.g. '99,1,0'")
+    weights = [float(p) for p in parts]
+    if not sum(weights) > 0:
+        raise ConfigError(f"train.split={t.split!r}: the train/valid/test weights sum to 0; give "
+                          f"the training set a positive share, e.g. '99,1,0'")
+    if not weights[0] > 0:
+        raise ConfigError(f"train.split={t.split!r}: the training share (first number) must be > 0")
     k = exp.kd
     if k.logit_kl_temperature <= 0:
         raise ConfigError(f"kd.logit_kl_temperature={k.logit_kl_temperature}: must be > 0")
@@ -288,15 +289,54 @@ def validate_experiment(exp: Experiment) -> None:
                           "model (dir or id) of the student's base architecture, e.g. "
                           "export.hf_template=meta-llama/Llama-3.1-8B-Instruct, or set "
                           "export.enabled=false")
-    _positive(exp.export.iteration, "export.iteration")
+    _validate_export_iteration(exp)
     e = exp.eval
     _positive(e.num_fewshot, "eval.num_fewshot", allow_zero=True)
     _positive(e.limit, "eval.limit")
-    if isinstance(e.batch_size, str) and not e.batch_size.startswith("auto"):
-        raise ConfigError(f"eval.batch_size={e.batch_size!r}: an integer or 'auto'")
+    if isinstance(e.batch_size, str):
+        if not re.fullmatch(r"auto(:\d+)?", e.batch_size):
+            raise ConfigError(f"eval.batch_size={e.batch_size!r}: a positive integer, 'auto' or "
+                              f"'auto:N'")
+    else:
+        _positive(e.batch_size, "eval.batch_size")
+    if e.enabled and not e.tasks:
+        raise ConfigError("eval.tasks is empty: name at least one lm-eval task (e.g. [mmlu]) or "
+                          "set eval.enabled=false")
+    for i, task in enumerate(e.tasks):
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", task):
+            raise ConfigError(f"eval.tasks[{i}]={task!r}: not an lm-eval task name (letters, "
+                              f"digits, '_', '-', '.')")
+    if e.dtype not in EVAL_DTYPES:
+        raise ConfigError(f"eval.dtype={e.dtype!r}: choose one of {', '.join(EVAL_DTYPES)}")
     if e.enabled and not exp.export.enabled:
         raise ConfigError("eval.enabled needs export.enabled: the distilled student is evaluated "
                           "from its HF export; enable export or set eval.enabled=false")
+
+
+def save_points(t: Train) -> list[int] | None:
+    """Iterations a checkpoint is saved at (None: train_iters is not a number yet)."""
+    if not isinstance(t.train_iters, int):
+        return None
+    points = set(range(t.save_interval, t.train_iters + 1, t.save_interval)) if t.save_interval \
+        else set()
+    return sorted(points | {t.train_iters})
+
+
+def _validate_export_iteration(exp: Experiment) -> None:
+    it, t = exp.export.iteration, exp.train
+    if it is None:
+        return
+    _positive(it, "export.iteration")
+    if it > t.train_iters:
+        raise ConfigError(f"export.iteration={it} is beyond train.train_iters={t.train_iters}: "
+                          f"no checkpoint will exist; lower export.iteration or leave it null "
+                          f"(the last saved iteration)")
+    points = save_points(t)
+    if points is not None and it not in points:
+        shown = ", ".join(map(str, points[:8])) + (", ..." if len(points) > 8 else "")
+        raise ConfigError(f"export.iteration={it} is not a save point (train.save_interval="
+                          f"{t.save_interval}, train.train_iters={t.train_iters}; saved at {shown}): "
+                          f"pick one of those or leave export.iteration null")
 
 
 def _validate_sources(data: Data) -> None:
@@ -342,6 +382,22 @@ def validate_cluster(cl: Cluster) -> None:
     if cl.save_time_s > cl.signal_delay_s:
         raise ConfigError(f"cluster.signal_delay_s={cl.signal_delay_s} cannot hold one checkpoint "
                           f"save (cluster.save_time_s={cl.save_time_s}): raise signal_delay_s")
+    _positive(cl.save_time_s, "cluster.save_time_s", allow_zero=True)
+    _positive(cl.mem_gb, "cluster.mem_gb", allow_zero=True)  # 0: all of the node (--mem=0)
+    _positive(cl.gpu_memory_gib, "cluster.gpu_memory_gib")
+    st = cl.stages
+    for name in ("prepare_data_min", "export_min", "eval_min", "report_min", "cpus_per_task"):
+        _positive(getattr(st, name), f"cluster.stages.{name}")
+    _positive(st.mem_gb, "cluster.stages.mem_gb", allow_zero=True)
+    for key, value in cl.additional_parameters.items():
+        if key.replace("_", "-") in ("time", "time-min", "t") and not SLURM_TIME.fullmatch(value):
+            raise ConfigError(f"cluster.additional_parameters.{key}={value!r}: not a SLURM time "
+                              f"(MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS); better, set "
+                              f"cluster.time_min")
+    for name in ("name", "partition", "account", "qos"):
+        value = getattr(cl, name)
+        if value is not None and not value.strip():
+            raise ConfigError(f"cluster.{name} is empty: give a name or remove the key")
     for key in cl.env:
         if not key.replace("_", "").isalnum() or key[0].isdigit():
             raise ConfigError(f"cluster.env.{key}: not a valid environment variable name")

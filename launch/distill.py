@@ -105,7 +105,11 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 preflight.check(experiment, cluster)
             except ConfigError as e:
+                # exit 2 so that `--dry-run` can serve as a check in scripts
                 print(f"\npre-flight: a real launch would stop here: {e}")
+                print(f"error: {e}", file=sys.stderr)
+                print("nothing was queued.", file=sys.stderr)
+                return 2
             return 0
         preflight.check(experiment, cluster)
     except ConfigError as e:
