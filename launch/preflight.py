@@ -195,8 +195,9 @@ def check_model_shapes(exp: Experiment) -> None:
 
 
 # ---------------------------------------------------------------- eval tasks (no lm_eval import)
-_TASK_LINE = re.compile(r"^(?:task|group|tag)\s*:\s*['\"]?([A-Za-z0-9_.\-]+)", re.M)
-_TAG_ITEM = re.compile(r"^tag\s*:\s*\n((?:\s+-\s*\S+\s*\n?)+)", re.M)
+# top-level `task:`, `group:`, `tag:` (keys may be quoted), and block lists under `tag:`
+_TASK_LINE = re.compile(r"^['\"]?(?:task|group|tag)['\"]?\s*:\s*['\"]?([A-Za-z0-9_.\-]+)", re.M)
+_TAG_ITEM = re.compile(r"^['\"]?tag['\"]?\s*:\s*\n((?:[ \t]*-[ \t]*\S+[ \t]*\n?)+)", re.M)
 _installed_tasks: set[str] | None = None
 
 
