@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -179,6 +180,14 @@ def _loader_class():
                     seen[key] = key_node.start_mark.line
             return super().construct_mapping(node, deep=deep)
 
+    # YAML 1.1 reads 1:30:00 as the base-60 integer 5400: a SLURM time (or a mount) would
+    # silently change meaning. Colon-separated digits stay strings.
+    StrictLoader.yaml_implicit_resolvers = {
+        k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    sexagesimal = re.compile(r"^[-+]?[0-9][0-9_]*(?::[0-9]+)+(?:\.[0-9_]*)?$")
+    for first in "+-0123456789":
+        StrictLoader.yaml_implicit_resolvers.setdefault(first, []).insert(
+            0, ("tag:yaml.org,2002:str", sexagesimal))
     return StrictLoader
 
 
