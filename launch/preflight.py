@@ -243,7 +243,7 @@ def check_eval_tasks(exp: Experiment) -> None:
         if folder.is_dir():
             for f in folder.rglob("*.yaml"):
                 try:
-                    data = read_yaml(f)
+                    data = read_yaml(f, tags_as_text=True)
                 except ConfigError as err:
                     raise ConfigError(f"eval.include_path: {err}") from None
                 if isinstance(data, dict):

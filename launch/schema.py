@@ -208,12 +208,25 @@ def _count_nodes(value: Any, where: str) -> None:
             stack.extend(v)
 
 
-def load_yaml_text(text: str, where: str) -> Any:
+def _tags_as_text_loader():
+    import yaml
+
+    class TagsAsText(_loader_class()):
+        """Also reads application tags (lm-eval's ``!function utils.x``) as plain text."""
+
+    TagsAsText.add_multi_constructor(
+        "!", lambda loader, suffix, node: loader.construct_scalar(node)
+        if isinstance(node, yaml.ScalarNode) else None)
+    return TagsAsText
+
+
+def load_yaml_text(text: str, where: str, tags_as_text: bool = False) -> Any:
     """Parse YAML with duplicate keys refused and alias expansion bounded; ConfigError on error."""
     import yaml
 
+    loader = _tags_as_text_loader() if tags_as_text else _loader_class()
     try:
-        data = yaml.load(text, Loader=_loader_class())  # noqa: S506 - a SafeLoader subclass
+        data = yaml.load(text, Loader=loader)  # noqa: S506 - a SafeLoader subclass
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
     except yaml.YAMLError as e:
@@ -224,7 +237,7 @@ def load_yaml_text(text: str, where: str) -> Any:
     return data
 
 
-def read_yaml(path: Path) -> Any:
+def read_yaml(path: Path, tags_as_text: bool = False) -> Any:
     """The one reader of YAML files: size cap, UTF-8, then ``load_yaml_text``."""
     try:
         size = path.stat().st_size
@@ -240,7 +253,7 @@ def read_yaml(path: Path) -> Any:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}); save the file as UTF-8") from None
-    return load_yaml_text(text, str(path))
+    return load_yaml_text(text, str(path), tags_as_text)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -431,3 +431,18 @@ if __name__ == "__main__":
     for cat in CATEGORIES:
         print(f"{cat}: {counts[cat]}")
     print(f"total: {sum(counts.values())} cases x 2 modes")
+
+
+@pytest.mark.parametrize("z", [".nan", ".inf", "nan"])
+def test_sweep_alarm_z_must_be_finite(tmp_path, z):
+    """The sweep loader shares the one YAML reader and converter: a NaN alarm is refused."""
+    from launch.schema import ConfigError
+    from launch.sweep_plan import load_sweep
+
+    text = (REPO / "configs" / "sweeps" / "nightly_tiny.yaml").read_text()
+    data = yaml.safe_load(text)
+    data["alarm"] = {**(data.get("alarm") or {}), "z": z}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(data).replace(f"'{z}'", z))
+    with pytest.raises(ConfigError, match=r"alarm\.z"):
+        load_sweep(str(path))

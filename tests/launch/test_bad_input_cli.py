@@ -41,7 +41,7 @@ def test_rejected_before_anything_is_queued(slurm_cluster, tmp_path, overrides, 
     (tmp_path / "tasks").mkdir()
     base = [f"name={name}", f"student.path={student}", f"teacher.path={teacher}",
             f"export.hf_template={teacher}", f"eval.include_path={tmp_path / 'tasks'}",
-            "train.tp=1", "train.global_batch_size=2",
+            "train.tp=1", "train.global_batch_size=2", "eval.tasks=[mmlu]",
             "train.micro_batch_size=1", f"data.sources=[{{name: c, jsonl: {corpus}}}]"]
     res = subprocess.run([sys.executable, "launch/distill.py", "--cluster", "ci", "--config",
                           "tiny_demo", "--run-dir", str(run_dir), *base, *overrides],
