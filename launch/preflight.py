@@ -17,7 +17,7 @@ import subprocess
 from pathlib import Path
 
 from launch.config import Cluster, Experiment, tasks_per_node
-from launch.layout import require_resolved
+from launch.layout import require_model_counts, require_resolved
 from launch.memory import estimate, head_counts
 from launch.schema import ConfigError, read_yaml
 
@@ -146,14 +146,7 @@ def _config(path: str, field: str = "student.path/teacher.path") -> dict:
     except ValueError as e:
         raise ConfigError(f"{field}: {f} is not valid JSON ({e}); restore it from the "
                           f"checkpoint") from None
-    if not isinstance(cfg, dict):
-        raise ConfigError(f"{field}: {f} is not a JSON object; restore it from the checkpoint")
-    for key in ("num_attention_heads", "num_hidden_layers", "vocab_size"):
-        value = cfg.get(key)
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise ConfigError(f"{field}: {f} has {key}={value!r}; it needs a positive integer "
-                              f"{key} (never taken as 0): fix the checkpoint's config.json")
-    return cfg
+    return require_model_counts(cfg, f, field)
 
 
 def ffn_widths(cfg: dict) -> list[int]:
