@@ -126,23 +126,12 @@ STAGE_SPECS = {
 
 
 def spec_from_dict(cls: type, data: dict):
-    """Rebuild a spec dataclass from ``dataclasses.asdict`` output (lists back to tuples)."""
-    import dataclasses
-    import typing
+    """Rebuild a spec dataclass from its JSON form (``--spec`` files of ``kd.job``, manifests).
 
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name not in data:
-            continue
-        value, tp = data[f.name], hints[f.name]
-        if dataclasses.is_dataclass(tp):
-            value = spec_from_dict(tp, value)
-        elif typing.get_origin(tp) is tuple and value is not None:
-            item = typing.get_args(tp)[0]
-            if dataclasses.is_dataclass(item):
-                value = tuple(spec_from_dict(item, v) for v in value)
-            else:
-                value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
-        kwargs[f.name] = value
-    return cls(**kwargs)
+    The one dict -> dataclass converter of the project (``launch.schema.build``, stdlib only at
+    import): lists come back as tuples, unknown keys and wrong types are refused naming the
+    field, and NaN/inf never pass as a number.
+    """
+    from launch.schema import build
+
+    return build(cls, data, cls.__name__)
