@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kd.specs import DataSource, KDOptions
 from launch.schema import ConfigError, apply_override, build, parse_override, read_yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,16 +28,8 @@ class ModelRef:
     path: str  # HF checkpoint directory (or, for export.hf_template only, a Hub id)
 
 
-@dataclass(frozen=True)
-class Source:
-    name: str
-    weight: float = 1.0
-    jsonl: str | None = None
-    hf_name: str | None = None
-    hf_config: str | None = None
-    hf_split: str = "train"
-    max_documents: int | None = None
-    prefix: str | None = None  # already tokenized Megatron prefix: <prefix>.bin / <prefix>.idx
+# One declaration, shared with the stage specs (kd/specs.py); each check sits beside its field.
+Source = DataSource
 
 
 @dataclass(frozen=True)
@@ -76,13 +69,7 @@ class Train:
     split: str = "99,1,0"
 
 
-@dataclass(frozen=True)
-class KD:
-    logit_kl_temperature: float = 1.0
-    logit_kl_topk: int | None = None
-    intermediate_layer_pairs: tuple[tuple[str, str], ...] = ()
-    skip_lm_loss: bool = True
-    kd_loss_scale: float = 1.0
+KD = KDOptions
 
 
 @dataclass(frozen=True)
@@ -277,12 +264,7 @@ def validate_experiment(exp: Experiment) -> None:
                           f"the training set a positive share, e.g. '99,1,0'")
     if not weights[0] > 0:
         raise ConfigError(f"train.split={t.split!r}: the training share (first number) must be > 0")
-    k = exp.kd
-    if k.logit_kl_temperature <= 0:
-        raise ConfigError(f"kd.logit_kl_temperature={k.logit_kl_temperature}: must be > 0")
-    _positive(k.logit_kl_topk, "kd.logit_kl_topk")
-    if k.kd_loss_scale <= 0:
-        raise ConfigError(f"kd.kd_loss_scale={k.kd_loss_scale}: must be > 0")
+    # kd.*: checked beside each field (kd.specs.KDOptions.__post_init__)
     _validate_sources(exp.data)
     if exp.export.enabled and not exp.export.hf_template:
         raise ConfigError("export.hf_template is not set but export.enabled is true: give the HF "
@@ -346,8 +328,6 @@ def _validate_sources(data: Data) -> None:
     names = set()
     for i, s in enumerate(data.sources):
         where = f"data.sources[{i}]"
-        if not isinstance(s.weight, float) or not s.weight > 0 or s.weight != s.weight:
-            raise ConfigError(f"{where}.weight={s.weight!r}: weights must be positive numbers")
         given = [k for k in ("jsonl", "hf_name", "prefix") if getattr(s, k)]
         if len(given) != 1:
             raise ConfigError(f"{where}: set exactly one of jsonl, hf_name, prefix "
@@ -358,7 +338,6 @@ def _validate_sources(data: Data) -> None:
         if s.name in names:
             raise ConfigError(f"{where}.name={s.name!r} is used twice: names must be unique")
         names.add(s.name)
-        _positive(s.max_documents, f"{where}.max_documents")
     _positive(data.workers, "data.workers")
     if len(data.json_keys) != 1:
         raise ConfigError(f"data.json_keys={list(data.json_keys)}: give exactly one key (the text "

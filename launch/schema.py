@@ -16,6 +16,8 @@ import typing
 from pathlib import Path
 from typing import Any, Union
 
+from kd.specs import FieldError
+
 
 class ConfigError(ValueError):
     """A user mistake in a config file or override; the message says which field and the fix."""
@@ -64,6 +66,9 @@ def build(cls: type, data: Any, where: str) -> Any:
         return cls(**kwargs)
     except ConfigError:
         raise
+    except FieldError as e:  # a check beside its field (``__post_init__``)
+        prefix = f"{where}." if where else ""
+        raise ConfigError(f"{prefix}{e.field}={e.value!r}: {e.fix}") from None
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{where or 'config'}: {e}") from e
 

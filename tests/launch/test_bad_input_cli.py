@@ -23,7 +23,7 @@ CASES = [
     (["train.global_batch_size=3", "train.micro_batch_size=3"], "not divisible by train.micro_batch_size"),
     (["student.path=/nonexistent/student"], "student.path='/nonexistent/student': no such directory"),
     (["data.sources=[{name: a, prefix: /nonexistent/pfx}]"], ".bin and /nonexistent/pfx.idx missing"),
-    (["data.sources=[{name: a, jsonl: x.jsonl, weight: -2}]"], "weights must be positive numbers"),
+    (["data.sources=[{name: a, jsonl: x.jsonl, weight: -2}]"], "data.sources[0].weight=-2.0: must be a finite number > 0"),
     (["export.hf_template=null"], "export.hf_template is not set"),
     (["cluster.partition=null"], "cluster.partition is not set for cluster 'ci'"),
     (["cluster.signal_delay_s=5", "cluster.save_time_s=60"], "cannot hold one checkpoint save"),
