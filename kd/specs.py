@@ -8,7 +8,27 @@ in ``manifest.json`` (``dataclasses.asdict``).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+
+
+class FieldError(ValueError):
+    """A bad value in one field of a spec/config section; the converter (``launch.schema.build``)
+    prefixes the section's path, so the message names e.g. ``kd.logit_kl_temperature``."""
+
+    def __init__(self, field_name: str, value: object, fix: str):
+        super().__init__(f"{field_name}={value!r}: {fix}")
+        self.field, self.value, self.fix = field_name, value, fix
+
+
+def _require(ok: bool, name: str, value: object, fix: str) -> None:
+    if not ok:
+        raise FieldError(name, value, fix)
+
+
+def _finite_positive(value: float, name: str) -> None:
+    _require(isinstance(value, (int, float)) and math.isfinite(value) and value > 0, name, value,
+             "must be a finite number > 0")
 
 
 @dataclass(frozen=True)
@@ -23,6 +43,11 @@ class DataSource:
     hf_split: str = "train"
     max_documents: int | None = None  # cap (None = all), handy for smoke runs
     prefix: str | None = None  # an already tokenized Megatron prefix (<prefix>.bin/.idx): used as is
+
+    def __post_init__(self) -> None:
+        _finite_positive(self.weight, "weight")
+        _require(self.max_documents is None or self.max_documents > 0, "max_documents",
+                 self.max_documents, "must be > 0 (or null for all documents)")
 
 
 @dataclass(frozen=True)
@@ -44,6 +69,12 @@ class KDOptions:
     intermediate_layer_pairs: tuple[tuple[str, str], ...] = ()
     skip_lm_loss: bool = True  # False mixes the student's CE loss in
     kd_loss_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        _finite_positive(self.logit_kl_temperature, "logit_kl_temperature")
+        _require(self.logit_kl_topk is None or self.logit_kl_topk > 0, "logit_kl_topk",
+                 self.logit_kl_topk, "must be > 0 (or null for the full vocabulary)")
+        _finite_positive(self.kd_loss_scale, "kd_loss_scale")
 
 
 @dataclass(frozen=True)
@@ -126,23 +157,12 @@ STAGE_SPECS = {
 
 
 def spec_from_dict(cls: type, data: dict):
-    """Rebuild a spec dataclass from ``dataclasses.asdict`` output (lists back to tuples)."""
-    import dataclasses
-    import typing
+    """Rebuild a spec dataclass from its JSON form (``--spec`` files of ``kd.job``, manifests).
 
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name not in data:
-            continue
-        value, tp = data[f.name], hints[f.name]
-        if dataclasses.is_dataclass(tp):
-            value = spec_from_dict(tp, value)
-        elif typing.get_origin(tp) is tuple and value is not None:
-            item = typing.get_args(tp)[0]
-            if dataclasses.is_dataclass(item):
-                value = tuple(spec_from_dict(item, v) for v in value)
-            else:
-                value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
-        kwargs[f.name] = value
-    return cls(**kwargs)
+    The one dict -> dataclass converter of the project (``launch.schema.build``, stdlib only at
+    import): lists come back as tuples, unknown keys and wrong types are refused naming the
+    field, and NaN/inf never pass as a number.
+    """
+    from launch.schema import build
+
+    return build(cls, data, cls.__name__)

@@ -9,11 +9,13 @@ overrides)``; overrides are dotted ``key=value`` strings (``train.lr=3e-4``,
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from launch.schema import ConfigError, apply_override, build, parse_override
+from kd.specs import DataSource, KDOptions
+from launch.schema import ConfigError, apply_override, build, parse_override, read_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTERS_DIR = REPO / "configs" / "clusters"
@@ -26,16 +28,8 @@ class ModelRef:
     path: str  # HF checkpoint directory (or, for export.hf_template only, a Hub id)
 
 
-@dataclass(frozen=True)
-class Source:
-    name: str
-    weight: float = 1.0
-    jsonl: str | None = None
-    hf_name: str | None = None
-    hf_config: str | None = None
-    hf_split: str = "train"
-    max_documents: int | None = None
-    prefix: str | None = None  # already tokenized Megatron prefix: <prefix>.bin / <prefix>.idx
+# One declaration, shared with the stage specs (kd/specs.py); each check sits beside its field.
+Source = DataSource
 
 
 @dataclass(frozen=True)
@@ -75,13 +69,7 @@ class Train:
     split: str = "99,1,0"
 
 
-@dataclass(frozen=True)
-class KD:
-    logit_kl_temperature: float = 1.0
-    logit_kl_topk: int | None = None
-    intermediate_layer_pairs: tuple[tuple[str, str], ...] = ()
-    skip_lm_loss: bool = True
-    kd_loss_scale: float = 1.0
+KD = KDOptions
 
 
 @dataclass(frozen=True)
@@ -164,6 +152,9 @@ class Cluster:
 
 EXECUTORS = ("slurm", "local")
 PRECISIONS = ("bf16", "fp32")
+EVAL_DTYPES = ("auto", "bfloat16", "float16", "float32", "half", "float")
+SLURM_TIME = re.compile(r"(\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d{1,2}|\d+-\d{1,2}:\d{1,2}"
+                        r"|\d+-\d{1,2}:\d{1,2}:\d{1,2}|infinite|unlimited|UNLIMITED|INFINITE)")
 SECRET_WORDS = {"TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIALS"}
 
 
@@ -173,73 +164,11 @@ def _looks_secret(env_key: str) -> bool:
 
 
 # ---------------------------------------------------------------- loading
-MAX_YAML_BYTES = 1 << 20  # configs are a few KB; a MB is a mistake or an attack
-MAX_YAML_NODES = 100_000  # after alias expansion: an alias bomb is refused, not expanded
-
-
 def _read_yaml(path: Path) -> dict:
-    import yaml
-
-    try:
-        size = path.stat().st_size
-        if size > MAX_YAML_BYTES:
-            raise ConfigError(f"{path}: {size} bytes; a config is at most {MAX_YAML_BYTES} bytes "
-                              f"(is this the right file?)")
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}): save it as UTF-8") from None
-    except OSError as e:
-        raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        if node is not None:
-            _check_nodes(node, path)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        message = " ".join(str(e).split())[:500]
-        raise ConfigError(f"{path}: not valid YAML: {message}") from None
+    data = read_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return data
-
-
-def _check_nodes(root, path: Path) -> None:
-    """Refuse duplicate keys and alias bombs (the expanded node count, computed without
-    expanding)."""
-    import yaml
-
-    sizes: dict[int, int] = {}
-    stack, order = [root], []
-    while stack:  # post-order over the node graph (aliases share node objects)
-        node = stack.pop()
-        if id(node) in sizes:
-            continue
-        sizes[id(node)] = -1
-        order.append(node)
-        if isinstance(node, yaml.MappingNode):
-            seen: dict[str, int] = {}
-            for key, _ in node.value:
-                if isinstance(key, yaml.ScalarNode):
-                    if key.value in seen:
-                        raise ConfigError(
-                            f"{path}: line {key.start_mark.line + 1}: key {key.value!r} appears "
-                            f"twice in one mapping (first on line {seen[key.value]}); the second "
-                            f"would silently win: merge them into one")
-                    seen[key.value] = key.start_mark.line + 1
-            stack += [n for pair in node.value for n in pair]
-        elif isinstance(node, yaml.SequenceNode):
-            stack += node.value
-    for node in reversed(order):
-        if isinstance(node, yaml.MappingNode):
-            children = [n for pair in node.value for n in pair]
-        elif isinstance(node, yaml.SequenceNode):
-            children = node.value
-        else:
-            children = []
-        sizes[id(node)] = 1 + sum(max(sizes.get(id(c), 1), 1) for c in children)
-        if sizes[id(node)] > MAX_YAML_NODES:
-            raise ConfigError(f"{path}: expands to more than {MAX_YAML_NODES} values through "
-                              f"YAML aliases (&/*): write the values out, or use fewer aliases")
 
 
 def _with_overrides(data: dict, overrides: list[str]) -> dict:
@@ -329,42 +258,67 @@ def validate_experiment(exp: Experiment) -> None:
     parts = t.split.split(",")
     if len(parts) != 3 or not all(p.strip().replace(".", "", 1).isdigit() for p in parts):
         raise ConfigError(f"train.split={t.split!r}: write three numbers, e.g. '99,1,0'")
-    k = exp.kd
-    if k.logit_kl_temperature <= 0:
-        raise ConfigError(f"kd.logit_kl_temperature={k.logit_kl_temperature}: must be > 0")
-    _positive(k.logit_kl_topk, "kd.logit_kl_topk")
-    if k.kd_loss_scale <= 0:
-        raise ConfigError(f"kd.kd_loss_scale={k.kd_loss_scale}: must be > 0")
+    weights = [float(p) for p in parts]
+    if not sum(weights) > 0:
+        raise ConfigError(f"train.split={t.split!r}: the train/valid/test weights sum to 0; give "
+                          f"the training set a positive share, e.g. '99,1,0'")
+    if not weights[0] > 0:
+        raise ConfigError(f"train.split={t.split!r}: the training share (first number) must be > 0")
+    # kd.*: checked beside each field (kd.specs.KDOptions.__post_init__)
     _validate_sources(exp.data)
     if exp.export.enabled and not exp.export.hf_template:
         raise ConfigError("export.hf_template is not set but export.enabled is true: give the HF "
                           "model (dir or id) of the student's base architecture, e.g. "
                           "export.hf_template=meta-llama/Llama-3.1-8B-Instruct, or set "
                           "export.enabled=false")
-    _positive(exp.export.iteration, "export.iteration")
-    it, t = exp.export.iteration, exp.train
-    if it is not None:
-        if it > t.train_iters:
-            raise ConfigError(f"export.iteration={it} lies beyond train.train_iters="
-                              f"{t.train_iters}: no checkpoint will exist there; pick a saved "
-                              f"iteration <= {t.train_iters} (or leave it unset for the last)")
-        if it != t.train_iters and (not t.save_interval or it % t.save_interval):
-            raise ConfigError(f"export.iteration={it} is not a save boundary (train.save_interval"
-                              f"={t.save_interval}, train.train_iters={t.train_iters}): pick a "
-                              f"multiple of the save interval or the last iteration")
-    if isinstance(e_bs := exp.eval.batch_size, int) and not isinstance(e_bs, bool):
-        _positive(e_bs, "eval.batch_size")
-    if exp.eval.enabled and not exp.eval.tasks:
-        raise ConfigError("eval.tasks is empty: name at least one task (e.g. [mmlu]), or set "
-                          "eval.enabled=false")
+    _validate_export_iteration(exp)
     e = exp.eval
     _positive(e.num_fewshot, "eval.num_fewshot", allow_zero=True)
     _positive(e.limit, "eval.limit")
-    if isinstance(e.batch_size, str) and not e.batch_size.startswith("auto"):
-        raise ConfigError(f"eval.batch_size={e.batch_size!r}: an integer or 'auto'")
+    if isinstance(e.batch_size, str):
+        if not re.fullmatch(r"auto(:\d+)?", e.batch_size):
+            raise ConfigError(f"eval.batch_size={e.batch_size!r}: a positive integer, 'auto' or "
+                              f"'auto:N'")
+    else:
+        _positive(e.batch_size, "eval.batch_size")
+    if e.enabled and not e.tasks:
+        raise ConfigError("eval.tasks is empty: name at least one lm-eval task (e.g. [mmlu]) or "
+                          "set eval.enabled=false")
+    for i, task in enumerate(e.tasks):
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", task):
+            raise ConfigError(f"eval.tasks[{i}]={task!r}: not an lm-eval task name (letters, "
+                              f"digits, '_', '-', '.')")
+    if e.dtype not in EVAL_DTYPES:
+        raise ConfigError(f"eval.dtype={e.dtype!r}: choose one of {', '.join(EVAL_DTYPES)}")
     if e.enabled and not exp.export.enabled:
         raise ConfigError("eval.enabled needs export.enabled: the distilled student is evaluated "
                           "from its HF export; enable export or set eval.enabled=false")
+
+
+def save_points(t: Train) -> list[int] | None:
+    """Iterations a checkpoint is saved at (None: train_iters is not a number yet)."""
+    if not isinstance(t.train_iters, int):
+        return None
+    points = set(range(t.save_interval, t.train_iters + 1, t.save_interval)) if t.save_interval \
+        else set()
+    return sorted(points | {t.train_iters})
+
+
+def _validate_export_iteration(exp: Experiment) -> None:
+    it, t = exp.export.iteration, exp.train
+    if it is None:
+        return
+    _positive(it, "export.iteration")
+    if it > t.train_iters:
+        raise ConfigError(f"export.iteration={it} is beyond train.train_iters={t.train_iters}: "
+                          f"no checkpoint will exist; lower export.iteration or leave it null "
+                          f"(the last saved iteration)")
+    points = save_points(t)
+    if points is not None and it not in points:
+        shown = ", ".join(map(str, points[:8])) + (", ..." if len(points) > 8 else "")
+        raise ConfigError(f"export.iteration={it} is not a save point (train.save_interval="
+                          f"{t.save_interval}, train.train_iters={t.train_iters}; saved at {shown}): "
+                          f"pick one of those or leave export.iteration null")
 
 
 def _validate_sources(data: Data) -> None:
@@ -374,8 +328,6 @@ def _validate_sources(data: Data) -> None:
     names = set()
     for i, s in enumerate(data.sources):
         where = f"data.sources[{i}]"
-        if not isinstance(s.weight, float) or not s.weight > 0 or s.weight != s.weight:
-            raise ConfigError(f"{where}.weight={s.weight!r}: weights must be positive numbers")
         given = [k for k in ("jsonl", "hf_name", "prefix") if getattr(s, k)]
         if len(given) != 1:
             raise ConfigError(f"{where}: set exactly one of jsonl, hf_name, prefix "
@@ -386,7 +338,6 @@ def _validate_sources(data: Data) -> None:
         if s.name in names:
             raise ConfigError(f"{where}.name={s.name!r} is used twice: names must be unique")
         names.add(s.name)
-        _positive(s.max_documents, f"{where}.max_documents")
     _positive(data.workers, "data.workers")
     if len(data.json_keys) != 1:
         raise ConfigError(f"data.json_keys={list(data.json_keys)}: give exactly one key (the text "
@@ -415,6 +366,22 @@ def validate_cluster(cl: Cluster) -> None:
     if cl.save_time_s > cl.signal_delay_s:
         raise ConfigError(f"cluster.signal_delay_s={cl.signal_delay_s} cannot hold one checkpoint "
                           f"save (cluster.save_time_s={cl.save_time_s}): raise signal_delay_s")
+    _positive(cl.save_time_s, "cluster.save_time_s", allow_zero=True)
+    _positive(cl.mem_gb, "cluster.mem_gb", allow_zero=True)  # 0: all of the node (--mem=0)
+    _positive(cl.gpu_memory_gib, "cluster.gpu_memory_gib")
+    st = cl.stages
+    for name in ("prepare_data_min", "export_min", "eval_min", "report_min", "cpus_per_task"):
+        _positive(getattr(st, name), f"cluster.stages.{name}")
+    _positive(st.mem_gb, "cluster.stages.mem_gb", allow_zero=True)
+    for key, value in cl.additional_parameters.items():
+        if key.replace("_", "-") in ("time", "time-min", "t") and not SLURM_TIME.fullmatch(value):
+            raise ConfigError(f"cluster.additional_parameters.{key}={value!r}: not a SLURM time "
+                              f"(MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS); better, set "
+                              f"cluster.time_min")
+    for name in ("name", "partition", "account", "qos"):
+        value = getattr(cl, name)
+        if value is not None and not value.strip():
+            raise ConfigError(f"cluster.{name} is empty: give a name or remove the key")
     for key in cl.env:
         if not key.replace("_", "").isalnum() or key[0].isdigit():
             raise ConfigError(f"cluster.env.{key}: not a valid environment variable name")

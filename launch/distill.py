@@ -151,8 +151,10 @@ def main(argv: list[str] | None = None) -> int:
                 preflight.check(experiment, cluster)
                 preflight.check_live(graph, cluster)
             except ConfigError as e:
+                # exit 2 so that `--dry-run` can serve as a check in scripts
                 print(f"\npre-flight: a real launch would stop here: {e}")
-                print("nothing was queued (dry run); exit 2, as the real launch would")
+                print(f"error: {e}", file=sys.stderr)
+                print("nothing was queued.", file=sys.stderr)
                 return 2
             return 0
         preflight.check(experiment, cluster)

@@ -80,35 +80,32 @@ def require_resolved(exp: Experiment) -> None:
                          f"(launch.layout.resolve or launch.layout.load_experiment)")
 
 
-REQUIRED_MODEL_KEYS = ("hidden_size", "num_attention_heads", "num_hidden_layers", "vocab_size")
+MODEL_COUNTS = ("num_attention_heads", "num_hidden_layers", "vocab_size")
 
 
-def read_model_config(path: str, field: str) -> dict:
-    """A model's ``config.json``, checked for what the layout and the memory estimate read;
-    ConfigError naming ``field`` and the file otherwise (never a default of 0)."""
-    f = Path(os.path.expanduser(path)) / "config.json"
-    try:
-        cfg = json.loads(f.read_bytes().decode("utf-8"))
-    except OSError as e:
-        raise ConfigError(f"{field}={path!r} has no readable config.json ({e.strerror}): point "
-                          f"{field} at an HF checkpoint directory (config.json + safetensors)"
-                          ) from None
-    except (UnicodeDecodeError, ValueError) as e:
-        raise ConfigError(f"{field}: {f} is not valid JSON ({e}): restore the checkpoint's "
-                          f"config.json") from None
+def require_model_counts(cfg: object, f: Path, field: str) -> dict:
+    """A model config dict with positive integer head/layer/vocab counts (never taken as 0)."""
     if not isinstance(cfg, dict):
-        raise ConfigError(f"{field}: {f} is not a JSON object: restore the checkpoint's "
-                          f"config.json")
-    for key in REQUIRED_MODEL_KEYS:
+        raise ConfigError(f"{field}: {f} is not a JSON object; restore it from the checkpoint")
+    for key in MODEL_COUNTS:
         value = cfg.get(key)
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise ConfigError(f"{field}: {f} has {key}={value!r}; a positive integer is needed "
-                              f"(a Llama-style HF config.json)")
+            raise ConfigError(f"{field}: {f} has {key}={value!r}; it needs a positive integer "
+                              f"{key} (never taken as 0): fix the checkpoint's config.json")
     return cfg
 
 
 def _config(path: str, field: str) -> dict:
-    return read_model_config(path, field)
+    f = Path(os.path.expanduser(path)) / "config.json"
+    try:
+        cfg = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ConfigError(
+            f"train.tp/pp/micro_batch_size=auto reads the models' configs, but {field}={path!r} "
+            f"has no readable config.json ({f}: {e.__class__.__name__}): point {field} at an HF "
+            f"checkpoint directory, or pin train.tp, train.pp and train.micro_batch_size"
+        ) from None
+    return require_model_counts(cfg, f, field)
 
 
 def _divisors(n: int) -> list[int]:

@@ -9,6 +9,7 @@ The graph of the seed pipeline::
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,12 +18,10 @@ from typing import Any
 
 from kd.paths import RunPaths
 from kd.specs import (
-    DataSource,
     DataSpec,
     DistillSpec,
     EvalSpec,
     ExportSpec,
-    KDOptions,
     ReportSpec,
 )
 from launch.config import Cluster, Experiment, tasks_per_node
@@ -116,9 +115,7 @@ def plan(exp: Experiment, cluster: Cluster, run_dir: str | Path,
     needs_data = any(not s.prefix for s in exp.data.sources)
     if needs_data and "prepare_data" not in owner:
         sources = tuple(
-            DataSource(name=s.name, weight=s.weight, jsonl=_abs(s.jsonl), hf_name=s.hf_name,
-                       hf_config=s.hf_config, hf_split=s.hf_split,
-                       max_documents=s.max_documents, prefix=_abs(s.prefix))
+            dataclasses.replace(s, jsonl=_abs(s.jsonl), prefix=_abs(s.prefix))
             for s in exp.data.sources
         )
         add("prepare_data", "kd.data",
@@ -141,7 +138,7 @@ def plan(exp: Experiment, cluster: Cluster, run_dir: str | Path,
             eval_interval=t.eval_interval, eval_iters=t.eval_iters, log_interval=t.log_interval,
             save_interval=t.save_interval, seed=t.seed,
             precision=t.precision if gpus else "fp32", device=device,
-            kd=KDOptions(**vars(exp.kd)), split=t.split, recompute=t.recompute,
+            kd=exp.kd, split=t.split, recompute=t.recompute,
             overlap_grad_reduce=t.overlap_grad_reduce,
             done_marker=str(paths.stage_done("distill"))),
         deps=("prepare_data",) if needs_data else (),

@@ -8,15 +8,18 @@ the fix. It reads small files only (``config.json``, tokenizer files, file exist
 from __future__ import annotations
 
 import hashlib
+import importlib.util
+import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
 
 from launch.config import Cluster, Experiment, tasks_per_node
-from launch.layout import require_resolved
+from launch.layout import require_model_counts, require_resolved
 from launch.memory import estimate, head_counts
-from launch.schema import ConfigError
+from launch.schema import ConfigError, read_yaml
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 
@@ -29,6 +32,8 @@ def check(exp: Experiment, cluster: Cluster) -> None:
     check_layout(exp, cluster)
     check_paths(exp)
     check_models(exp)
+    check_model_shapes(exp)
+    check_eval_tasks(exp)
     check_memory(exp, cluster)
     check_cluster(cluster)
 
@@ -39,8 +44,7 @@ def check_memory(exp: Experiment, cluster: Cluster) -> None:
         return
     require_resolved(exp)
     t = exp.train
-    est = estimate(_config(exp.student.path, "student.path"),
-                   _config(exp.teacher.path, "teacher.path"), tp=t.tp, pp=t.pp,
+    est = estimate(_config(exp.student.path, "student.path"), _config(exp.teacher.path, "teacher.path"), tp=t.tp, pp=t.pp,
                    seq=t.seq_length, mbs=t.micro_batch_size, recompute=t.recompute == "full")
     budget = MEMORY_HEADROOM * cluster.gpu_memory_gib
     if est.total > budget:
@@ -131,10 +135,128 @@ def check_paths(exp: Experiment) -> None:
 
 
 # ---------------------------------------------------------------- models
-def _config(path: str, field: str = "student.path") -> dict:
-    from launch.layout import read_model_config
+def _config(path: str, field: str = "student.path/teacher.path") -> dict:
+    """A model's config.json, refused (naming the file) when unreadable, not JSON or headless."""
+    f = Path(os.path.expanduser(path)) / "config.json"
+    try:
+        cfg = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{field}: cannot read {f} ({e.__class__.__name__}); point {field} at "
+                          f"an HF checkpoint directory") from None
+    except ValueError as e:
+        raise ConfigError(f"{field}: {f} is not valid JSON ({e}); restore it from the "
+                          f"checkpoint") from None
+    return require_model_counts(cfg, f, field)
 
-    return read_model_config(path, field)
+
+def ffn_widths(cfg: dict) -> list[int]:
+    """FFN width of every layer that has one (AnyModel ``block_configs`` aware)."""
+    base = cfg.get("intermediate_size")
+    blocks = cfg.get("block_configs")
+    if not blocks:
+        return [int(base)] if isinstance(base, int) and base > 0 else []
+    out = []
+    for b in blocks:
+        mlp = b.get("ffn", {}) if isinstance(b, dict) else {}
+        if not isinstance(mlp, dict) or mlp.get("no_op") or mlp.get("replace_with_linear"):
+            continue
+        width = mlp.get("intermediate_size") or base
+        if isinstance(width, int) and width > 0:
+            out.append(width)
+    return out
+
+
+def check_model_shapes(exp: Experiment) -> None:
+    """PP divides the layer counts; TP divides the vocabulary and every FFN width."""
+    require_resolved(exp)
+    tp, pp = exp.train.tp, exp.train.pp
+    for role in ("student", "teacher"):
+        cfg = _config(getattr(exp, role).path, f"{role}.path")
+        layers = cfg["num_hidden_layers"]
+        if layers % pp:
+            raise ConfigError(f"train.pp={pp} does not divide the {role}'s {layers} layers "
+                              f"({role}.path): choose a pp that divides {layers}")
+        vocab = cfg["vocab_size"]
+        if vocab % tp:
+            raise ConfigError(f"train.tp={tp} does not divide the {role}'s vocabulary of {vocab} "
+                              f"({role}.path vocab_size): choose a tp that divides {vocab}")
+        bad = sorted({w for w in ffn_widths(cfg) if w % tp})
+        if bad:
+            raise ConfigError(f"train.tp={tp} does not divide the {role}'s FFN width(s) "
+                              f"{', '.join(map(str, bad))} ({role}.path): choose a tp that "
+                              f"divides every FFN width")
+
+
+# ---------------------------------------------------------------- eval tasks (no lm_eval import)
+# top-level `task:`, `group:`, `tag:` (keys may be quoted), and block lists under `tag:`
+_TASK_LINE = re.compile(r"^['\"]?(?:task|group|tag)['\"]?\s*:\s*['\"]?([A-Za-z0-9_.\-]+)", re.M)
+_TAG_ITEM = re.compile(r"^['\"]?tag['\"]?\s*:\s*\n((?:[ \t]*-[ \t]*\S+[ \t]*\n?)+)", re.M)
+_installed_tasks: set[str] | None = None
+
+
+def _task_names_in(text: str) -> set[str]:
+    names = set(_TASK_LINE.findall(text))
+    for block in _TAG_ITEM.findall(text):
+        names.update(item.strip().lstrip("-").strip().strip("'\"") for item in block.splitlines()
+                     if item.strip())
+    return names
+
+
+def _scan(folder: Path) -> set[str]:
+    names: set[str] = set()
+    for f in folder.rglob("*.yaml"):
+        try:
+            names |= _task_names_in(f.read_text(encoding="utf-8", errors="replace"))
+        except OSError:
+            continue
+    return names
+
+
+def installed_task_names() -> set[str] | None:
+    """Task, group and tag names of the installed lm-eval, read from its task YAMLs (never
+    importing it); None when lm-eval is not installed on this node."""
+    global _installed_tasks
+    if _installed_tasks is None:
+        spec = importlib.util.find_spec("lm_eval")
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        folder = Path(list(spec.submodule_search_locations)[0]) / "tasks"
+        _installed_tasks = _scan(folder) if folder.is_dir() else set()
+    return _installed_tasks
+
+
+def check_eval_tasks(exp: Experiment) -> None:
+    """Every eval task is in lm-eval's registry or in eval.include_path."""
+    e = exp.eval
+    if not e.enabled:
+        return
+    local: set[str] = set()
+    if e.include_path:
+        folder = Path(os.path.expanduser(e.include_path))
+        if folder.is_dir():
+            for f in folder.rglob("*.yaml"):
+                try:
+                    data = read_yaml(f, tags_as_text=True)
+                except ConfigError as err:
+                    raise ConfigError(f"eval.include_path: {err}") from None
+                if isinstance(data, dict):
+                    for key in ("task", "group", "tag"):
+                        v = data.get(key)
+                        local.update([v] if isinstance(v, str) else
+                                     [x for x in v if isinstance(x, str)] if isinstance(v, list)
+                                     else [])
+    installed = installed_task_names()
+    if installed is None and not local:
+        print("pre-flight: lm-eval is not installed here; eval task names are not checked")
+        return
+    known = local | (installed or set())
+    for i, task in enumerate(e.tasks):
+        if task not in known:
+            near = sorted(n for n in known if n.startswith(task[:3]))[:5]
+            raise ConfigError(f"eval.tasks[{i}]={task!r}: no such lm-eval task"
+                              f"{' in eval.include_path' if e.include_path else ''} or in the "
+                              f"installed lm-eval{'; similar: ' + ', '.join(near) if near else ''}. "
+                              f"Fix the name, or add its YAML to eval.include_path")
 
 
 def tokenizer_fingerprint(path: str) -> str | None:

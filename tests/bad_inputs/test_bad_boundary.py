@@ -65,6 +65,7 @@ def world(tmp_path, monkeypatch):
     assets = tmp_path / "assets"
     s, t = write_hf_dir(assets / "s"), write_hf_dir(assets / "t")
     (assets / "tasks").mkdir()
+    (assets / "tasks" / "kd_synth.yaml").write_text("task: kd_synth\n")  # the demo's local task
     corpus = assets / "c.jsonl"
     corpus.write_text('{"text": "w1"}\n')
     work = tmp_path / "work"

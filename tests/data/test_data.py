@@ -173,13 +173,18 @@ def test_hf_dataset_source_offline(tmp_path, tiny_tokenizer):
         ({"sources": (DataSource(name="x"),)}, "exactly one of"),
         ({"sources": (DataSource(name="bad name", jsonl="a"),)}, "letters"),
         ({"sources": (DataSource(name="x", jsonl="/nope.jsonl"),)}, "not found"),
-        ({"sources": (DataSource(name="x", weight=0, jsonl="a"),)}, "weight"),
         ({"sources": (DataSource(name="x", prefix="/nope/data"),)}, "no .bin / .idx"),
     ],
 )
 def test_spec_mistakes_are_value_errors(two_sources, change, message):
     with pytest.raises(ValueError, match=message):
         data.check(replace(two_sources, **change))
+
+
+def test_zero_weight_is_refused_beside_its_field():
+    # the check lives in DataSource.__post_init__ (shared with the launcher's config)
+    with pytest.raises(ValueError, match="weight"):
+        DataSource(name="x", weight=0, jsonl="a")
 
 
 def test_bad_jsonl_lines_are_value_errors(two_sources, tmp_path):

@@ -202,6 +202,8 @@ RULES = (
     Rule("cron-check", r"(cd /path/to/kdlaunch && )?\.venv/bin/python launch/sweep\.py check "
                        r"configs/sweeps/nightly_tiny\.yaml --date .*yesterday.*", "real",
          "slurm: yesterday was not launched: exit 3 and a partial report"),
+    Rule("bad-config-counts", r"python tests/bad_inputs/test_bad_config\.py", "real",
+         "prints the bad-config table's count per category (no jobs)"),
     Rule("compat-table", r"\.venv/bin/python -m kd\.compat --device cpu --probe", "real",
          "prints this machine's workaround table (a few seconds, no jobs)"),
     Rule("status", r"python launch/status\.py runs/(kd1|<run>)( --logs distill| --wait| --cancel)?",
@@ -271,6 +273,12 @@ def test_not_run_and_help_commands_exist(tmp_path):
                 proc = run([sys.executable, script, "--help"], REPO)
                 assert "usage:" in proc.stdout, (c, proc.stdout[-500:])
             assert proc.returncode == 0, (c, proc.stdout[-1000:], proc.stderr[-1000:])
+
+
+def test_bad_config_counts_command():
+    for c in commands_of("bad-config-counts"):
+        proc = run([sys.executable, *c.text.split()[1:]], REPO, timeout=300)
+        assert proc.returncode == 0 and "YAML form" in proc.stdout, (c, proc.stdout, proc.stderr)
 
 
 def test_compat_table_command():

@@ -23,7 +23,7 @@ CASES = [
     (["train.global_batch_size=3", "train.micro_batch_size=3"], "not divisible by train.micro_batch_size"),
     (["student.path=/nonexistent/student"], "student.path='/nonexistent/student': no such directory"),
     (["data.sources=[{name: a, prefix: /nonexistent/pfx}]"], ".bin and /nonexistent/pfx.idx missing"),
-    (["data.sources=[{name: a, jsonl: x.jsonl, weight: -2}]"], "weights must be positive numbers"),
+    (["data.sources=[{name: a, jsonl: x.jsonl, weight: -2}]"], "data.sources[0].weight=-2.0: must be a finite number > 0"),
     (["export.hf_template=null"], "export.hf_template is not set"),
     (["cluster.partition=null"], "cluster.partition is not set for cluster 'ci'"),
     (["cluster.signal_delay_s=5", "cluster.save_time_s=60"], "cannot hold one checkpoint save"),
@@ -41,7 +41,7 @@ def test_rejected_before_anything_is_queued(slurm_cluster, tmp_path, overrides, 
     (tmp_path / "tasks").mkdir()
     base = [f"name={name}", f"student.path={student}", f"teacher.path={teacher}",
             f"export.hf_template={teacher}", f"eval.include_path={tmp_path / 'tasks'}",
-            "train.tp=1", "train.global_batch_size=2",
+            "train.tp=1", "train.global_batch_size=2", "eval.tasks=[mmlu]",
             "train.micro_batch_size=1", f"data.sources=[{{name: c, jsonl: {corpus}}}]"]
     res = subprocess.run([sys.executable, "launch/distill.py", "--cluster", "ci", "--config",
                           "tiny_demo", "--run-dir", str(run_dir), *base, *overrides],

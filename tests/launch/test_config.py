@@ -85,13 +85,13 @@ def test_missing_required_field(make_experiment, tmp_path):
     (["train.min_lr=1"], "need lr > 0 and 0 <= min_lr <= lr"),
     (["train.precision=fp8"], "train.precision='fp8': choose one of bf16, fp32"),
     (["train.cp=2"], "context parallelism is not supported"),
-    (["data.sources=[{name: a, jsonl: x.jsonl, weight: 0}]"], "weights must be positive numbers"),
-    (["data.sources=[{name: a, jsonl: x.jsonl, weight: -1}]"], "weights must be positive numbers"),
+    (["data.sources=[{name: a, jsonl: x.jsonl, weight: 0}]"], "weight=0.0: must be a finite number > 0"),
+    (["data.sources=[{name: a, jsonl: x.jsonl, weight: -1}]"], "weight=-1.0: must be a finite number > 0"),
     (["data.sources=[{name: a, jsonl: x.jsonl, weight: heavy}]"], "weight: expected a number"),
     (["data.sources=[{name: a, jsonl: x.jsonl, prefix: y}]"], "set exactly one of jsonl, hf_name, prefix"),
     (["data.sources=[]"], "data.sources is empty"),
     (["export.hf_template=null"], "export.hf_template is not set but export.enabled is true"),
-    (["kd.logit_kl_temperature=0"], "kd.logit_kl_temperature=0.0: must be > 0"),
+    (["kd.logit_kl_temperature=0"], "kd.logit_kl_temperature=0.0: must be a finite number > 0"),
 ])
 def test_bad_experiment_values(make_experiment, override, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")

@@ -112,15 +112,15 @@ def test_help_and_dry_run_are_fast():
     subprocess.run([sys.executable, "launch/distill.py", "--help"], cwd=REPO, check=True,
                    capture_output=True)
     t1 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "launch/distill.py", "--cluster", "pyxis_nemo",
-                           "--config", "seed_llama31_8b", "--dry-run", "--run-dir", "/tmp/x"],
-                          cwd=REPO, capture_output=True, text=True)
+    res = subprocess.run([sys.executable, "launch/distill.py", "--cluster", "pyxis_nemo",
+                          "--config", "seed_llama31_8b", "--dry-run", "--run-dir", "/tmp/x"],
+                         cwd=REPO, capture_output=True, text=True)
     t2 = time.perf_counter()
-    out = proc.stdout
+    out = res.stdout
     assert "===== sbatch: report =====" in out
-    # the seed's model paths are cluster placeholders: pre-flight refuses, so the dry run exits
-    # 2 (a script can use it as a check)
-    assert proc.returncode == 2 and "pre-flight: a real launch would stop here" in out, out[-500:]
+    # the seed's models are not on this machine: the graph is printed, and pre-flight's refusal
+    # makes --dry-run exit 2 so that it can serve as a check in scripts
+    assert res.returncode == 2 and "student.path" in res.stderr, res.stderr
     # generous bounds: these guard against a heavy import sneaking in (torch alone takes >2 s)
     assert t1 - t0 < 2.0 and t2 - t1 < 3.0, (t1 - t0, t2 - t1)
 
@@ -155,3 +155,24 @@ def test_spec_json_round_trip():
         cls = STAGE_SPECS[job.stage][1]
         data = json.loads(json.dumps(dataclasses.asdict(job.spec)))
         assert spec_from_dict(cls, data) == job.spec, job.stage
+
+
+def test_stage_specs_round_trip_through_the_one_converter():
+    """``kd.job --spec`` JSON goes through launch.schema.build: every stage spec of the seed graph
+    comes back equal; a foreign key or a NaN is refused naming the field."""
+    import dataclasses
+    import json
+
+    from kd.specs import STAGE_SPECS, spec_from_dict
+    from launch.schema import ConfigError
+
+    _, _, g = seed_graph("pyxis_nemo")
+    for job in g.jobs:
+        cls = STAGE_SPECS[job.stage][1]
+        data = json.loads(json.dumps(dataclasses.asdict(job.spec)))
+        assert spec_from_dict(cls, data) == job.spec
+    distill = json.loads(json.dumps(dataclasses.asdict(g.job("distill").spec)))
+    with pytest.raises(ConfigError, match="DistillSpec.lrr"):
+        spec_from_dict(STAGE_SPECS["distill"][1], {**distill, "lrr": 1})
+    with pytest.raises(ConfigError, match="DistillSpec.lr"):
+        spec_from_dict(STAGE_SPECS["distill"][1], {**distill, "lr": float("nan")})

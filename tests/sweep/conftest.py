@@ -27,6 +27,9 @@ def sweep_yaml(tmp_path: Path):
     student, teacher = write_hf_dir(tmp_path / "student"), write_hf_dir(tmp_path / "teacher")
     for name in ("a", "b"):
         (tmp_path / f"{name}.jsonl").write_text('{"text": "w1 w2 w3"}\n')
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "kd_synth.yaml").write_text("task: kd_synth\n")
     base = tmp_path / "base.yaml"
     base.write_text(yaml.safe_dump({
         "name": "unit", "student": {"path": str(student)}, "teacher": {"path": str(teacher)},
@@ -34,7 +37,8 @@ def sweep_yaml(tmp_path: Path):
         "train": {"tp": 1, "seq_length": 64, "global_batch_size": 2, "train_iters": 20,
                   "lr_warmup_iters": 2, "save_interval": 10},
         "export": {"hf_template": str(teacher)},
-        "eval": {"tasks": ["mmlu", "kd_synth"]}}))
+        # kd_synth is a local task: pre-flight finds it in include_path (as the demo's)
+        "eval": {"tasks": ["mmlu", "kd_synth"], "include_path": str(tasks)}}))
 
     def make(**changes) -> Path:
         data = {
