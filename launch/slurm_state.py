@@ -7,7 +7,10 @@ timeout and returns its error text instead of pretending the job is unknown.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import signal
 import subprocess
 
 FIELDS = ("JobIDRaw", "State", "ExitCode", "Elapsed", "Start", "End", "NodeList")
@@ -18,23 +21,30 @@ def available() -> bool:
     return shutil.which("sacct") is not None
 
 
-def _run(cmd: list[str], timeout: float) -> tuple[str | None, str | None]:
+def _run(cmd: list[str], timeout: float | None) -> tuple[str | None, str | None]:
     """(stdout, None) or (None, why it could not be asked)."""
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    timeout = TIMEOUT_S if timeout is None else timeout
+    try:  # own session: a hung command and anything it started are killed together
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
     except FileNotFoundError:
         return None, f"{cmd[0]} is not installed"
-    except subprocess.TimeoutExpired:
-        return None, f"{cmd[0]} did not answer within {timeout:g} s"
     except OSError as e:
         return None, f"{cmd[0]}: {e}"
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(OSError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        return None, f"{cmd[0]} did not answer within {timeout:g} s"
     if proc.returncode != 0:
-        msg = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+        msg = (stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
         return None, f"{cmd[0]} failed: {msg}"
-    return proc.stdout, None
+    return stdout, None
 
 
-def accounting(job_ids: list[str], timeout: float = TIMEOUT_S) -> tuple[dict[str, dict], str | None]:
+def accounting(job_ids: list[str], timeout: float | None = None) -> tuple[dict[str, dict], str | None]:
     """({job_id: {state, exit_code, elapsed, start, end, nodes, restarts}}, error).
 
     A job that was requeued has one row per allocation; the last row is the current one, and
@@ -61,7 +71,7 @@ def accounting(job_ids: list[str], timeout: float = TIMEOUT_S) -> tuple[dict[str
     return rows, None
 
 
-def controller(job_ids: list[str], timeout: float = TIMEOUT_S) -> tuple[dict[str, dict], str | None]:
+def controller(job_ids: list[str], timeout: float | None = None) -> tuple[dict[str, dict], str | None]:
     """({job_id: {state, reason, restarts}} for jobs still in the queue, error)."""
     if not job_ids:
         return {}, None

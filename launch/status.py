@@ -254,7 +254,7 @@ def is_finished(rows: dict[str, dict]) -> bool:
 
 
 def wait_for_run(run_dir: Path, echo=print, poll_s: float = 5.0, timeout_s: float | None = None,
-                 max_poll_s: float = 60.0) -> int:
+                 max_poll_s: float = 60.0, sleep=time.sleep) -> int:
     """Block until every stage ended. While SLURM cannot be asked, nothing is decided from the
     manifest's stale states: poll again with a doubling delay (up to ``max_poll_s``)."""
     start = time.time()
@@ -276,7 +276,7 @@ def wait_for_run(run_dir: Path, echo=print, poll_s: float = 5.0, timeout_s: floa
             echo("timed out waiting for the run")
             return EXIT_SLURM_UNREACHABLE if blind else 1
         delay = min(delay * 2, max_poll_s) if blind else poll_s
-        time.sleep(delay)
+        sleep(delay)
 
 
 def tail(run_dir: Path, stage: str, n: int) -> str:
