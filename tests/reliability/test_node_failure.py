@@ -18,7 +18,7 @@ import pytest
 from kd import checkpoints as ckpts
 from launch import status
 
-from .test_requeue import sacct_rows
+from .test_requeue import demo_prefix, sacct_rows  # noqa: F401 (a fixture)
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slurm, pytest.mark.e2e]
@@ -109,12 +109,11 @@ def test_node_down_mid_distill_requeues_and_resumes(slurm_cluster, demo_prefix, 
     assert any(r[1] in ("NODE_FAIL", "REQUEUED") for r in rows[:-1]), rows
 
     # iterations redone: from the checkpoint it resumed at to the furthest it had trained
-    reached = [int(n) for n in re.findall(r"iteration\s+(\d+)/\s*\d+", log)]
-    loaded = [int(n) for n in
-              re.findall(r"successfully loaded checkpoint from .* at iteration (\d+)", log)]
-    assert loaded, log[-4000:]
-    first_run = reached[: reached.index(loaded[0] + 1, 1)] if loaded[0] + 1 in reached[1:] \
-        else reached
+    resumed = re.search(r"successfully loaded checkpoint from .* at iteration (\d+)", log)
+    assert resumed, log[-4000:]
+    loaded = [int(resumed.group(1))]
+    first_run = [int(n) for n in re.findall(r"iteration\s+(\d+)/\s*\d+", log[:resumed.start()])]
+    assert first_run, log[:4000]
     redone = max(first_run) - loaded[0]
     print(f"resumed at {loaded[0]}, had reached {max(first_run)}: {redone} iterations redone")
     assert loaded[0] >= record["before"]
