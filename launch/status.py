@@ -26,6 +26,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from kd import checkpoints as ckpts  # noqa: E402
 from kd.paths import RunPaths  # noqa: E402
 from launch import manifest as mf  # noqa: E402
 from launch import slurm_state  # noqa: E402
@@ -228,6 +229,10 @@ def render_rows(run_dir: Path, manifest: dict, rows: dict[str, dict]) -> tuple[s
         lines.append(f"{stage:<20} {r['state']:<12} {r['job_id'] or '-':<10} "
                      f"{r['elapsed'] or '-':<10} {r['restarts'] if r['restarts'] != '' else '-':<8} "
                      f"{r['log'] or '-'}")
+        if stage == "distill":
+            ckpt = Path(run_dir) / "distill" / "checkpoints"
+            if ckpt.is_dir():
+                lines.append(f"    {ckpts.describe(ckpt)}")
         if r["state"] == "REQUEUED":
             lines.append(f"    -> {r['error']}")
             continue
