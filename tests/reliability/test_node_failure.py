@@ -18,7 +18,10 @@ import pytest
 from kd import checkpoints as ckpts
 from launch import status
 
-from .test_requeue import demo_prefix, sacct_rows  # noqa: F401 (a fixture)
+from . import test_requeue
+from .test_requeue import sacct_rows
+
+demo_prefix = test_requeue.demo_prefix  # the shared fixture
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slurm, pytest.mark.e2e]
@@ -112,7 +115,12 @@ def test_node_down_mid_distill_requeues_and_resumes(slurm_cluster, demo_prefix, 
     resumed = re.search(r"successfully loaded checkpoint from .* at iteration (\d+)", log)
     assert resumed, log[-4000:]
     loaded = [int(resumed.group(1))]
-    first_run = [int(n) for n in re.findall(r"iteration\s+(\d+)/\s*\d+", log[:resumed.start()])]
+    # Megatron logs iterations on the last rank: the first allocation of every rank's log
+    first_run = []
+    for rank_log in sorted(log_path.parent.glob(f"{job_id}_*_log.out")):
+        segments = rank_log.read_text().split("stage distill starting")
+        if len(segments) > 1:
+            first_run += [int(n) for n in re.findall(r"iteration\s+(\d+)/\s*\d+", segments[1])]
     assert first_run, log[:4000]
     redone = max(first_run) - loaded[0]
     print(f"resumed at {loaded[0]}, had reached {max(first_run)}: {redone} iterations redone")
