@@ -49,7 +49,7 @@ class StageJob(Checkpointable):
         _setup_logging(self.stage)
         restarts = os.environ.get("SLURM_RESTART_COUNT", "0")
         log.info("stage %s starting (module %s, host %s, restart %s)", self.stage, self.module,
-                 os.uname().nodename, restarts)
+                 os.environ.get("SLURMD_NODENAME") or os.uname().nodename, restarts)
         start = time.time()
         module = importlib.import_module(self.module)
         if self.module == "kd.distill":
