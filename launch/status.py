@@ -43,6 +43,7 @@ ECHO_ERRORS = ("Connection closed by peer", "Connection reset by peer", "[gloo]"
                "Broken pipe", "BrokenPipeError", "ProcessGroupNCCL", "watchdog", "ChildFailedError",
                "SIGTERM", "Terminated", "CANCELLED AT", "DUE TO", "srun: error",
                "submitit WARNING", "Bypassing signal")
+EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupted|Exit)\b")
 EXIT_SLURM_UNREACHABLE = 3  # neither squeue nor sacct answered: the table is the manifest's
 
 
@@ -177,16 +178,31 @@ def first_error(log: str, job_id: str) -> dict | None:
             m = re.search(r"host ([\w.-]+)", ln)
             if m and task not in host_of and "starting" in ln:
                 host_of[task] = m.group(1)
-        for i, ln in enumerate(lines):
-            if not _is_cause(ln) or ln.startswith("Traceback"):
-                continue
-            stamp = _stamp(lines, i)
-            found.append((stamp or "~", task, i, ln.strip(), lines[max(0, i - 3): i + 1]))
-            break
+        hit = _exception_line(lines)
+        if hit is not None:
+            i = hit
+            found.append((_stamp(lines, i) or "~", task, i, lines[i].strip(),
+                          lines[max(0, i - 3): i + 1]))
     if not found:
         return None
     stamp, task, _, line, ctx = min(found, key=lambda f: (f[0], f[1]))
     return {"rank": task, "host": host_of.get(task, "?"), "line": line, "context": ctx}
+
+
+def _exception_line(lines: list[str]) -> int | None:
+    """Index of the first line that is a cause: the exception line closing a traceback (the
+    first unindented line after ``Traceback``), else the first error-looking line; lines that
+    only echo another rank's death are skipped."""
+    in_tb = False
+    for i, ln in enumerate(lines):
+        if ln.startswith("Traceback"):
+            in_tb = True
+            continue
+        if in_tb and EXCEPTION_LINE.match(ln):
+            in_tb = False
+            if not any(e in ln for e in ECHO_ERRORS):
+                return i
+    return next((i for i, ln in enumerate(lines) if _is_cause(ln)), None)
 
 
 def _stamp(lines: list[str], i: int) -> str | None:
