@@ -57,6 +57,7 @@ def take_node_down(log: Path, job_id: str, ckpt: Path, stop: threading.Event, re
                 time.sleep(0.5)
                 continue
             node = nodes[-1]
+            time.sleep(4)  # some iterations past the save: the ones a requeue redoes
             record["node"] = node
             record["before"] = ckpts.latest_complete(ckpt)
             subprocess.run(["scontrol", "update", f"nodename={node}", "state=down",
@@ -101,7 +102,7 @@ def test_node_down_mid_distill_requeues_and_resumes(slurm_cluster, demo_prefix, 
         fault.join(timeout=60)
         if "node" in record:  # restore even if the thread died between down and resume
             subprocess.run(["scontrol", "update", f"nodename={record['node']}", "state=resume"],
-                           timeout=20)
+                           capture_output=True, timeout=20)  # "invalid state" if already resumed
     rows = sacct_rows(job_id)
     log = log_path.read_text()
     after = _status(run_dir)
