@@ -129,5 +129,10 @@ def test_node_down_mid_distill_requeues_and_resumes(slurm_cluster, demo_prefix, 
     redone = max(first_run) - loaded[0]
     print(f"resumed at {loaded[0]}, had reached {max(first_run)}: {redone} iterations redone")
     assert loaded[0] >= record["before"]
+    # it resumed from the last save of the failed allocation (Megatron logs iterations only every
+    # log_interval, so this, not the count above, is what bounds the redone work by one interval)
+    saved = [int(n) for n in re.findall(r"successfully saved checkpoint from iteration\s+(\d+)",
+                                        log[:resumed.start()])]
+    assert saved and loaded[0] == max(saved), (saved, loaded)
     assert redone <= SAVE_INTERVAL, (loaded, first_run)
     assert "COMPLETED" in after or "completed" in after.lower(), after
