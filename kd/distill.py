@@ -25,9 +25,10 @@ import sys
 import time
 from pathlib import Path
 
+from kd import checkpoints as ckpts
 from kd.dist_env import export_env
 from kd.job import console_logger
-from kd.paths import iteration_dir, latest_iteration
+from kd.paths import latest_iteration
 from kd.results import write_json_atomic
 from kd.specs import DistillSpec, KDOptions
 
@@ -111,11 +112,10 @@ def validate(spec: DistillSpec, world_size: int) -> None:
 
 def completed_iteration(spec: DistillSpec) -> int | None:
     """The finished iteration when the done marker or the final checkpoint exists, else None."""
-    ckpt = checkpoints_dir(spec)
-    latest = latest_iteration(ckpt)
+    latest = ckpts.latest_complete(checkpoints_dir(spec))
     if spec.done_marker and Path(spec.done_marker).is_file():
         return latest if latest is not None else spec.train_iters
-    if latest is not None and latest >= spec.train_iters and iteration_dir(ckpt, latest).is_dir():
+    if latest is not None and latest >= spec.train_iters:
         return latest
     return None
 
@@ -127,9 +127,11 @@ def _train(spec: DistillSpec, env, exit_signal: int | None) -> dict:
     compat.activate(device)
     log.info("%s", compat.summary())
     _init_process_group(device, env)
+    quarantine_incomplete_checkpoints(spec, env.rank)
     config = build_config(spec, device, exit_signal=exit_signal)
     if exit_signal is not None:
         shield_checkpoint_writer(exit_signal)
+    guard_saves_against_termination(signal.SIGTERM)
     from megatron.bridge.training.distill import distill
 
     start = latest_iteration(checkpoints_dir(spec)) or 0
@@ -275,6 +277,61 @@ def build_config(spec: DistillSpec, device: str, exit_signal: int | None = None)
         dist=DistributedInitConfig(distributed_backend="nccl" if on_gpu else "gloo"),
         mixed_precision="bf16_mixed" if bf16 else None,
     )
+
+
+def quarantine_incomplete_checkpoints(spec: DistillSpec, rank: int) -> list[Path]:
+    """Rank 0 moves saves that a kill interrupted out of ``checkpoints/`` (kd.checkpoints) before
+    training, so neither Megatron nor any reader of ``iter_*`` names can pick them; the others
+    wait for it."""
+    moved = ckpts.quarantine_incomplete(checkpoints_dir(spec)) if rank == 0 else []
+    for path in moved:
+        log.warning("distill: incomplete checkpoint (a save that was killed) moved to %s", path)
+    _barrier()
+    return moved
+
+
+# The kill path (scancel, node failure, preemption without a grace signal): SLURM sends SIGTERM,
+# then SIGKILL after KillWait. A save started in between would be cut by SIGKILL, so after
+# SIGTERM no new save starts: outside a save the process exits at once (the last complete
+# checkpoint stands); inside one, the save finishes and the process exits right after it.
+_kill = {"terminating": False, "saving": False}
+
+
+def _terminate_now(signum: int) -> None:
+    log.warning("distill: termination signal %d: exiting without starting a save", signum)
+    logging.shutdown()
+    os._exit(128 + signum)
+
+
+def _on_termination(signum, frame) -> None:  # noqa: ARG001
+    _kill["terminating"] = True
+    if not _kill["saving"]:
+        _terminate_now(signum)
+    log.warning("distill: termination signal %d during a save: finishing it, then exiting", signum)
+
+
+def guard_saves_against_termination(sig: int = signal.SIGTERM) -> None:
+    """Trap ``sig`` (main thread) and wrap Megatron-Bridge's save so none starts after it."""
+    import megatron.bridge.training.train as train_module
+
+    signal.signal(sig, _on_termination)
+    original = train_module.save_checkpoint_and_time
+    if getattr(original, "_kd_guarded", False):
+        return
+
+    def guarded_save(*args, **kwargs):
+        if _kill["terminating"]:
+            _terminate_now(sig)
+        _kill["saving"] = True
+        try:
+            return original(*args, **kwargs)
+        finally:
+            _kill["saving"] = False
+            if _kill["terminating"]:
+                _terminate_now(sig)
+
+    guarded_save._kd_guarded = True
+    train_module.save_checkpoint_and_time = guarded_save
 
 
 def shield_checkpoint_writer(sig: int) -> None:

@@ -28,8 +28,9 @@ import sys
 import time
 from pathlib import Path
 
+from kd import checkpoints as ckpts
 from kd.job import console_logger
-from kd.paths import iteration_dir, latest_iteration
+from kd.paths import iteration_dir
 from kd.results import write_json_atomic
 from kd.specs import ExportSpec
 
@@ -70,13 +71,16 @@ def run(spec: ExportSpec) -> Path:
 
 def resolve_iteration(spec: ExportSpec) -> int:
     checkpoints = Path(spec.checkpoints)
-    iteration = spec.iteration if spec.iteration is not None else latest_iteration(checkpoints)
+    iteration = spec.iteration if spec.iteration is not None else ckpts.latest_complete(checkpoints)
     if iteration is None:
-        raise ValueError(f"no checkpoint in {checkpoints}: run the distill stage first")
-    if not iteration_dir(checkpoints, iteration).is_dir():
-        found = sorted(p.name for p in checkpoints.glob("iter_*"))
+        raise ValueError(f"no complete checkpoint in {checkpoints}: run the distill stage first")
+    if not ckpts.is_complete(checkpoints, iteration):
+        found = ckpts.complete_iterations(checkpoints)
+        what = "an incomplete save (killed midway)" if iteration_dir(checkpoints, iteration).is_dir() \
+            else "not saved"
         raise ValueError(
-            f"no checkpoint for iteration {iteration} in {checkpoints}; found {found or 'none'}"
+            f"export.iteration={iteration}: the checkpoint in {checkpoints} is {what}; "
+            f"complete checkpoints: {found or 'none'}"
         )
     return iteration
 

@@ -12,6 +12,13 @@ Megatron-Bridge trap SIGUSR2 (its exit-signal hook): training saves a checkpoint
 iteration and stops, ``kd.distill.run`` raises ``DistillInterrupted``, and we then hand the
 signal to submitit's handler, which requeues (bounded by ``max_num_timeout``); the next
 allocation resumes from that checkpoint, so at most one iteration is redone.
+
+Kill path (scancel, node failure, preemption without a grace signal). submitit only logs
+SIGTERM, so training would go on until SIGKILL and could die inside a save it started after the
+signal. ``kd.distill.guard_saves_against_termination`` traps SIGTERM instead: no save starts
+after it (the process exits at once, or right after a save already under way). A save cut
+anyway (SIGKILL, a dead node) never counts: ``kd.checkpoints`` decides completeness from
+Megatron's tracker file and quarantines such directories on the next start.
 """
 
 from __future__ import annotations
@@ -42,7 +49,7 @@ class StageJob(Checkpointable):
         _setup_logging(self.stage)
         restarts = os.environ.get("SLURM_RESTART_COUNT", "0")
         log.info("stage %s starting (module %s, host %s, restart %s)", self.stage, self.module,
-                 os.uname().nodename, restarts)
+                 os.environ.get("SLURMD_NODENAME") or os.uname().nodename, restarts)
         start = time.time()
         module = importlib.import_module(self.module)
         if self.module == "kd.distill":

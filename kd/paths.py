@@ -92,12 +92,10 @@ class RunPaths:
 
 
 def latest_iteration(checkpoints: Path) -> int | None:
-    """The iteration recorded in Megatron's tracker file, or None when no checkpoint exists."""
-    tracker = Path(checkpoints) / "latest_checkpointed_iteration.txt"
-    if not tracker.is_file():
-        return None
-    text = tracker.read_text().strip()
-    return int(text) if text.isdigit() else None
+    """The latest *complete* checkpoint (kd.checkpoints decides), or None when there is none."""
+    from kd.checkpoints import latest_complete
+
+    return latest_complete(checkpoints)
 
 
 def iteration_dir(checkpoints: Path, iteration: int) -> Path:

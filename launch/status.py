@@ -7,12 +7,18 @@
     python launch/status.py RUN_DIR --wait          # block until the run ends
 
 Exit code: 0 when every stage completed (or, without --wait, nothing failed yet), 1 when a
-stage failed or was cancelled, 2 on a usage error.
+stage failed or was cancelled, 2 on a usage error, 3 when neither the SLURM controller (squeue)
+nor accounting (sacct) could be asked (the table is then only the manifest's last known states).
+When one of them cannot be asked, a line above the table says which and what the table is based
+on. A job requeued after a node failure or preemption shows REQUEUED ("requeued after node
+failure, restart 1"); a failed stage shows the first real error over all its ranks' logs, with
+rank and host.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from pathlib import Path
@@ -20,54 +26,112 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from kd import checkpoints as ckpts  # noqa: E402
 from kd.paths import RunPaths  # noqa: E402
 from launch import manifest as mf  # noqa: E402
 from launch import slurm_state  # noqa: E402
 from launch.schema import ConfigError  # noqa: E402
 
 FAILED = {"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE"}
+ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING",
+          "COMPLETING", "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT", "SUBMITTED"}
+REQUEUE_CAUSE = {"NODE_FAIL": "node failure", "PREEMPTED": "preemption",
+                 "TIMEOUT": "time limit", "REQUEUED": "requeue"}
 ERROR_WORDS = ("Error", "error:", "Traceback", "Killed", "CANCELLED", "DUE TO TIME LIMIT",
                "Exception", "FAILED")
+# lines that are consequences of another rank's failure, not causes
+ECHO_ERRORS = ("Connection closed by peer", "Connection reset by peer", "[gloo]", "NCCL WARN",
+               "Broken pipe", "BrokenPipeError", "ProcessGroupNCCL", "watchdog", "ChildFailedError",
+               "SIGTERM", "Terminated", "CANCELLED AT", "DUE TO", "srun: error",
+               "submitit WARNING", "Bypassing signal")
+EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupted|Exit)\b")
+EXIT_SLURM_UNREACHABLE = 3  # neither squeue nor sacct answered: the table is the manifest's
 
 
 def stage_states(run_dir: Path) -> tuple[dict, dict[str, dict]]:
-    """Manifest + per-stage state merged from done markers, the manifest and sacct."""
+    """Manifest + per-stage state merged from done markers, the manifest, sacct and squeue.
+
+    The manifest gets a ``_slurm`` entry: {"accounting": error|None, "controller": error|None}.
+    """
     paths = RunPaths(run_dir)
     manifest = mf.read(paths.manifest)
     if manifest is None:
         raise mf.ManifestError(f"{run_dir} has no manifest.json: not a kdlaunch run directory; "
                                f"pass the directory the launcher printed")
     stages = manifest.get("stages", {})
-    ids = [s["job_id"] for s in stages.values() if s.get("job_id")]
+    ids = [str(s["job_id"]) for s in stages.values() if s.get("job_id")]
     is_slurm = manifest.get("cluster", {}).get("executor") == "slurm"
-    acct = slurm_state.query(ids) if is_slurm else {}
+    acct, acct_err = slurm_state.accounting(ids) if is_slurm else ({}, None)
+    queue, queue_err = slurm_state.controller(ids) if is_slurm else ({}, None)
+    manifest["_slurm"] = {"accounting": acct_err, "controller": queue_err}
     out: dict[str, dict] = {}
     for stage, rec in stages.items():
         row = {"job_id": rec.get("job_id", ""), "state": rec.get("state", "NOT SUBMITTED"),
                "elapsed": "", "exit_code": "", "log": rec.get("log", ""),
-               "error": rec.get("error", ""), "restarts": ""}
-        info = acct.get(str(rec.get("job_id")))
+               "error": rec.get("error", ""), "restarts": "", "deps": rec.get("deps", []),
+               "folder": rec.get("folder", "")}
+        jid = str(rec.get("job_id"))
+        info, live = acct.get(jid), queue.get(jid)
         if info:
             row.update(state=info["state"], elapsed=info["elapsed"],
                        exit_code=info["exit_code"], restarts=info["restarts"])
-            if info["state"] == "CANCELLED" and "Dependency" in _reason(rec.get("job_id")):
-                row["error"] = "dependency failed"
+        if live:
+            _merge_live(row, info, live)
         if paths.stage_done(stage).exists():
             row["state"] = "COMPLETED"
         out[stage] = row
+    _explain_cancelled(out)
     return manifest, out
+
+
+def _merge_live(row: dict, info: dict | None, live: dict) -> None:
+    """The controller knows best about a job still in the queue: a NODE_FAIL/PREEMPTED
+    accounting row of a job that is queued again is a requeue in progress, not a failure."""
+    history = info["history"] if info else []
+    restarts = info["restarts"] if info else 0
+    causes = [h for h in history if h in REQUEUE_CAUSE]
+    requeue_now = history and history[-1] in REQUEUE_CAUSE  # sacct has no new row yet
+    if requeue_now or live["state"] in ("REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED") or (
+            causes and live["state"] == "PENDING"):
+        restarts = restarts + 1 if requeue_now else max(restarts, 1)
+        cause = REQUEUE_CAUSE.get(causes[-1] if causes else "REQUEUED", "requeue")
+        row.update(state="REQUEUED", error=f"requeued after {cause}, restart {restarts}",
+                   restarts=restarts)
+        return
+    if live["state"] in ACTIVE:
+        row["state"] = live["state"]
+    if "Dependency" in live.get("reason", "") and "NeverSatisfied" in live.get("reason", ""):
+        row["error"] = "dependency can never be satisfied"
+
+
+def _explain_cancelled(rows: dict[str, dict]) -> None:
+    """A stage cancelled because a dependency failed names that dependency (transitively: the
+    stage whose own failure started it)."""
+    def root_failure(stage: str, seen: set) -> str | None:
+        for dep in rows.get(stage, {}).get("deps", []):
+            if dep in seen or dep not in rows:
+                continue
+            seen.add(dep)
+            d = rows[dep]
+            if d["state"] in FAILED and not d["error"].startswith("dependency failed"):
+                return dep
+            if d["state"] in FAILED:
+                found = root_failure(dep, seen)
+                if found:
+                    return found
+        return None
+
+    for stage, r in rows.items():
+        if r["state"] == "CANCELLED" and not r["error"]:
+            cause = root_failure(stage, set())
+            if cause:
+                r["error"] = f"dependency failed: {cause}"
 
 
 def _reason(job_id: str | None) -> str:
     if not job_id:
         return ""
-    import subprocess
-
-    try:
-        return subprocess.run(["squeue", "-h", "-o", "%r", "-j", str(job_id)], capture_output=True,
-                              text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return ""
+    return slurm_state.controller([str(job_id)])[0].get(str(job_id), {}).get("reason", "")
 
 
 def error_lines(log: str, n: int = 8) -> list[str]:
@@ -80,22 +144,131 @@ def error_lines(log: str, n: int = 8) -> list[str]:
     return (hits or lines)[-n:]
 
 
+def rank_logs(log: str, job_id: str) -> list[tuple[int, Path]]:
+    """[(task, path)] of every rank's stdout and stderr for the job whose log is ``log``."""
+    if not log or not job_id:
+        return []
+    folder = Path(log).parent
+    out = []
+    for p in sorted(folder.glob(f"{job_id}_*_log.*")):
+        task = p.name.removeprefix(f"{job_id}_").split("_", 1)[0]
+        if task.isdigit() and p.suffix in (".out", ".err"):
+            out.append((int(task), p))
+    return sorted(out)
+
+
+def _is_cause(line: str) -> bool:
+    return any(w in line for w in ERROR_WORDS) and not any(e in line for e in ECHO_ERRORS)
+
+
+def first_error(log: str, job_id: str) -> dict | None:
+    """{rank, host, line, context} of the first real error over every rank's log.
+
+    A rank's error that only echoes another rank's death (``[gloo] Connection closed by peer``,
+    NCCL watchdog, SIGTERM) is skipped; the exception line closing a traceback is preferred
+    over the ``Traceback`` header. Ranks are compared by the timestamp the error appears at
+    when their lines carry one, else by rank.
+    """
+    found = []
+    host_of: dict[int, str] = {}
+    for task, path in rank_logs(log, job_id):
+        try:
+            lines = path.read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        for ln in lines:
+            m = re.search(r"host ([\w.-]+)", ln)
+            if m and task not in host_of and "starting" in ln:
+                host_of[task] = m.group(1)
+        hit = _exception_line(lines)
+        if hit is not None:
+            i = hit
+            found.append((_stamp(lines, i) or "~", task, i, lines[i].strip(),
+                          lines[max(0, i - 3): i + 1]))
+    if not found:
+        return None
+    stamp, task, _, line, ctx = min(found, key=lambda f: (f[0], f[1]))
+    return {"rank": task, "host": host_of.get(task, "?"), "line": line, "context": ctx}
+
+
+def _exception_line(lines: list[str]) -> int | None:
+    """Index of the first line that is a cause: the exception line closing a traceback (the
+    first unindented line after ``Traceback``), else the first error-looking line; lines that
+    only echo another rank's death are skipped."""
+    in_tb = False
+    for i, ln in enumerate(lines):
+        if ln.startswith("Traceback"):
+            in_tb = True
+            continue
+        if in_tb and EXCEPTION_LINE.match(ln):
+            in_tb = False
+            if not any(e in ln for e in ECHO_ERRORS):
+                return i
+    return next((i for i, ln in enumerate(lines) if _is_cause(ln)), None)
+
+
+def _stamp(lines: list[str], i: int) -> str | None:
+    """The last timestamp at or before line i (submitit/our logging print ISO-like times)."""
+    for ln in reversed(lines[: i + 1]):
+        m = re.search(r"\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d", ln)
+        if m:
+            return m.group(0).replace("T", " ")
+    return None
+
+
+def slurm_lines(manifest: dict) -> tuple[list[str], bool]:
+    """One line per SLURM daemon that could not be asked, and whether neither answered."""
+    s = manifest.get("_slurm") or {}
+    acct, ctl = s.get("accounting"), s.get("controller")
+    if acct and ctl:
+        return [f"SLURM unreachable: controller (squeue: {ctl}) and accounting (sacct: {acct}); "
+                "table from the manifest and done markers only, states may be stale"], True
+    if ctl:
+        return [f"controller unreachable (squeue: {ctl}); table from accounting (sacct), "
+                "the manifest and done markers"], False
+    if acct:
+        return [f"accounting unreachable (sacct: {acct}); table from the controller (squeue), "
+                "the manifest and done markers"], False
+    return [], False
+
+
 def render(run_dir: Path) -> tuple[str, int]:
     manifest, rows = stage_states(run_dir)
+    return render_rows(run_dir, manifest, rows)
+
+
+def render_rows(run_dir: Path, manifest: dict, rows: dict[str, dict]) -> tuple[str, int]:
     header = f"run {run_dir}  (config {manifest.get('config_hash')}, {manifest.get('cluster', {}).get('name')})"
-    lines = [header, f"{'stage':<20} {'state':<12} {'job':<10} {'elapsed':<10} {'restarts':<8} log"]
+    notes, neither = slurm_lines(manifest)
+    lines = [header, *notes,
+             f"{'stage':<20} {'state':<12} {'job':<10} {'elapsed':<10} {'restarts':<8} log"]
     code = 0
     for stage, r in rows.items():
         lines.append(f"{stage:<20} {r['state']:<12} {r['job_id'] or '-':<10} "
                      f"{r['elapsed'] or '-':<10} {r['restarts'] if r['restarts'] != '' else '-':<8} "
                      f"{r['log'] or '-'}")
+        if stage == "distill":
+            ckpt = Path(run_dir) / "distill" / "checkpoints"
+            if ckpt.is_dir():
+                lines.append(f"    {ckpts.describe(ckpt)}")
+        if r["state"] == "REQUEUED":
+            lines.append(f"    -> {r['error']}")
+            continue
         if r["state"] in FAILED:
             code = 1
             detail = r["error"] or (f"exit code {r['exit_code']}" if r["exit_code"] else "")
             if detail:
                 lines.append(f"    -> {detail}")
-            if r["state"] != "CANCELLED" or not r["error"]:
+            if r["state"] == "CANCELLED" and r["error"]:
+                continue
+            first = first_error(r["log"], str(r["job_id"]))
+            if first:
+                lines.append(f"    first error: rank {first['rank']} on {first['host']}: "
+                             f"{first['line']}")
+            else:
                 lines += [f"    | {ln}" for ln in error_lines(r["log"])]
+    if neither:
+        code = EXIT_SLURM_UNREACHABLE
     return "\n".join(lines), code
 
 
@@ -103,23 +276,30 @@ def is_finished(rows: dict[str, dict]) -> bool:
     return all(r["state"] == "COMPLETED" or r["state"] in FAILED for r in rows.values())
 
 
-def wait_for_run(run_dir: Path, echo=print, poll_s: float = 5.0, timeout_s: float | None = None) -> int:
+def wait_for_run(run_dir: Path, echo=print, poll_s: float = 5.0, timeout_s: float | None = None,
+                 max_poll_s: float = 60.0, sleep=time.sleep) -> int:
+    """Block until every stage ended. While SLURM cannot be asked, nothing is decided from the
+    manifest's stale states: poll again with a doubling delay (up to ``max_poll_s``)."""
     start = time.time()
     last = None
+    delay = poll_s
     while True:
-        _, rows = stage_states(run_dir)
-        summary = ", ".join(f"{s}={r['state']}" for s, r in rows.items())
+        manifest, rows = stage_states(run_dir)
+        notes, _ = slurm_lines(manifest)
+        summary = " | ".join(notes + [", ".join(f"{s}={r['state']}" for s, r in rows.items())])
         if summary != last:
             echo(f"[{time.strftime('%H:%M:%S')}] {summary}")
             last = summary
-        if is_finished(rows):
-            text, code = render(run_dir)
+        blind = bool(notes)
+        if not blind and is_finished(rows):
+            text, code = render_rows(run_dir, manifest, rows)
             echo(text)
             return code
         if timeout_s is not None and time.time() - start > timeout_s:
             echo("timed out waiting for the run")
-            return 1
-        time.sleep(poll_s)
+            return EXIT_SLURM_UNREACHABLE if blind else 1
+        delay = min(delay * 2, max_poll_s) if blind else poll_s
+        sleep(delay)
 
 
 def tail(run_dir: Path, stage: str, n: int) -> str:

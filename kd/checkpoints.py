@@ -1,0 +1,106 @@
+"""Which Megatron checkpoints are complete: the one rule every reader goes through.
+
+A save writes ``checkpoints/iter_NNNNNNN/`` (the torch_dist shards, ``common.pt``, ``.metadata``,
+``metadata.json``) and only *after* every rank finished writes the tracker file
+``latest_checkpointed_iteration.txt`` (megatron-core's finalize step; saves are synchronous here,
+``async_save=False``). So a checkpoint is complete when its iteration is at most the tracker's
+and its directory holds the files a finished save leaves. An ``iter_*`` directory past the
+tracker is a save that was killed midway (SIGKILL after scancel, a node failure): no directory
+name alone makes a checkpoint.
+
+Incomplete directories are moved to ``checkpoints/incomplete/`` on the next start of distill
+(``quarantine_incomplete``), never deleted: nothing already written is lost, and no reader that
+globs ``iter_*`` sees them. Stdlib only: ``launch/`` (login node) uses it too.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+TRACKER = "latest_checkpointed_iteration.txt"
+QUARANTINE = "incomplete"
+# a finished torch_dist save always leaves these (common.pt: non-sharded state; .metadata:
+# the distributed-checkpoint index written last, by the coordinator, at finalize)
+REQUIRED_FILES = ("common.pt", ".metadata", "metadata.json")
+
+
+def tracker_iteration(checkpoints: str | Path) -> int | None:
+    """The iteration in Megatron's tracker file, or None when there is none (or it is unreadable)."""
+    path = Path(checkpoints) / TRACKER
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def iteration_of(path: Path) -> int | None:
+    name = path.name
+    if not name.startswith("iter_"):
+        return None
+    digits = name.removeprefix("iter_")
+    return int(digits) if digits.isdigit() else None
+
+
+def is_complete(checkpoints: str | Path, iteration: int) -> bool:
+    """True when ``iter_<iteration>`` is a finished save (see the module docstring)."""
+    tracked = tracker_iteration(checkpoints)
+    if tracked is None or iteration > tracked:
+        return False
+    d = Path(checkpoints) / f"iter_{iteration:07d}"
+    return d.is_dir() and all((d / f).exists() for f in REQUIRED_FILES)
+
+
+def complete_iterations(checkpoints: str | Path) -> list[int]:
+    """The iterations of the complete checkpoints, ascending."""
+    root = Path(checkpoints)
+    if not root.is_dir():
+        return []
+    its = sorted(i for p in root.glob("iter_*") if (i := iteration_of(p)) is not None)
+    return [i for i in its if is_complete(root, i)]
+
+
+def latest_complete(checkpoints: str | Path) -> int | None:
+    its = complete_iterations(checkpoints)
+    return its[-1] if its else None
+
+
+def incomplete_dirs(checkpoints: str | Path) -> list[Path]:
+    root = Path(checkpoints)
+    if not root.is_dir():
+        return []
+    out = []
+    for p in sorted(root.glob("iter_*")):
+        i = iteration_of(p)
+        if i is not None and p.is_dir() and not is_complete(root, i):
+            out.append(p)
+    return out
+
+
+def quarantine_incomplete(checkpoints: str | Path) -> list[Path]:
+    """Move every incomplete ``iter_*`` directory into ``checkpoints/incomplete/`` (renamed with
+    a timestamp so repeated kills never collide). Returns the new paths. Call it only while no
+    save can be running (the start of distill, before training)."""
+    moved = []
+    for p in incomplete_dirs(checkpoints):
+        dest_dir = p.parent / QUARANTINE
+        dest_dir.mkdir(exist_ok=True)
+        dest = dest_dir / f"{p.name}.{time.strftime('%Y%m%dT%H%M%S')}"
+        n = 0
+        while dest.exists():
+            n += 1
+            dest = dest_dir / f"{p.name}.{time.strftime('%Y%m%dT%H%M%S')}.{n}"
+        p.rename(dest)
+        moved.append(dest)
+    return moved
+
+
+def describe(checkpoints: str | Path) -> str:
+    """One line for status: the latest complete checkpoint and any incomplete ones."""
+    latest = latest_complete(checkpoints)
+    bad = incomplete_dirs(checkpoints)
+    text = f"latest complete checkpoint: {latest if latest is not None else 'none'}"
+    if bad:
+        text += f"; incomplete (ignored): {', '.join(p.name for p in bad)}"
+    return text

@@ -1,0 +1,152 @@
+"""Runtime faults on the real SLURM test cluster, one short distill run serving all three:
+
+(a) the node of rank 0 is taken down while it saves (then resumed): SLURM requeues the job, it
+    resumes from the last complete checkpoint, at most one save interval is redone;
+(c) that kill lands mid-save: the half-written ``iter_*`` is never picked by any reader and is
+    quarantined (kept) on the next start;
+(b) slurmctld is stopped for ~20 s mid-run and restarted: the run completes, and status says the
+    controller cannot be asked while accounting still answers.
+Every fault is restored in a ``finally`` (the cluster is shared).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from kd import checkpoints as ck
+from launch import status
+from tests.reliability.test_requeue import demo_prefix, sacct_rows  # noqa: F401  (fixture)
+
+REPO = Path(__file__).resolve().parents[2]
+CTLD_PID = Path("/run/slurm/slurmctld.pid")
+pytestmark = [pytest.mark.slurm, pytest.mark.e2e]
+EVIDENCE: dict = {}
+
+
+def wait_for(pred, timeout: float, step: float = 0.2):
+    end = time.time() + timeout
+    while time.time() < end:
+        got = pred()
+        if got:
+            return got
+        time.sleep(step)
+    raise AssertionError(f"timed out after {timeout} s waiting for {pred.__name__}")
+
+
+def ctld_up() -> bool:
+    r = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=10)
+    return "is UP" in r.stdout
+
+
+def stop_ctld() -> int:
+    pid = int(CTLD_PID.read_text())
+    subprocess.run(["kill", "-TERM", str(pid)], check=True)
+    wait_for(lambda: not Path(f"/proc/{pid}").exists(), 15)
+    return pid
+
+
+def start_ctld() -> None:
+    if not ctld_up():
+        subprocess.run(["slurmctld"], stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+        wait_for(ctld_up, 30, 0.5)
+
+
+def status_text(run_dir: Path) -> tuple[str, int]:
+    r = subprocess.run([sys.executable, "launch/status.py", str(run_dir)], cwd=REPO,
+                       capture_output=True, text=True, timeout=60)
+    return r.stdout + r.stderr, r.returncode
+
+
+@pytest.mark.timeout(400)
+def test_node_down_mid_save_and_controller_outage(slurm_cluster, demo_prefix, tmp_path):  # noqa: F811
+    run_dir = tmp_path / "run"
+    train_iters, save_interval = 60, 5
+    cmd = [sys.executable, "launch/distill.py", "--cluster", "ci", "--config", "tiny_demo",
+           "--run-dir", str(run_dir),
+           f"student.path={demo_prefix['student']}", f"teacher.path={demo_prefix['teacher']}",
+           f"export.hf_template={demo_prefix['teacher']}", "eval.enabled=false",
+           f"data.sources=[{{name: synthetic, prefix: {demo_prefix['prefix']}}}]",
+           "train.tp=2", f"train.train_iters={train_iters}", f"train.save_interval={save_interval}",
+           "train.micro_batch_size=16", "train.global_batch_size=64", "train.eval_interval=1000",
+           "cluster.max_requeues=5"]
+    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    job_id = manifest["stages"]["distill"]["job_id"]
+    folder = run_dir / "jobs" / "distill"
+    ckpt = run_dir / "distill" / "checkpoints"
+    rank0 = folder / f"{job_id}_0_log.out"
+
+    def log0() -> str:
+        return rank0.read_text(errors="replace") if rank0.is_file() else ""
+
+    # (a)+(c): take rank 0's node down the moment a save after the first one starts
+    def saving_again():
+        m = re.findall(r"saving checkpoint at iteration\s+(\d+)", log0())
+        return [int(x) for x in m if int(x) > save_interval]
+
+    node = None
+    try:
+        wait_for(saving_again, 200, 0.05)
+        nodelist = subprocess.run(["squeue", "-h", "-o", "%N", "-j", job_id], capture_output=True,
+                                  text=True, check=True).stdout.strip()
+        node = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True,
+                              text=True, check=True).stdout.split()[0]  # rank 0's node
+        reached = max(saving_again())
+        subprocess.run(["scontrol", "update", f"nodename={node}", "state=down", "reason=test"],
+                       check=True)
+        EVIDENCE["node_down"] = {"node": node, "save_started_at": reached,
+                                 "tracker_at_kill": ck.tracker_iteration(ckpt)}
+        wait_for(lambda: "REQUEUED" in status_text(run_dir)[0] or
+                 len(sacct_rows(job_id)) > 1, 60, 0.5)
+        EVIDENCE["status_during_node_fault"] = status_text(run_dir)[0]
+    finally:
+        if node:
+            subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"], check=False)
+
+    # the requeued allocation started: (b) stop the controller ~20 s while it trains
+    wait_for(lambda: log0().count("stage distill starting") >= 2 and
+             "successfully loaded checkpoint" in log0(), 200, 0.5)
+    try:
+        stop_ctld()
+        time.sleep(3)
+        text, code = status_text(run_dir)
+        EVIDENCE["status_during_ctld_outage"] = (text, code)
+        time.sleep(15)
+    finally:
+        start_ctld()
+    assert "controller unreachable" in text and "table from accounting (sacct)" in text, text
+    assert code == 0, text
+
+    code = status.wait_for_run(run_dir, echo=lambda *_: None, poll_s=2, timeout_s=240)
+    log = log0()
+    EVIDENCE["status_after"] = status_text(run_dir)[0]
+    EVIDENCE["sacct"] = sacct_rows(job_id)
+    assert code == 0, log[-4000:]
+    assert ck.tracker_iteration(ckpt) == train_iters
+
+    # at most one save interval redone: resumed from a save at most save_interval before the
+    # save that was cut
+    loaded = [int(n) for n in re.findall(r"successfully loaded checkpoint from .* at iteration (\d+)", log)]
+    EVIDENCE["resumed_from"] = loaded
+    reached = EVIDENCE["node_down"]["save_started_at"]
+    assert loaded and reached - loaded[0] <= save_interval, (reached, loaded)
+    EVIDENCE["iterations_redone"] = reached - loaded[0]
+
+    # (c) no reader picks a half-written checkpoint: every iter_* left is complete, and the cut
+    # save (if SIGKILL caught it midway) was moved aside, not deleted
+    assert all(ck.is_complete(ckpt, ck.iteration_of(p)) for p in ckpt.glob("iter_*"))
+    quarantined = sorted(p.name for p in (ckpt / ck.QUARANTINE).glob("iter_*")) \
+        if (ckpt / ck.QUARANTINE).is_dir() else []
+    EVIDENCE["quarantined"] = quarantined
+    rows = sacct_rows(job_id)
+    assert rows[-1][1] == "COMPLETED" and any(r[1] in ("NODE_FAIL", "REQUEUED") for r in rows[:-1]), rows
+    Path(tmp_path / "evidence.json").write_text(json.dumps(EVIDENCE, indent=1, default=str))
+    print(json.dumps(EVIDENCE, indent=1, default=str))
