@@ -61,6 +61,9 @@ class Train:
     # overlap the data-parallel gradient all-reduce with backward (GPU, dp > 1); off: no gain
     # measured on one 4 x H100 node (benchmarks/results/h100x4_2026-11-28_issue8.json)
     overlap_grad_reduce: bool = False
+    # auto | true | false: Megatron's distributed optimizer (Adam states sharded over DP ranks);
+    # auto = on whenever DP > 1 (launch/memory.py distributed_optimizer() resolves it)
+    distributed_optimizer: str = "auto"
     global_batch_size: int = 4
     train_iters: int = 100
     lr: float = 1e-4
