@@ -12,8 +12,8 @@ from kd import compat
 
 def main() -> int:
     compat.activate("cpu")
-    import torch
     from megatron.core.optimizer import distrib_optimizer
+    from torch.optim.optimizer import register_optimizer_step_post_hook
 
     seen: dict = {"distributed_optimizer": False}
     original = distrib_optimizer.DistributedOptimizer.__init__
@@ -32,7 +32,7 @@ def main() -> int:
         seen["optimizer_param_elements"] = sum(
             p.numel() for g in optimizer.param_groups for p in g["params"])
 
-    torch.optim.optimizer.register_optimizer_step_post_hook(after_step)
+    register_optimizer_step_post_hook(after_step)
     from kd import distill
 
     code = distill.main(sys.argv[1:])
