@@ -416,6 +416,36 @@ def _patch_megatron_core(torch) -> None:
 
     clip_grads.clip_grad_by_total_norm_fp32 = clip_grad_by_total_norm_fp32
     optimizer.clip_grad_by_total_norm_fp32 = clip_grad_by_total_norm_fp32
+    _patch_distributed_optimizer(torch)
+
+
+def _patch_distributed_optimizer(torch) -> None:
+    """Megatron's DistributedOptimizer sorts parameters by ``param.type()`` and accepts only
+    ``torch.cuda.*Tensor`` names: on CPU, its constructor sees the CUDA names of CPU tensors."""
+    from megatron.core.optimizer import distrib_optimizer
+
+    cls = distrib_optimizer.DistributedOptimizer
+    original_type = torch.Tensor.type
+
+    def cuda_type(self, *args, **kwargs):
+        name = original_type(self, *args, **kwargs)
+        if args or kwargs or not isinstance(name, str) or name.startswith("torch.cuda."):
+            return name
+        return name.replace("torch.", "torch.cuda.", 1)
+
+    def with_cuda_names(fn):
+        @functools.wraps(fn)
+        def wrapped(*args, **kwargs):
+            torch.Tensor.type = cuda_type
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                torch.Tensor.type = original_type
+        return wrapped
+
+    build = cls._build_model_and_main_param_groups.__func__
+    cls._build_model_and_main_param_groups = classmethod(with_cuda_names(build))
+    cls.__init__ = with_cuda_names(cls.__init__)
 
 
 def _patch_megatron_bridge(torch) -> None:
