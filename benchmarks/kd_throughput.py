@@ -54,12 +54,18 @@ STEP = re.compile(
     r"iteration\s+(\d+)/\s*\d+ \|.*?elapsed time per iteration \(ms\): ([0-9.]+)"
     r".*?total loss: ([0-9.Ee+-]+)"
 )
-VARIANTS = {  # name -> (attention, tp: "given" | "auto", micro-batch: 1 | "auto", overlap)
-    "reference": ("local", "given", 1, False),
-    "sdpa": ("sdpa", "given", 1, False),
-    "auto_tp": ("sdpa", "auto", 1, False),
-    "ours": ("sdpa", "auto", "auto", False),
-    "ours_overlap": ("sdpa", "auto", "auto", True),
+# name -> (attention, tp: "given" | "auto", micro-batch: 1 | "auto", overlap, distributed optimizer)
+VARIANTS = {
+    "reference": ("local", "given", 1, False, "false"),
+    "sdpa": ("sdpa", "given", 1, False, "false"),
+    "auto_tp": ("sdpa", "auto", 1, False, "false"),
+    # the distill stage's defaults: auto layout, distributed optimizer whenever dp > 1 (issue 14)
+    "ours": ("sdpa", "auto", "auto", False, "auto"),
+    "ours_overlap": ("sdpa", "auto", "auto", True, "auto"),
+    # Model-Optimizer's examples/megatron_bridge/distill.py as its README runs it, without TE:
+    # TP = all GPUs of the node (--tp), its default --mbs 1, distributed optimizer, overlapped
+    # gradient reduce and parameter gather
+    "anchor": ("sdpa", "given", 1, True, "true"),
 }
 
 
@@ -296,22 +302,22 @@ def main(argv: list[str] | None = None) -> int:
         "variants": {},
     }
     from launch.layout import choose
-    from launch.memory import estimate
+    from launch.memory import distributed_optimizer, estimate
 
     s_cfg = json.loads((args.student / "config.json").read_text())
     t_cfg = json.loads((args.teacher / "config.json").read_text())
     memory = args.gpu_memory_gib or gpu_memory_gib()
     result["gpu_memory_gib"] = memory
 
-    def layout_of(tp, mbs):
+    def layout_of(tp, mbs, sharded):
         return choose(s_cfg, t_cfg, world=args.world, gpus_per_node=args.world,
                       gpu_memory_gib=memory, global_batch_size=args.gbs, seq_length=args.seq,
                       tp=args.tp if tp == "given" else "auto", pp=1, micro_batch_size=mbs,
-                      recompute=args.recompute)
+                      recompute=args.recompute, sharded=sharded)
 
     for name in args.variants.split(","):
-        attention, tp_mode, mbs_mode, overlap = VARIANTS[name]
-        lay = layout_of(tp_mode, mbs_mode)
+        attention, tp_mode, mbs_mode, overlap, sharded = VARIANTS[name]
+        lay = layout_of(tp_mode, mbs_mode, sharded)
         spec = DistillSpec(
             student=str(args.student.absolute()),
             teacher=str(args.teacher.absolute()),
@@ -332,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
             split="100,0,0",
             recompute=lay.recompute,
             overlap_grad_reduce=overlap,
+            distributed_optimizer=sharded,
         )
         args.work.mkdir(parents=True, exist_ok=True)
         spec_file = spec_to_json(spec, args.work / f"{name}.json")
@@ -340,7 +347,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         stats = summarize(texts, args.warmup, tokens, args.world, flops, args.peak_tflops)
         est = estimate(s_cfg, t_cfg, tp=lay.tp, seq=args.seq, mbs=lay.micro_batch_size,
-                       attention=attention, recompute=lay.recompute == "full").total
+                       attention=attention, recompute=lay.recompute == "full", dp=lay.dp,
+                       sharded_optimizer=distributed_optimizer(sharded, lay.dp)).total
         measured = max(stats.get("peak_allocated_gib_per_rank") or [0])
         result["variants"][name] = {
             "attention": attention,
@@ -349,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
             "micro_batch_size": lay.micro_batch_size,
             "recompute": lay.recompute,
             "overlap_grad_reduce": overlap,
+            "distributed_optimizer": distributed_optimizer(sharded, lay.dp),
             "rc": code,
             "wall_s": round(wall, 1),
             **stats,

@@ -138,7 +138,7 @@ def _train(spec: DistillSpec, env, exit_signal: int | None) -> dict:
     student = config.model  # the distillation provider is the student's provider
     log.info(
         "distill: %s from iteration %d to %d (world %d, tp %d, pp %d, micro-batch %d, "
-        "recompute %s, overlap grad reduce %s, device %s)",
+        "recompute %s, overlap grad reduce %s, distributed optimizer %s, device %s)",
         "resuming" if start else "starting",
         start,
         spec.train_iters,
@@ -148,6 +148,7 @@ def _train(spec: DistillSpec, env, exit_signal: int | None) -> dict:
         spec.micro_batch_size,
         getattr(student, "recompute_granularity", None) or "none",
         config.ddp.overlap_grad_reduce,
+        config.ddp.use_distributed_optimizer,
         device,
     )
     t0 = time.time()
@@ -188,7 +189,6 @@ def build_config(spec: DistillSpec, device: str, exit_signal: int | None = None)
     from megatron.bridge.training.config import (
         CheckpointConfig,
         ConfigContainer,
-        DistributedDataParallelConfig,
         DistributedInitConfig,
         LoggerConfig,
         OptimizerConfig,
@@ -200,6 +200,7 @@ def build_config(spec: DistillSpec, device: str, exit_signal: int | None = None)
 
     on_gpu = device == "cuda"
     bf16 = on_gpu and spec.precision == "bf16"
+    sharded = uses_distributed_optimizer(spec)
     student = build_provider(spec.student, spec, device)
     if spec.recompute == "full":  # the teacher runs without autograd: nothing to recompute
         student.recompute_granularity = "full"
@@ -241,7 +242,7 @@ def build_config(spec: DistillSpec, device: str, exit_signal: int | None = None)
             bf16=bf16,
             fp16=False,
             params_dtype=torch.bfloat16 if bf16 else torch.float32,
-            use_distributed_optimizer=False,
+            use_distributed_optimizer=sharded,
         ),
         scheduler=SchedulerConfig(
             lr_decay_style="cosine",
@@ -252,14 +253,7 @@ def build_config(spec: DistillSpec, device: str, exit_signal: int | None = None)
             weight_decay_incr_style="constant",
             override_opt_param_scheduler=True,
         ),
-        ddp=DistributedDataParallelConfig(
-            use_distributed_optimizer=False,
-            grad_reduce_in_fp32=on_gpu,
-            # bucketed all-reduce of the student's gradients while backward still runs
-            overlap_grad_reduce=on_gpu and spec.overlap_grad_reduce,
-            overlap_param_gather=False,
-            check_for_nan_in_grad=True,
-        ),
+        ddp=ddp_config(spec, on_gpu, sharded),
         dataset=dataset_config(spec, on_gpu),
         logger=LoggerConfig(
             log_interval=spec.log_interval, tensorboard_dir=str(tensorboard_dir(spec))
@@ -332,6 +326,40 @@ def guard_saves_against_termination(sig: int = signal.SIGTERM) -> None:
 
     guarded_save._kd_guarded = True
     train_module.save_checkpoint_and_time = guarded_save
+
+
+def data_parallel_size(spec: DistillSpec, world_size: int | None = None) -> int:
+    """DP ranks of this run: world / (tp x pp x cp)."""
+    if world_size is None:
+        import torch.distributed as dist
+
+        world_size = dist.get_world_size() if dist.is_initialized() else 1
+    world = world_size
+    return max(1, world // (int(spec.tp) * int(spec.pp) * int(spec.cp)))
+
+
+def uses_distributed_optimizer(spec: DistillSpec, world_size: int | None = None) -> bool:
+    """Megatron's distributed optimizer (Adam states sharded over DP): on by default when DP > 1."""
+    from launch.memory import distributed_optimizer
+
+    return distributed_optimizer(spec.distributed_optimizer, data_parallel_size(spec, world_size))
+
+
+def ddp_config(spec: DistillSpec, on_gpu: bool, sharded: bool):
+    """DDP settings: gradient buckets reduced (scattered with the distributed optimizer) in fp32
+    on GPU; overlaps with backward / forward only where asked (``train.overlap_grad_reduce``),
+    the parameter all-gather overlap only together with the distributed optimizer."""
+    from megatron.bridge.training.config import DistributedDataParallelConfig
+
+    overlap = on_gpu and spec.overlap_grad_reduce
+    return DistributedDataParallelConfig(
+        use_distributed_optimizer=sharded,
+        grad_reduce_in_fp32=on_gpu,
+        overlap_grad_reduce=overlap,
+        overlap_param_gather=overlap and sharded,
+        average_in_collective=sharded,
+        check_for_nan_in_grad=True,
+    )
 
 
 def shield_checkpoint_writer(sig: int) -> None:

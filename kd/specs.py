@@ -105,6 +105,7 @@ class DistillSpec:
     done_marker: str | None = None
     recompute: str = "none"  # "none" | "full": activation recomputation of the student
     overlap_grad_reduce: bool = False  # overlap the DP gradient all-reduce with backward (GPU)
+    distributed_optimizer: str = "auto"  # auto (= on when DP > 1) | true | false
 
 
 @dataclass(frozen=True)

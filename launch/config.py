@@ -55,6 +55,9 @@ class Train:
     # overlap the data-parallel gradient all-reduce with backward (GPU, dp > 1); off: no gain
     # measured on one 4 x H100 node (benchmarks/results/h100x4_2026-11-28_issue8.json)
     overlap_grad_reduce: bool = False
+    # auto | true | false: Megatron's distributed optimizer (Adam states sharded over DP ranks);
+    # auto = on whenever DP > 1 (launch/memory.py distributed_optimizer() resolves it)
+    distributed_optimizer: bool | str = "auto"
     global_batch_size: int = 4
     train_iters: int = 100
     lr: float = 1e-4
@@ -235,6 +238,9 @@ def validate_experiment(exp: Experiment) -> None:
             raise ConfigError(f"train.{name}={value!r}: expected a positive integer or 'auto'")
     if t.recompute not in ("auto", "none", "full"):
         raise ConfigError(f"train.recompute={t.recompute!r}: choose one of auto, none, full")
+    if t.distributed_optimizer not in (True, False, "auto"):
+        raise ConfigError(f"train.distributed_optimizer={t.distributed_optimizer!r}: choose one "
+                          f"of auto, true, false")
     for name in ("tp", "pp", "cp", "seq_length", "micro_batch_size", "global_batch_size",
                  "train_iters", "eval_interval", "log_interval", "save_interval"):
         if getattr(t, name) != "auto":

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from launch.config import Cluster, Experiment, tasks_per_node
-from launch.memory import estimate, head_counts
+from launch.memory import distributed_optimizer, estimate, head_counts
 from launch.schema import ConfigError
 
 AUTO = "auto"
@@ -144,14 +144,15 @@ def resolve(exp: Experiment, cluster: Cluster) -> tuple[Experiment, Layout]:
     layout = choose(student, teacher, world=world, gpus_per_node=tasks_per_node(cluster),
                     gpu_memory_gib=cluster.gpu_memory_gib, global_batch_size=t.global_batch_size,
                     seq_length=t.seq_length, cp=t.cp, tp=t.tp, pp=t.pp,
-                    micro_batch_size=t.micro_batch_size, recompute=t.recompute)
+                    micro_batch_size=t.micro_batch_size, recompute=t.recompute,
+                    sharded=getattr(t, "distributed_optimizer", AUTO))
     return _apply(exp, layout), layout
 
 
 def choose(student: dict, teacher: dict, *, world: int, gpus_per_node: int,
            gpu_memory_gib: float, global_batch_size: int, seq_length: int, cp: int = 1,
            tp: int | str = AUTO, pp: int | str = AUTO, micro_batch_size: int | str = AUTO,
-           recompute: str = AUTO) -> Layout:
+           recompute: str = AUTO, sharded: object = AUTO) -> Layout:
     """The rule of the module docstring on HF config dicts (benchmarks call this directly)."""
     auto = tuple(f for f, v in (("tp", tp), ("pp", pp), ("micro_batch_size", micro_batch_size),
                                 ("recompute", recompute)) if is_auto(v))
@@ -172,8 +173,12 @@ def choose(student: dict, teacher: dict, *, world: int, gpus_per_node: int,
     recomputes = ["none", "full"] if is_auto(recompute) else [recompute]
 
     def peak(a: int, b: int, mbs: int, rc: str) -> float:
+        # the distributed optimizer (default when dp > 1) shards Adam states over dp: smaller tp
+        # and larger micro-batches fit than without it
+        dp = max(1, world // (a * b * cp))
         return estimate(student, teacher, tp=a, pp=b, seq=seq_length, mbs=mbs,
-                        recompute=rc == "full").total
+                        recompute=rc == "full", dp=dp,
+                        sharded_optimizer=distributed_optimizer(sharded, dp)).total
 
     for rc in recomputes:
         for a, b in shapes:

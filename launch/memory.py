@@ -5,7 +5,9 @@
 What is counted (Megatron, bf16 mixed precision, no distributed optimizer, no sequence
 parallelism — the distill stage's defaults without TE):
 - student weights, 18 bytes per parameter: bf16 weights (2) + fp32 main weights (4) + fp32
-  gradient buffer (4) + Adam moments (8), divided over TP x PP;
+  gradient buffer (4) + Adam moments (8), divided over TP x PP; with Megatron's distributed
+  optimizer (``sharded_optimizer=True``, the default when DP > 1) the 12 bytes of fp32 main
+  weights and moments are further divided over DP: ``6 + 12 / dp`` bytes per parameter;
 - teacher weights, bf16 (2 bytes per parameter), divided over TP x PP, no optimizer state;
 - student activations per layer, bytes (the terms of Korthikanti et al. 2022, bf16, with
   coefficients fitted to measurements): ``seq * mbs * (ACT_LAYER * hidden`` for norms and
@@ -36,6 +38,8 @@ ACT_ATTENTION = 10.2
 ACT_FFN = 6.9
 ACT_SCORES = 2.3
 OPTIMIZER_BYTES = 18  # bf16 param + fp32 main param + fp32 grad + 2 x fp32 Adam moments
+SHARDED_BYTES = 12  # of those, what Megatron's distributed optimizer splits over DP ranks:
+#                     fp32 main param + 2 x fp32 Adam moments (bf16 param and fp32 grad stay whole)
 VOCAB_MULTIPLE = 128  # Megatron pads the vocabulary to a multiple of 128 x TP
 
 
@@ -101,9 +105,28 @@ def parameters(cfg: dict, tp: int = 1) -> int:
     return total
 
 
+def distributed_optimizer(value: object, dp: int) -> bool:
+    """``train.distributed_optimizer`` resolved: ``auto`` shards the optimizer whenever dp > 1.
+
+    The one place that resolves it: the layout, the pre-flight and kd/distill.py all call this.
+    """
+    text = str(value).strip().lower()
+    if text == "auto":
+        return dp > 1
+    if text in ("true", "on", "yes", "1"):
+        return True
+    if text in ("false", "off", "no", "0"):
+        return False
+    raise ValueError(f"train.distributed_optimizer={value!r}: choose auto, true or false")
+
+
 def estimate(student: dict, teacher: dict, *, tp: int, pp: int = 1, seq: int, mbs: int,
-             attention: str = "sdpa", recompute: bool = False) -> Estimate:
+             attention: str = "sdpa", recompute: bool = False, dp: int = 1,
+             sharded_optimizer: bool = False) -> Estimate:
+    """Peak GiB per rank; ``sharded_optimizer``: Megatron's distributed optimizer over ``dp``."""
     shards = tp * pp
+    per_param = (OPTIMIZER_BYTES - SHARDED_BYTES + SHARDED_BYTES / max(1, dp)
+                 if sharded_optimizer else OPTIMIZER_BYTES)
     h, heads = int(student["hidden_size"]), int(student["num_attention_heads"])
     layers = [b for b in _blocks(student)]
     acts = 0.0
@@ -118,7 +141,7 @@ def estimate(student: dict, teacher: dict, *, tp: int, pp: int = 1, seq: int, mb
         acts += len(layers) * 2 * seq * mbs * h
     logits = LOGIT_COPIES * 4 * seq * mbs * padded_vocab(student, tp) / tp
     return Estimate(
-        student_states=OPTIMIZER_BYTES * parameters(student, tp) / shards / GIB,
+        student_states=per_param * parameters(student, tp) / shards / GIB,
         teacher_weights=2 * parameters(teacher, tp) / shards / GIB,
         # 1F1B: the first stage holds pp micro-batches of its layers/pp layers: all layers' worth
         activations=acts / GIB,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from launch.config import Cluster, Experiment, tasks_per_node
 from launch.layout import require_model_counts, require_resolved
-from launch.memory import estimate, head_counts
+from launch.memory import distributed_optimizer, estimate, head_counts
 from launch.schema import ConfigError, read_yaml
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
@@ -44,8 +44,12 @@ def check_memory(exp: Experiment, cluster: Cluster) -> None:
         return
     require_resolved(exp)
     t = exp.train
-    est = estimate(_config(exp.student.path, "student.path"), _config(exp.teacher.path, "teacher.path"), tp=t.tp, pp=t.pp,
-                   seq=t.seq_length, mbs=t.micro_batch_size, recompute=t.recompute == "full")
+    dp = max(1, cluster.nodes * tasks_per_node(cluster) // (t.tp * t.pp * t.cp))
+    est = estimate(_config(exp.student.path, "student.path"),
+                   _config(exp.teacher.path, "teacher.path"), tp=t.tp, pp=t.pp,
+                   seq=t.seq_length, mbs=t.micro_batch_size, recompute=t.recompute == "full",
+                   dp=dp, sharded_optimizer=distributed_optimizer(
+                       getattr(t, "distributed_optimizer", "auto"), dp))
     budget = MEMORY_HEADROOM * cluster.gpu_memory_gib
     if est.total > budget:
         raise ConfigError(

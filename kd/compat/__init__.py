@@ -309,6 +309,17 @@ WORKAROUNDS: tuple[Workaround, ...] = (
         ),
     ),
     Workaround(
+        "cpu-mcore-distributed-optimizer",
+        _MCORE,
+        _MCORE_016,
+        "DistributedOptimizer accepts only parameters whose type() is a torch.cuda.* name",
+        "cpu",
+        _on_cpu,
+        patches.patch_distributed_optimizer,
+        lambda: "torch.cuda.FloatTensor"
+        in probes.source_text("megatron.core.optimizer.distrib_optimizer"),
+    ),
+    Workaround(
         "cpu-bridge-warmup-jit",
         _BRIDGE,
         _BRIDGE_03,

@@ -197,3 +197,34 @@ class _DummyEvent(_DummyStream):
 
     def elapsed_time(self, *args, **kwargs):
         return 0.0
+
+
+def patch_distributed_optimizer() -> None:
+    """Megatron's DistributedOptimizer sorts parameters by ``param.type()`` and accepts only
+    ``torch.cuda.*Tensor`` names: on CPU, its constructor sees the CUDA names of CPU tensors."""
+    import torch
+    from megatron.core.optimizer import distrib_optimizer
+
+    cls = distrib_optimizer.DistributedOptimizer
+    original_type = torch.Tensor.type
+
+    def cuda_type(self, *args, **kwargs):
+        name = original_type(self, *args, **kwargs)
+        if args or kwargs or not isinstance(name, str) or name.startswith("torch.cuda."):
+            return name
+        return name.replace("torch.", "torch.cuda.", 1)
+
+    def with_cuda_names(fn):
+        @functools.wraps(fn)
+        def wrapped(*args, **kwargs):
+            torch.Tensor.type = cuda_type
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                torch.Tensor.type = original_type
+
+        return wrapped
+
+    build = cls._build_model_and_main_param_groups.__func__
+    cls._build_model_and_main_param_groups = classmethod(with_cuda_names(build))
+    cls.__init__ = with_cuda_names(cls.__init__)

@@ -31,6 +31,8 @@ def test_benchmark_runs_reference_and_ours(tmp_path, anymodel_student, tiny_teac
     # the layout choice: no model parallelism on CPU, the largest micro-batch of 8 / dp 2
     assert (ours["attention"], ours["tp"], ours["dp"], ours["micro_batch_size"]) == (
         "sdpa", 1, 2, 4)
+    # the stage's default: Megatron's distributed optimizer once dp > 1 (issue 14)
+    assert ours["distributed_optimizer"] is True and ref["distributed_optimizer"] is False
     assert ref["iterations"] == ours["iterations"] == 4
     # same models, same data, same first batch: the same first KD loss whatever the layout
     assert ours["loss_first"] == pytest.approx(ref["loss_first"], rel=1e-3)

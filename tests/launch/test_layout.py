@@ -31,9 +31,11 @@ def shaped(make_experiment, tmp_path):
     return make
 
 
-def fits(student, teacher, t, budget) -> bool:
+def fits(student, teacher, t, budget, world=8) -> bool:
+    dp = world // (t.tp * t.pp)  # the distributed optimizer (default for dp > 1) shards over dp
     return estimate(student, teacher, tp=t.tp, pp=t.pp, seq=t.seq_length,
-                    mbs=t.micro_batch_size, recompute=t.recompute == "full").total <= budget
+                    mbs=t.micro_batch_size, recompute=t.recompute == "full", dp=dp,
+                    sharded_optimizer=dp > 1).total <= budget
 
 
 def test_8b_pair_on_an_8_gpu_node_gets_the_smallest_tp_that_fits(shaped):
@@ -49,6 +51,26 @@ def test_8b_pair_on_an_8_gpu_node_gets_the_smallest_tp_that_fits(shaped):
     assert t.tp > 1 and not fits(LLAMA_8B, LLAMA_8B, smaller, budget)  # tp/2 would not fit
     assert lay.auto == ("tp", "pp", "micro_batch_size", "recompute")
     assert f"tp={t.tp}" in lay.describe() and "estimated peak" in lay.describe()
+
+
+def test_sharded_optimizer_lets_a_smaller_tp_fit(shaped):
+    """Without the distributed optimizer the 8B pair needs a larger TP on 8 x 80 GB."""
+    cluster = cfg.load_cluster("pyxis_nemo", ["nodes=1"])
+    common = ("train.micro_batch_size=auto", "train.global_batch_size=8")
+    _, sharded = layout.resolve(shaped(LLAMA_8B, LLAMA_8B, *common), cluster)
+    _, whole = layout.resolve(
+        shaped(LLAMA_8B, LLAMA_8B, *common, "train.distributed_optimizer=false"), cluster)
+    assert sharded.tp < whole.tp
+    assert sharded.estimate_gib < whole.estimate_gib
+
+
+def test_distributed_optimizer_term():
+    s = {**LLAMA_8B}
+    one = estimate(s, s, tp=2, seq=4096, mbs=1)
+    four = estimate(s, s, tp=2, seq=4096, mbs=1, dp=4, sharded_optimizer=True)
+    # 18 bytes per parameter become 6 + 12/4 = 9: exactly half of the student's states
+    assert four.student_states == pytest.approx(one.student_states / 2)
+    assert four.activations == one.activations and four.logits == one.logits
 
 
 def test_1b_pair_on_4_gpus_goes_data_parallel_with_a_larger_micro_batch(shaped):
@@ -77,7 +99,7 @@ def test_recompute_only_when_nothing_fits_without_it(shaped):
                  "train.seq_length=32768")
     cluster = cfg.load_cluster("pyxis_nemo", ["nodes=1"])
     out, lay = layout.resolve(exp, cluster)
-    assert lay.recompute == "full" and lay.tp == 8
+    assert lay.recompute == "full" and lay.tp == 4  # tp 4 with the sharded optimizer (8 without)
     plain = out.train.__class__(**{**vars(out.train), "recompute": "none"})
     assert not fits(LLAMA_8B, LLAMA_8B, plain, layout.AUTO_FILL * cluster.gpu_memory_gib)
 
