@@ -50,7 +50,8 @@ def make_run(tmp_path: Path, logs: dict[str, str] | None = None) -> Path:
                                "log": ""},
     }
     (run / "manifest.json").write_text(json.dumps(
-        {"config_hash": "abc", "cluster": {"executor": "slurm", "name": "test"}, "stages": stages}))
+        {"kdlaunch_manifest": 1, "config_hash": "abc", "launches": [], "experiment": {},
+         "cluster": {"executor": "slurm", "name": "test"}, "stages": stages}))
     return run
 
 
