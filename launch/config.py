@@ -358,11 +358,6 @@ def validate_cluster(cl: Cluster) -> None:
     _positive(cl.gpus_per_node, "cluster.gpus_per_node", allow_zero=True)
     _positive(cl.tasks_per_node, "cluster.tasks_per_node")
     _positive(cl.max_requeues, "cluster.max_requeues", allow_zero=True)
-    _positive(cl.mem_gb, "cluster.mem_gb", allow_zero=True)  # 0: all of the node (sbatch --mem=0)
-    _positive(cl.save_time_s, "cluster.save_time_s", allow_zero=True)
-    for name in ("prepare_data_min", "export_min", "eval_min", "report_min", "cpus_per_task"):
-        _positive(getattr(cl.stages, name), f"cluster.stages.{name}")
-    _positive(cl.stages.mem_gb, "cluster.stages.mem_gb", allow_zero=True)
     if cl.executor == "local" and cl.nodes != 1:
         raise ConfigError(f"cluster.nodes={cl.nodes}: the local executor runs on one machine; "
                           f"set cluster.nodes=1")

@@ -19,7 +19,6 @@ pass through :func:`shell_line`: checked, never quoted.
 
 from __future__ import annotations
 
-import math
 import re
 import shlex
 from typing import Any
@@ -143,23 +142,6 @@ def refuse_secrets(tree: Any, root: str) -> None:
         what = find_secret(tree)
         if what:
             raise UnsafeValue(f"{root}: looks like {what}; {ENV_HINT}")
-
-
-def check_tree(field: str, tree: Any) -> None:
-    """:func:`check` on every string (and key) of a nested config; every float finite (a NaN
-    learning rate, temperature or alarm threshold never reaches a job or a verdict)."""
-    if isinstance(tree, dict):
-        for k, v in tree.items():
-            path = f"{field}.{k}" if field else str(k)
-            check(f"{path} (key)", k)
-            check_tree(path, v)
-    elif isinstance(tree, (list, tuple)):
-        for i, v in enumerate(tree):
-            check_tree(f"{field}[{i}]", v)
-    elif isinstance(tree, str):
-        check(field, tree)
-    elif isinstance(tree, float) and not math.isfinite(tree):
-        raise ConfigError(f"{field}={tree}: not a finite number: give a real value")
 
 
 def has_control(text: str) -> bool:
