@@ -386,9 +386,10 @@ WORKAROUNDS: tuple[Workaround, ...] = (
         "cpu-bridge-gloo-barrier",
         _BRIDGE,
         _BRIDGE_03,
-        "Bridge's distributed start-up ends with barrier(device_ids=[local rank]), CUDA device "
-        "ids that a gloo group rejects; on CPU kd.distill starts the gloo group first, so "
-        "Bridge skips its own start-up",
+        "Bridge's distributed start-up ends with barrier(device_ids=[local rank]) whatever the "
+        "backend: older torch rejects device_ids on gloo and a CUDA build makes them CUDA "
+        "devices (torch 2.13's CPU wheel accepts them); on CPU kd.distill starts the gloo "
+        "group first, so Bridge skips its start-up",
         "scoped",
         _on_cpu,
         _nothing,

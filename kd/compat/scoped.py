@@ -71,8 +71,9 @@ def private_datasets_cache(active: bool):
 
 def start_cpu_process_group(device: str, rank: int, world_size: int) -> None:
     """On CPU, start the gloo group before Megatron-Bridge does: Bridge 0.3.1's start-up ends
-    with ``barrier(device_ids=[local rank])``, CUDA device ids that a gloo group rejects; with
-    the group already started Bridge skips its own start-up."""
+    with ``barrier(device_ids=[local rank])`` whatever the backend (older torch rejects
+    device_ids on gloo, a CUDA build turns them into CUDA devices); with the group already
+    started Bridge skips its own start-up."""
     from kd import compat
 
     if device != "cpu" or not compat.enabled("cpu-bridge-gloo-barrier", device):
