@@ -521,6 +521,8 @@ def _write_marker(spec: DistillSpec, summary: dict) -> None:
         write_json_atomic(spec.done_marker, summary)
 
 
+
+
 def spec_from_dict(data: dict) -> DistillSpec:
     """A DistillSpec from its ``dataclasses.asdict`` form (JSON turns tuples into lists)."""
     from kd import specs
