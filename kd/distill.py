@@ -16,6 +16,7 @@ CLI (one process of a job; tests and manual runs)::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -125,13 +126,13 @@ def _train(spec: DistillSpec, env, exit_signal: int | None) -> dict:
 
     device = compat.resolve_device(spec.device)
     compat.activate(device)
-    log.info("%s", compat.summary())
-    _init_process_group(device, env)
+    compat.scoped.start_cpu_process_group(device, env.rank, env.world_size)
     quarantine_incomplete_checkpoints(spec, env.rank)
     config = build_config(spec, device, exit_signal=exit_signal)
     if exit_signal is not None:
-        shield_checkpoint_writer(exit_signal)
+        compat.scoped.shield_checkpoint_writer(exit_signal)
     guard_saves_against_termination(signal.SIGTERM)
+    log.info("%s", compat.summary())  # after the scoped workarounds above were decided
     from megatron.bridge.training.distill import distill
 
     start = latest_iteration(checkpoints_dir(spec)) or 0
@@ -305,27 +306,25 @@ def _on_termination(signum, frame) -> None:  # noqa: ARG001
 
 
 def guard_saves_against_termination(sig: int = signal.SIGTERM) -> None:
-    """Trap ``sig`` (main thread) and wrap Megatron-Bridge's save so none starts after it."""
-    import megatron.bridge.training.train as train_module
+    """Trap ``sig`` (main thread) and run Megatron-Bridge's saves so that none starts after it
+    (the save hook itself is a compat workaround: ``bridge-save-hook``)."""
+    from kd import compat
 
     signal.signal(sig, _on_termination)
-    original = train_module.save_checkpoint_and_time
-    if getattr(original, "_kd_guarded", False):
-        return
+    compat.scoped.around_bridge_saves(lambda: _no_save_after_termination(sig))
 
-    def guarded_save(*args, **kwargs):
+
+@contextlib.contextmanager
+def _no_save_after_termination(sig: int):
+    if _kill["terminating"]:
+        _terminate_now(sig)
+    _kill["saving"] = True
+    try:
+        yield
+    finally:
+        _kill["saving"] = False
         if _kill["terminating"]:
             _terminate_now(sig)
-        _kill["saving"] = True
-        try:
-            return original(*args, **kwargs)
-        finally:
-            _kill["saving"] = False
-            if _kill["terminating"]:
-                _terminate_now(sig)
-
-    guarded_save._kd_guarded = True
-    train_module.save_checkpoint_and_time = guarded_save
 
 
 def data_parallel_size(spec: DistillSpec, world_size: int | None = None) -> int:
@@ -360,25 +359,6 @@ def ddp_config(spec: DistillSpec, on_gpu: bool, sharded: bool):
         average_in_collective=sharded,
         check_for_nan_in_grad=True,
     )
-
-
-def shield_checkpoint_writer(sig: int) -> None:
-    """Start megatron-core's checkpoint-writer results queue with ``sig`` ignored.
-
-    torch_dist saves report back through a ``multiprocessing.Manager`` process started with the
-    *spawn* method on the first save. A spawned process has default signal dispositions, and
-    SLURM signals every process of the step: the exit signal that asks Megatron to save would
-    kill that manager, and the very save it asked for then fails with BrokenPipeError (seen on
-    the SLURM test cluster). An ignored signal stays ignored across exec, so the manager is
-    created once here, before training, with ``sig`` set to SIG_IGN.
-    """
-    from megatron.core.dist_checkpointing.strategies import filesystem_async
-
-    previous = signal.signal(sig, signal.SIG_IGN)
-    try:
-        filesystem_async._get_write_results_queue()
-    finally:
-        signal.signal(sig, previous)
 
 
 def set_exit_signal(train_config, sig: int = signal.SIGUSR2) -> None:
@@ -486,14 +466,6 @@ def dataset_config(spec: DistillSpec, on_gpu: bool):
 def _disable(provider, *names: str) -> None:
     for name in names:
         setattr(provider, name, False)
-
-
-def _init_process_group(device: str, env) -> None:
-    """On CPU, start gloo ourselves (Bridge would pass CUDA device ids to its barrier)."""
-    import torch.distributed as dist
-
-    if device == "cpu" and not dist.is_initialized():
-        dist.init_process_group("gloo", rank=env.rank, world_size=env.world_size)
 
 
 def _destroy_process_group(device: str) -> None:
