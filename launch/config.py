@@ -14,7 +14,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kd.specs import DataSource, KDOptions
+from kd.sections import (  # noqa: F401 - re-exported: the experiment schema
+    EVAL_DTYPES,
+    KD,
+    Data,
+    Eval,
+    Experiment,
+    Export,
+    ModelRef,
+    Source,
+    Train,
+)
 from launch.schema import ConfigError, apply_override, build, parse_override, read_yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,88 +33,8 @@ EXPERIMENTS_DIR = REPO / "configs" / "experiments"
 
 
 # ---------------------------------------------------------------- experiment (WHAT)
-@dataclass(frozen=True)
-class ModelRef:
-    path: str  # HF checkpoint directory (or, for export.hf_template only, a Hub id)
-
-
-# One declaration, shared with the stage specs (kd/specs.py); each check sits beside its field.
-Source = DataSource
-
-
-@dataclass(frozen=True)
-class Data:
-    sources: tuple[Source, ...]
-    tokenizer: str | None = None  # default: the student's checkpoint dir
-    json_keys: tuple[str, ...] = ("text",)
-    append_eod: bool = True
-    workers: int = 8
-    log_interval: int = 10000
-
-
-@dataclass(frozen=True)
-class Train:
-    # tp, pp, micro_batch_size, recompute: "auto" lets launch/layout.py choose from the memory
-    # estimate (smallest model parallelism that fits, then the largest micro-batch)
-    tp: int | str = "auto"
-    pp: int | str = "auto"
-    cp: int = 1
-    seq_length: int = 4096
-    micro_batch_size: int | str = "auto"
-    recompute: str = "auto"  # auto | none | full (activation recomputation of the student)
-    # overlap the data-parallel gradient all-reduce with backward (GPU, dp > 1); off: no gain
-    # measured on one 4 x H100 node (benchmarks/results/h100x4_2026-11-28_issue8.json)
-    overlap_grad_reduce: bool = False
-    # auto | true | false: Megatron's distributed optimizer (Adam states sharded over DP ranks);
-    # auto = on whenever DP > 1 (launch/memory.py distributed_optimizer() resolves it)
-    distributed_optimizer: bool | str = "auto"
-    global_batch_size: int = 4
-    train_iters: int = 100
-    lr: float = 1e-4
-    min_lr: float = 1e-5
-    lr_warmup_iters: int = 10
-    eval_interval: int = 10
-    eval_iters: int = 10
-    log_interval: int = 1
-    save_interval: int | None = None  # None: at the end (and when SLURM signals a timeout)
-    seed: int = 1234
-    precision: str = "bf16"  # bf16 | fp32
-    split: str = "99,1,0"
-
-
-KD = KDOptions
-
-
-@dataclass(frozen=True)
-class Export:
-    enabled: bool = True
-    hf_template: str | None = None  # the seed's --hf-model: base architecture of the student
-    iteration: int | None = None  # None: the last saved iteration
-
-
-@dataclass(frozen=True)
-class Eval:
-    enabled: bool = True
-    tasks: tuple[str, ...] = ("mmlu",)
-    num_fewshot: int = 5
-    limit: float | None = None  # per subject, as lm-eval defines it (int count or fraction < 1)
-    batch_size: int | str = 1
-    dtype: str = "bfloat16"
-    include_path: str | None = None  # lm-eval task overrides (e.g. a local copy of cais/mmlu)
-
-
-@dataclass(frozen=True)
-class Experiment:
-    name: str
-    student: ModelRef
-    teacher: ModelRef
-    data: Data
-    train: Train = field(default_factory=Train)
-    kd: KD = field(default_factory=KD)
-    export: Export = field(default_factory=Export)
-    eval: Eval = field(default_factory=Eval)
-
-
+# Declared once, with each check beside its field, in the stdlib-only kd/sections.py (the stage
+# specs of kd/specs.py hold the same section objects). Re-exported here for the launcher.
 # ---------------------------------------------------------------- cluster (WHERE)
 @dataclass(frozen=True)
 class Container:
@@ -154,8 +84,6 @@ class Cluster:
 
 
 EXECUTORS = ("slurm", "local")
-PRECISIONS = ("bf16", "fp32")
-EVAL_DTYPES = ("auto", "bfloat16", "float16", "float32", "half", "float")
 SLURM_TIME = re.compile(r"(\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d{1,2}|\d+-\d{1,2}:\d{1,2}"
                         r"|\d+-\d{1,2}:\d{1,2}:\d{1,2}|infinite|unlimited|UNLIMITED|INFINITE)")
 SECRET_WORDS = {"TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIALS"}
@@ -210,9 +138,7 @@ def cluster_dict(ref: str, overrides: list[str] = ()) -> dict:
 
 
 def load_experiment(ref: str, overrides: list[str] = ()) -> Experiment:
-    exp = build(Experiment, experiment_dict(ref, overrides), "")
-    validate_experiment(exp)
-    return exp
+    return build(Experiment, experiment_dict(ref, overrides), "")  # checks: kd/sections.py
 
 
 def load_cluster(ref: str, overrides: list[str] = ()) -> Cluster:
@@ -228,126 +154,6 @@ def _positive(value: Any, path: str, allow_zero: bool = False) -> None:
     ok = value >= 0 if allow_zero else value > 0
     if not ok:
         raise ConfigError(f"{path}={value!r}: must be {'>= 0' if allow_zero else '> 0'}")
-
-
-def validate_experiment(exp: Experiment) -> None:
-    t = exp.train
-    for name in ("tp", "pp", "micro_batch_size"):
-        value = getattr(t, name)
-        if isinstance(value, str) and value != "auto":
-            raise ConfigError(f"train.{name}={value!r}: expected a positive integer or 'auto'")
-    if t.recompute not in ("auto", "none", "full"):
-        raise ConfigError(f"train.recompute={t.recompute!r}: choose one of auto, none, full")
-    if t.distributed_optimizer not in (True, False, "auto"):
-        raise ConfigError(f"train.distributed_optimizer={t.distributed_optimizer!r}: choose one "
-                          f"of auto, true, false")
-    for name in ("tp", "pp", "cp", "seq_length", "micro_batch_size", "global_batch_size",
-                 "train_iters", "eval_interval", "log_interval", "save_interval"):
-        if getattr(t, name) != "auto":
-            _positive(getattr(t, name), f"train.{name}")
-    _positive(t.eval_iters, "train.eval_iters", allow_zero=True)
-    _positive(t.lr_warmup_iters, "train.lr_warmup_iters", allow_zero=True)
-    if t.lr <= 0 or t.min_lr < 0 or t.min_lr > t.lr:
-        raise ConfigError(f"train.lr={t.lr}, train.min_lr={t.min_lr}: need lr > 0 and "
-                          f"0 <= min_lr <= lr")
-    if t.lr_warmup_iters >= t.train_iters:
-        raise ConfigError(f"train.lr_warmup_iters={t.lr_warmup_iters} must be < train.train_iters="
-                          f"{t.train_iters}: lower the warm-up or train longer")
-    if t.micro_batch_size != "auto" and t.global_batch_size % t.micro_batch_size:
-        raise ConfigError(f"train.global_batch_size={t.global_batch_size} is not a multiple of "
-                          f"train.micro_batch_size={t.micro_batch_size}")
-    if t.precision not in PRECISIONS:
-        raise ConfigError(f"train.precision={t.precision!r}: choose one of {', '.join(PRECISIONS)}")
-    if t.cp != 1:
-        raise ConfigError(f"train.cp={t.cp}: context parallelism is not supported by the "
-                          f"distill stage yet; set train.cp=1")
-    parts = t.split.split(",")
-    if len(parts) != 3 or not all(p.strip().replace(".", "", 1).isdigit() for p in parts):
-        raise ConfigError(f"train.split={t.split!r}: write three numbers, e.g. '99,1,0'")
-    weights = [float(p) for p in parts]
-    if not sum(weights) > 0:
-        raise ConfigError(f"train.split={t.split!r}: the train/valid/test weights sum to 0; give "
-                          f"the training set a positive share, e.g. '99,1,0'")
-    if not weights[0] > 0:
-        raise ConfigError(f"train.split={t.split!r}: the training share (first number) must be > 0")
-    # kd.*: checked beside each field (kd.specs.KDOptions.__post_init__)
-    _validate_sources(exp.data)
-    if exp.export.enabled and not exp.export.hf_template:
-        raise ConfigError("export.hf_template is not set but export.enabled is true: give the HF "
-                          "model (dir or id) of the student's base architecture, e.g. "
-                          "export.hf_template=meta-llama/Llama-3.1-8B-Instruct, or set "
-                          "export.enabled=false")
-    _validate_export_iteration(exp)
-    e = exp.eval
-    _positive(e.num_fewshot, "eval.num_fewshot", allow_zero=True)
-    _positive(e.limit, "eval.limit")
-    if isinstance(e.batch_size, str):
-        if not re.fullmatch(r"auto(:\d+)?", e.batch_size):
-            raise ConfigError(f"eval.batch_size={e.batch_size!r}: a positive integer, 'auto' or "
-                              f"'auto:N'")
-    else:
-        _positive(e.batch_size, "eval.batch_size")
-    if e.enabled and not e.tasks:
-        raise ConfigError("eval.tasks is empty: name at least one lm-eval task (e.g. [mmlu]) or "
-                          "set eval.enabled=false")
-    for i, task in enumerate(e.tasks):
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", task):
-            raise ConfigError(f"eval.tasks[{i}]={task!r}: not an lm-eval task name (letters, "
-                              f"digits, '_', '-', '.')")
-    if e.dtype not in EVAL_DTYPES:
-        raise ConfigError(f"eval.dtype={e.dtype!r}: choose one of {', '.join(EVAL_DTYPES)}")
-    if e.enabled and not exp.export.enabled:
-        raise ConfigError("eval.enabled needs export.enabled: the distilled student is evaluated "
-                          "from its HF export; enable export or set eval.enabled=false")
-
-
-def save_points(t: Train) -> list[int] | None:
-    """Iterations a checkpoint is saved at (None: train_iters is not a number yet)."""
-    if not isinstance(t.train_iters, int):
-        return None
-    points = set(range(t.save_interval, t.train_iters + 1, t.save_interval)) if t.save_interval \
-        else set()
-    return sorted(points | {t.train_iters})
-
-
-def _validate_export_iteration(exp: Experiment) -> None:
-    it, t = exp.export.iteration, exp.train
-    if it is None:
-        return
-    _positive(it, "export.iteration")
-    if it > t.train_iters:
-        raise ConfigError(f"export.iteration={it} is beyond train.train_iters={t.train_iters}: "
-                          f"no checkpoint will exist; lower export.iteration or leave it null "
-                          f"(the last saved iteration)")
-    points = save_points(t)
-    if points is not None and it not in points:
-        shown = ", ".join(map(str, points[:8])) + (", ..." if len(points) > 8 else "")
-        raise ConfigError(f"export.iteration={it} is not a save point (train.save_interval="
-                          f"{t.save_interval}, train.train_iters={t.train_iters}; saved at {shown}): "
-                          f"pick one of those or leave export.iteration null")
-
-
-def _validate_sources(data: Data) -> None:
-    if not data.sources:
-        raise ConfigError("data.sources is empty: add at least one dataset "
-                          "(jsonl:, hf_name: or prefix:)")
-    names = set()
-    for i, s in enumerate(data.sources):
-        where = f"data.sources[{i}]"
-        given = [k for k in ("jsonl", "hf_name", "prefix") if getattr(s, k)]
-        if len(given) != 1:
-            raise ConfigError(f"{where}: set exactly one of jsonl, hf_name, prefix "
-                              f"(got {', '.join(given) or 'none'})")
-        if not s.name.replace("-", "").replace("_", "").replace(".", "").isalnum():
-            raise ConfigError(f"{where}.name={s.name!r}: use letters, digits, '-', '_', '.' only "
-                              f"(it names files)")
-        if s.name in names:
-            raise ConfigError(f"{where}.name={s.name!r} is used twice: names must be unique")
-        names.add(s.name)
-    _positive(data.workers, "data.workers")
-    if len(data.json_keys) != 1:
-        raise ConfigError(f"data.json_keys={list(data.json_keys)}: give exactly one key (the text "
-                          f"field to train on, e.g. [text])")
 
 
 def validate_cluster(cl: Cluster) -> None:
