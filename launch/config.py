@@ -10,20 +10,27 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kd.sections import (  # noqa: F401 - re-exported: the experiment schema
+from kd.sections import (  # noqa: F401 - the experiment schema, re-exported
     EVAL_DTYPES,
     KD,
     Data,
     Eval,
     Experiment,
     Export,
+    FieldError,
     ModelRef,
+    Section,
     Source,
     Train,
+    at_least,
+    each,
+    knob,
+    one_of,
+    positive,
 )
 from launch.schema import ConfigError, apply_override, build, parse_override, read_yaml
 
@@ -36,53 +43,7 @@ EXPERIMENTS_DIR = REPO / "configs" / "experiments"
 # Declared once, with each check beside its field, in the stdlib-only kd/sections.py (the stage
 # specs of kd/specs.py hold the same section objects). Re-exported here for the launcher.
 # ---------------------------------------------------------------- cluster (WHERE)
-@dataclass(frozen=True)
-class Container:
-    image: str | None = None  # pyxis/enroot image, e.g. nvcr.io#nvidia/nemo:26.02
-    mounts: tuple[str, ...] = ()  # "src:dst[:flags]"
-    workdir: str | None = None
-
-
-@dataclass(frozen=True)
-class StageResources:
-    """Time limits (minutes) and CPU memory for the non-training stages (one task each)."""
-
-    prepare_data_min: int = 240
-    export_min: int = 120
-    eval_min: int = 240
-    report_min: int = 15
-    cpus_per_task: int = 8
-    mem_gb: int | None = None
-
-
-@dataclass(frozen=True)
-class Cluster:
-    name: str
-    executor: str = "slurm"  # slurm | local
-    partition: str | None = None  # None on the generic profile: $SBATCH_PARTITION or the site default
-    account: str | None = None  # None: $SBATCH_ACCOUNT or the site default
-    qos: str | None = None
-    nodes: int = 1  # nodes of the distill job
-    gpus_per_node: int = 8
-    tasks_per_node: int | None = None  # default: one task per GPU (1 when there are no GPUs)
-    cpus_per_task: int = 8
-    mem_gb: int | None = None
-    time_min: int = 240  # distill job time limit, per allocation (requeued on timeout)
-    max_requeues: int = 5  # timeouts a distill job may be requeued for
-    signal_delay_s: int = 300  # USR2 this long before the time limit: time to save a checkpoint
-    save_time_s: int = 120  # how long one checkpoint save takes here (checked against the limit)
-    gpu_eval: bool = True  # evals ask for one GPU (false: CPU evals)
-    gpu_memory_gib: float | None = None  # per GPU; when set, pre-flight checks the KD estimate
-    stages: StageResources = field(default_factory=StageResources)
-    container: Container = field(default_factory=Container)
-    env: dict[str, str] = field(default_factory=dict)
-    setup: tuple[str, ...] = ()
-    srun_args: tuple[str, ...] = ()
-    additional_parameters: dict[str, str] = field(default_factory=dict)
-    python: str | None = None  # command that starts Python on the nodes (default: this one)
-    eval_cache_dir: str | None = None  # teacher-eval cache on the shared filesystem
-
-
+# Login-node only (no stage reads it), declared the same way: each check beside its field.
 EXECUTORS = ("slurm", "local")
 SLURM_TIME = re.compile(r"(\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d{1,2}|\d+-\d{1,2}:\d{1,2}"
                         r"|\d+-\d{1,2}:\d{1,2}:\d{1,2}|infinite|unlimited|UNLIMITED|INFINITE)")
@@ -92,6 +53,86 @@ SECRET_WORDS = {"TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIALS"}
 def _looks_secret(env_key: str) -> bool:
     parts = set(env_key.upper().split("_"))
     return bool(parts & SECRET_WORDS) or env_key.upper().endswith("_KEY")
+
+
+def _not_blank(v: Any) -> str | None:
+    return None if v is None or v.strip() else "is empty: give a name or remove the key"
+
+
+@dataclass(frozen=True)
+class Container(Section):
+    image: str | None = None  # pyxis/enroot image, e.g. nvcr.io#nvidia/nemo:26.02
+    mounts: tuple[str, ...] = knob((), each(lambda m: None if ":" in m else
+                                           "is not SRC:DST[:FLAGS]"))  # "src:dst[:flags]"
+    workdir: str | None = None
+
+
+@dataclass(frozen=True)
+class StageResources(Section):
+    """Time limits (minutes) and CPU memory for the non-training stages (one task each)."""
+
+    prepare_data_min: int = knob(240, positive)
+    export_min: int = knob(120, positive)
+    eval_min: int = knob(240, positive)
+    report_min: int = knob(15, positive)
+    cpus_per_task: int = knob(8, positive)
+    mem_gb: int | None = knob(None, at_least(0))  # 0: all of the node (--mem=0)
+
+
+@dataclass(frozen=True)
+class Cluster(Section):
+    name: str = knob(check=_not_blank)
+    executor: str = knob("slurm", one_of(*EXECUTORS))
+    # None on the generic profile: $SBATCH_PARTITION or the site default
+    partition: str | None = knob(None, _not_blank)
+    account: str | None = knob(None, _not_blank)  # None: $SBATCH_ACCOUNT or the site default
+    qos: str | None = knob(None, _not_blank)
+    nodes: int = knob(1, positive)  # nodes of the distill job
+    gpus_per_node: int = knob(8, at_least(0))
+    tasks_per_node: int | None = knob(None, positive)  # default: one per GPU (1 without GPUs)
+    cpus_per_task: int = knob(8, positive)
+    mem_gb: int | None = knob(None, at_least(0))  # 0: all of the node (--mem=0)
+    time_min: int = knob(240, positive)  # distill job time limit, per allocation (requeued)
+    max_requeues: int = knob(5, at_least(0))  # timeouts a distill job may be requeued for
+    signal_delay_s: int = knob(300, positive)  # USR2 this long before the limit: time to save
+    save_time_s: int = knob(120, at_least(0))  # one checkpoint save here (checked against it)
+    gpu_eval: bool = True  # evals ask for one GPU (false: CPU evals)
+    gpu_memory_gib: float | None = knob(None, positive)  # per GPU; pre-flight checks the estimate
+    stages: StageResources = knob(factory=StageResources)
+    container: Container = knob(factory=Container)
+    env: dict[str, str] = knob(factory=dict)
+    setup: tuple[str, ...] = ()
+    srun_args: tuple[str, ...] = ()
+    additional_parameters: dict[str, str] = knob(factory=dict)
+    python: str | None = None  # command that starts Python on the nodes (default: this one)
+    eval_cache_dir: str | None = None  # teacher-eval cache on the shared filesystem
+
+    def check(self) -> None:
+        if self.executor == "local" and self.nodes != 1:
+            raise FieldError("nodes", self.nodes, "the local executor runs on one machine; set "
+                             "cluster.nodes=1")
+        if self.signal_delay_s >= self.time_min * 60:
+            raise FieldError("signal_delay_s", self.signal_delay_s, "", f"{{s}}signal_delay_s="
+                             f"{self.signal_delay_s} must be shorter than the time limit {{s}}"
+                             f"time_min={self.time_min} min")
+        if self.save_time_s > self.signal_delay_s:
+            raise FieldError("signal_delay_s", self.signal_delay_s, "", f"{{s}}signal_delay_s="
+                             f"{self.signal_delay_s} cannot hold one checkpoint save ({{s}}"
+                             f"save_time_s={self.save_time_s}): raise signal_delay_s")
+        for key, value in self.additional_parameters.items():
+            if key.replace("_", "-") in ("time", "time-min", "t") and not SLURM_TIME.fullmatch(value):
+                raise FieldError(f"additional_parameters.{key}", value, "not a SLURM time (MM, "
+                                 "MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS); better, set "
+                                 "cluster.time_min")
+        for key in self.env:  # never echo the value: it may be a secret
+            if not key.replace("_", "").isalnum() or key[0].isdigit():
+                raise FieldError(f"env.{key}", None, "", f"{{s}}env.{key}: not a valid "
+                                 f"environment variable name")
+            if _looks_secret(key):
+                raise FieldError(f"env.{key}", None, "", f"{{s}}env.{key}: looks like a secret; "
+                                 f"configs are copied into manifest.json and sbatch files. Export "
+                                 f"it in your shell instead (jobs inherit the submitting "
+                                 f"environment) and remove it here")
 
 
 # ---------------------------------------------------------------- loading
@@ -142,63 +183,7 @@ def load_experiment(ref: str, overrides: list[str] = ()) -> Experiment:
 
 
 def load_cluster(ref: str, overrides: list[str] = ()) -> Cluster:
-    cl = build(Cluster, cluster_dict(ref, overrides), "cluster")
-    validate_cluster(cl)
-    return cl
-
-
-# ---------------------------------------------------------------- value checks (no I/O)
-def _positive(value: Any, path: str, allow_zero: bool = False) -> None:
-    if value is None:
-        return
-    ok = value >= 0 if allow_zero else value > 0
-    if not ok:
-        raise ConfigError(f"{path}={value!r}: must be {'>= 0' if allow_zero else '> 0'}")
-
-
-def validate_cluster(cl: Cluster) -> None:
-    if cl.executor not in EXECUTORS:
-        raise ConfigError(f"cluster.executor={cl.executor!r}: choose one of {', '.join(EXECUTORS)}")
-    for name in ("nodes", "cpus_per_task", "time_min", "signal_delay_s"):
-        _positive(getattr(cl, name), f"cluster.{name}")
-    _positive(cl.gpus_per_node, "cluster.gpus_per_node", allow_zero=True)
-    _positive(cl.tasks_per_node, "cluster.tasks_per_node")
-    _positive(cl.max_requeues, "cluster.max_requeues", allow_zero=True)
-    if cl.executor == "local" and cl.nodes != 1:
-        raise ConfigError(f"cluster.nodes={cl.nodes}: the local executor runs on one machine; "
-                          f"set cluster.nodes=1")
-    if cl.signal_delay_s >= cl.time_min * 60:
-        raise ConfigError(f"cluster.signal_delay_s={cl.signal_delay_s} must be shorter than the "
-                          f"time limit cluster.time_min={cl.time_min} min")
-    if cl.save_time_s > cl.signal_delay_s:
-        raise ConfigError(f"cluster.signal_delay_s={cl.signal_delay_s} cannot hold one checkpoint "
-                          f"save (cluster.save_time_s={cl.save_time_s}): raise signal_delay_s")
-    _positive(cl.save_time_s, "cluster.save_time_s", allow_zero=True)
-    _positive(cl.mem_gb, "cluster.mem_gb", allow_zero=True)  # 0: all of the node (--mem=0)
-    _positive(cl.gpu_memory_gib, "cluster.gpu_memory_gib")
-    st = cl.stages
-    for name in ("prepare_data_min", "export_min", "eval_min", "report_min", "cpus_per_task"):
-        _positive(getattr(st, name), f"cluster.stages.{name}")
-    _positive(st.mem_gb, "cluster.stages.mem_gb", allow_zero=True)
-    for key, value in cl.additional_parameters.items():
-        if key.replace("_", "-") in ("time", "time-min", "t") and not SLURM_TIME.fullmatch(value):
-            raise ConfigError(f"cluster.additional_parameters.{key}={value!r}: not a SLURM time "
-                              f"(MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS); better, set "
-                              f"cluster.time_min")
-    for name in ("name", "partition", "account", "qos"):
-        value = getattr(cl, name)
-        if value is not None and not value.strip():
-            raise ConfigError(f"cluster.{name} is empty: give a name or remove the key")
-    for key in cl.env:
-        if not key.replace("_", "").isalnum() or key[0].isdigit():
-            raise ConfigError(f"cluster.env.{key}: not a valid environment variable name")
-        if _looks_secret(key):
-            raise ConfigError(f"cluster.env.{key}: looks like a secret; configs are copied into "
-                              f"manifest.json and sbatch files. Export it in your shell instead "
-                              f"(jobs inherit the submitting environment) and remove it here")
-    for mount in cl.container.mounts:
-        if ":" not in mount:
-            raise ConfigError(f"cluster.container.mounts: {mount!r} is not SRC:DST[:FLAGS]")
+    return build(Cluster, cluster_dict(ref, overrides), "cluster")  # checks: beside the fields
 
 
 def tasks_per_node(cl: Cluster) -> int:
