@@ -660,8 +660,8 @@ def test_live_accounting_refuses_before_queueing(slurm_cluster, world, capsys, m
 
 @pytest.mark.slurm
 def test_live_qos_not_allowed_and_max_wall(slurm_cluster, world, capsys, monkeypatch):
-    """A QOS that only this test creates (MaxWall 10 min), then deletes: refused while the user
-    may not use it; once allowed, a stage time above its MaxWall is refused naming the field."""
+    """A QOS that only this test creates, then deletes: refused while the user
+    may not use it; once allowed (MaxWall 25 min), a stage time above its MaxWall is refused naming the field."""
     qos = f"kdtest{uuid.uuid4().hex[:8]}"
     user = subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
 
@@ -670,15 +670,15 @@ def test_live_qos_not_allowed_and_max_wall(slurm_cluster, world, capsys, monkeyp
                               timeout=30)
         assert proc.returncode == 0, proc.stdout + proc.stderr
 
-    sacctmgr("add", "qos", qos, "MaxWall=00:10:00")
+    sacctmgr("add", "qos", qos, "MaxWall=00:25:00")
     try:
         code, text = _live_refusal(world, capsys, monkeypatch, f"cluster.qos={qos}")
         assert code == 2 and f"cluster.qos='{qos}' is not allowed for user {user}" in text, text
         sacctmgr("modify", "user", user, "set", f"qos+={qos}")
         code, text = _live_refusal(world, capsys, monkeypatch, f"cluster.qos={qos}",
-                                   "cluster.time_min=30")
-        assert code == 2 and "cluster.time_min=30 min is over QOS" in text, text
-        assert "MaxWall of 10 min" in text
+                                   "cluster.time_min=28")
+        assert code == 2 and "cluster.time_min=28 min is over QOS" in text, text
+        assert "MaxWall of 25 min" in text
     finally:
         subprocess.run(["sacctmgr", "-i", "modify", "user", user, "set", f"qos-={qos}"],
                        capture_output=True, timeout=30)
