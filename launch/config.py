@@ -42,6 +42,8 @@ EXPERIMENTS_DIR = REPO / "configs" / "experiments"
 # ---------------------------------------------------------------- experiment (WHAT)
 # Declared once, with each check beside its field, in the stdlib-only kd/sections.py (the stage
 # specs of kd/specs.py hold the same section objects). Re-exported here for the launcher.
+
+
 # ---------------------------------------------------------------- cluster (WHERE)
 # Login-node only (no stage reads it), declared the same way: each check beside its field.
 EXECUTORS = ("slurm", "local")
