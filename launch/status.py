@@ -17,7 +17,6 @@ rank and host.
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 import time
@@ -28,7 +27,7 @@ if __package__ in (None, ""):
 
 from kd import checkpoints as ckpts  # noqa: E402
 from kd.paths import RunPaths  # noqa: E402
-from launch import backends  # noqa: E402
+from launch import backends, cli  # noqa: E402
 from launch import manifest as mf  # noqa: E402
 from launch.backends import FAILED  # noqa: E402
 from launch.schema import ConfigError  # noqa: E402
@@ -297,7 +296,7 @@ def cancel(run_dir: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = cli.parser(__doc__)
     p.add_argument("run_dir", type=str)
     p.add_argument("--logs", metavar="STAGE", help="print the tail of STAGE's log")
     p.add_argument("-n", type=int, default=40, help="lines for --logs (default 40)")
@@ -305,14 +304,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--wait", action="store_true", help="wait until every stage has ended")
     args = p.parse_args(argv)
     if not args.run_dir.strip():
-        print("error: RUN_DIR is empty; pass the run directory the launcher printed",
-              file=sys.stderr)
-        return 2
+        return cli.input_error("RUN_DIR is empty; pass the run directory the launcher printed")
     run_dir = Path(args.run_dir).absolute()
     if run_dir.exists() and not run_dir.is_dir():
-        print(f"error: {run_dir} is a file, not a run directory; pass the directory that holds "
-              f"manifest.json", file=sys.stderr)
-        return 2
+        return cli.input_error(f"{run_dir} is a file, not a run directory; pass the directory "
+                               f"that holds manifest.json")
     try:
         if args.logs:
             print(tail(run_dir, args.logs, args.n))
@@ -324,8 +320,7 @@ def main(argv: list[str] | None = None) -> int:
             return wait_for_run(run_dir)
         text, code = render(run_dir)
     except ConfigError as e:  # a bad manifest (mf.ManifestError) or a bad argument
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return cli.input_error(str(e))
     print(text)
     return code
 

@@ -27,12 +27,7 @@ from launch import backends, shell
 from launch import manifest as mf
 from launch.backends import ACTIVE, COMPLETED, FAILED, Backend, SubmitError
 from launch.config import Cluster
-from launch.executors import (
-    job_folder,
-    python_command,
-    sbatch_text,
-    setup_lines,
-)
+from launch.executors import job_folder
 from launch.plan import Job, JobGraph
 
 
@@ -50,30 +45,14 @@ def describe(graph: JobGraph) -> str:
 
 
 def dry_run_text(graph: JobGraph, cluster: Cluster, run_name: str) -> str:
-    out = [describe(graph), ""]
-    if cluster.executor != "slurm":
-        out.append(f"cluster {cluster.name!r} runs locally (submitit LocalExecutor): stages "
-                   f"in dependency order, independent ones side by side while this machine "
-                   f"has room; no sbatch scripts.")
-        return "\n".join(out)
-    for j in graph.jobs:
-        deps = [f"<{d}>" for d in j.deps]
-        out += [f"===== sbatch: {j.stage} =====",
-                sbatch_text(j, cluster, graph.run_dir, run_name, deps)]
-    return "\n".join(out)
+    backend = backends.for_cluster(cluster, graph.run_dir, run_name)
+    return "\n".join([describe(graph), "", backend.dry_run_text(graph)])
 
 
 def check_scripts(graph: JobGraph, cluster: Cluster, run_name: str) -> None:
-    """Render every stage's sbatch script once, so launch.shell refuses a bad value (naming
-    the field) before the run directory, the manifest or any job exists."""
-    if cluster.executor != "slurm":
-        python_command(cluster)
-        for j in graph.jobs:
-            setup_lines(cluster, j)
-            shell.check("run directory", job_folder(graph.run_dir, j.stage))
-        return
-    for j in graph.jobs:
-        sbatch_text(j, cluster, graph.run_dir, run_name, ["0" for _ in j.deps])
+    """Render every stage's script once, so launch.shell refuses a bad value (naming the
+    field) before the run directory, the manifest or any job exists."""
+    backends.for_cluster(cluster, graph.run_dir, run_name).check_scripts(graph)
 
 
 def emit_sbatch(graph: JobGraph, cluster: Cluster, run_name: str, out_dir: Path) -> Path:

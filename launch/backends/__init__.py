@@ -50,6 +50,13 @@ class Backend(Protocol):
     def logs(self, job: Job, job_id: str) -> Path:
         """The log to follow for ``job`` (Megatron prints progress on the last rank)."""
 
+    def check_scripts(self, graph) -> None:
+        """Render what each job will run, so launch.shell refuses a bad value (naming the
+        field) before anything exists."""
+
+    def dry_run_text(self, graph) -> str:
+        """What ``--dry-run`` shows of the jobs (SLURM: every sbatch script)."""
+
     def cluster_info(self) -> Any:
         """Live queries of the cluster for the pre-flight, or None when there is nothing to
         ask (local)."""

@@ -95,6 +95,20 @@ class LocalBackend:
         assert self.run_dir is not None
         return log_path(self.run_dir, job, native)
 
+    def check_scripts(self, graph) -> None:
+        from launch import shell
+        from launch.executors import job_folder, python_command, setup_lines
+
+        python_command(self.cluster)
+        for j in graph.jobs:
+            setup_lines(self.cluster, j)
+            shell.check("run directory", job_folder(graph.run_dir, j.stage))
+
+    def dry_run_text(self, graph) -> str:
+        return (f"cluster {self.cluster.name!r} runs locally (submitit LocalExecutor): stages "
+                f"in dependency order, independent ones side by side while this machine has "
+                f"room ({self.cpus} CPUs, {self.gpus} GPUs); no sbatch scripts.")
+
     def cluster_info(self):
         return None
 

@@ -162,6 +162,22 @@ class SlurmBackend:
         assert self.run_dir is not None
         return log_path(self.run_dir, job, job_id)
 
+    def check_scripts(self, graph) -> None:
+        from launch.executors import sbatch_text
+
+        for j in graph.jobs:
+            sbatch_text(j, self.cluster, graph.run_dir, self.run_name, ["0" for _ in j.deps])
+
+    def dry_run_text(self, graph) -> str:
+        from launch.executors import sbatch_text
+
+        out = []
+        for j in graph.jobs:
+            deps = [f"<{d}>" for d in j.deps]
+            out += [f"===== sbatch: {j.stage} =====",
+                    sbatch_text(j, self.cluster, graph.run_dir, self.run_name, deps)]
+        return "\n".join(out)
+
     def cluster_info(self):
         """The live queries the pre-flight asks (``launch.slurm_info``: scontrol)."""
         from launch import slurm_info
