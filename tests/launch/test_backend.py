@@ -8,17 +8,16 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import re
 import subprocess
 import sys
 import time
-import tomllib
 from pathlib import Path
 
 import pytest
 
-from launch import backends, cli
+from launch import backends, cli, layout
 from launch import config as cfg
-from launch import layout
 from launch import manifest as mf
 from launch.backends.local import LocalBackend
 from launch.plan import Job, plan
@@ -242,8 +241,9 @@ def test_local_stages_run_side_by_side_for_real(local_graph, tmp_path):
 
 # ---------------------------------------------------------------- CLI
 def test_kdlaunch_entry_point_dispatches(tmp_path):
-    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
-    module, _, func = scripts["kdlaunch"].partition(":")
+    section = (REPO / "pyproject.toml").read_text().split("[project.scripts]", 1)[1]
+    target = re.search(r'^kdlaunch\s*=\s*"([^"]+)"', section, re.M).group(1)
+    module, _, func = target.partition(":")
     assert (module, func) == ("launch.cli", "main")
     res = subprocess.run([sys.executable, "-m", module, "distill", "--cluster", "pyxis_nemo",
                           "--config", "seed_llama31_8b", "--dry-run", "--run-dir",
