@@ -302,3 +302,17 @@ def test_slurm_backend_submit_states_cancel(slurm_cluster, local_graph, tmp_path
         assert not (run / "stub").exists()  # neither stub finished
     finally:
         b.cancel([first, second])
+
+
+def test_only_the_slurm_backend_runs_slurm_commands():
+    """sbatch/sacct/squeue/scancel/sinfo/scontrol appear as a command only in
+    launch/backends/slurm.py and in launch/slurm_info.py (which pre-flight reaches through
+    ``backend.cluster_info()``)."""
+    allowed = {"launch/backends/slurm.py", "launch/slurm_info.py"}
+    command = re.compile(r'\[\s*"(sbatch|sacct|squeue|scancel|sinfo|scontrol)"')
+    users = {str(p.relative_to(REPO)) for p in (REPO / "launch").rglob("*.py")
+             if command.search(p.read_text())}
+    assert users <= allowed, users - allowed
+    assert "launch/backends/slurm.py" in users
+    preflight = (REPO / "launch" / "preflight.py").read_text()
+    assert "import slurm_info" not in preflight and "cluster_info()" in preflight
