@@ -252,7 +252,7 @@ def follow(graph: JobGraph, backend: Backend, manifest: dict, ids: dict[str, str
                 rec["error"] = "dependency failed: " + ", ".join(bad or ["?"])
                 echo(f"  {job.stage:<20} not run: {rec['error']}")
             elif state in FAILED:
-                rec.update(finished=mf.now(), error=row.get("error", ""))
+                rec.update(finished=mf.now(), error=row.get("error") or _last_error(rec["log"]))
                 echo(f"  {job.stage:<20} {state}: {rec['error']}\n    log: {rec.get('log')}")
             mf.write(paths.manifest, manifest)
         if all(seen.get(s) == COMPLETED or seen.get(s) in FAILED for s in ids):
@@ -307,3 +307,10 @@ def external_job_ids(graph: JobGraph, backend: Backend | None = None) -> dict[st
                              f"not submitted it: launch that run first")
         ids[stage] = str(rec["job_id"])
     return ids
+
+
+def _last_error(log: str) -> str:
+    from launch.status import error_lines
+
+    lines = error_lines(log, n=1)
+    return lines[-1].strip() if lines else f"see {log}"

@@ -158,7 +158,6 @@ class LocalBackend:
             e.handle.results()
         except Exception:  # the stage failed: its log says why
             e.state = "FAILED"
-            e.row["error"] = _last_error(e.row.get("log", ""))
         else:
             e.state = COMPLETED
 
@@ -169,9 +168,3 @@ class LocalBackend:
         ex = local_executor(job, self.cluster, self.run_dir, visible_gpus=gpus)
         return ex.submit(StageJob(job.stage, job.module, job.spec))
 
-
-def _last_error(log: str) -> str:
-    from launch.status import error_lines
-
-    lines = error_lines(log, n=1)
-    return lines[-1].strip() if lines else f"see {log}"
