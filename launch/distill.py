@@ -151,27 +151,21 @@ def main(argv: list[str] | None = None) -> int:
             except ConfigError as e:
                 # exit 2 so that `--dry-run` can serve as a check in scripts
                 print(f"\npre-flight: a real launch would stop here: {e}")
-                print(f"error: {e}", file=sys.stderr)
-                print("nothing was queued.", file=sys.stderr)
-                return 2
+                return cli.input_error(str(e), queued_note=True)
             return 0
         preflight.check(experiment, cluster)
         preflight.check_live(graph, cluster)
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        print("nothing was queued.", file=sys.stderr)
-        return 2
+        return cli.input_error(str(e), queued_note=True)
     except UnicodeDecodeError as e:  # a config read as text before the schema could say which
-        print(f"error: --config {args.config} or --cluster {args.cluster}: not UTF-8 text "
-              f"({e.reason} at byte {e.start}); save it as UTF-8\nnothing was queued.",
-              file=sys.stderr)
-        return 2
+        return cli.input_error(f"--config {args.config} or --cluster {args.cluster}: not UTF-8 "
+                               f"text ({e.reason} at byte {e.start}); save it as UTF-8",
+                               queued_note=True)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)  # default mode: the user's umask decides
     except OSError as e:
-        print(f"error: --run-dir {run_dir}: cannot create it ({e.strerror}); choose a writable "
-              f"path\nnothing was queued.", file=sys.stderr)
-        return 2
+        return cli.input_error(f"--run-dir {run_dir}: cannot create it ({e.strerror}); choose "
+                               f"a writable path", queued_note=True)
     try:
         with submit.run_lock(run_dir):
             # read under the lock: a launch that held it before us recorded its job ids, which
@@ -187,8 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             backend = backends.for_cluster(cluster, run_dir, experiment.name)
             code = submit.launch(graph, cluster, manifest, experiment.name, backend=backend)
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return cli.input_error(str(e))
     if args.wait and not backend.runs_here and code == 0:
         from launch.status import wait_for_run
 

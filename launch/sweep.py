@@ -294,20 +294,17 @@ def main(argv: list[str] | None = None) -> int:
             print(dry_run(sweep, cluster, date, plans, errors))
             for name, e in errors.items():
                 print(f"error: member {name}: {e}", file=sys.stderr)
-            return 2 if errors else 0
+            return cli.EXIT_INPUT if errors else cli.EXIT_OK
         preflight_all(plans, cluster)
         run_sweep(sweep, cluster, date, plans, retry=args.retry_failed)
     except ConfigError as e:  # includes launch.shell's refusals and bad manifests
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return cli.input_error(str(e))
     except UnicodeDecodeError as e:
-        print(f"error: {args.sweep}: not UTF-8 text ({e.reason} at byte {e.start}); save the "
-              f"sweep file as UTF-8", file=sys.stderr)
-        return 2
+        return cli.input_error(f"{args.sweep}: not UTF-8 text ({e.reason} at byte {e.start}); "
+                               f"save the sweep file as UTF-8")
     except OSError as e:  # an unreadable sweep file or an unwritable sweep directory
-        print(f"error: {e.filename or ''}: {e.strerror}; check the path and its permissions",
-              file=sys.stderr)
-        return 2
+        return cli.input_error(f"{e.filename or ''}: {e.strerror}; check the path and its "
+                               f"permissions")
     if not args.wait:
         return 0
     wait_all(plans, print)

@@ -218,25 +218,25 @@ def test_loop_records_failure_and_relaunch_skips_finished(local_graph, tmp_path)
 
 
 def test_local_stages_run_side_by_side_for_real(local_graph, tmp_path):
-    """Real submitit local jobs (the stub stages): every edge is kept, and independent stages
-    overlap when the backend has room for two (2 CPUs each, 4 CPUs)."""
+    """Real submitit local jobs (the stub stages; three of the graph to keep it short): the
+    edge prepare_data -> distill is kept, and eval_teacher runs beside prepare_data since the
+    backend has room for two (2 CPUs each, 4 CPUs)."""
     run = tmp_path / "run"
     graph, cl, manifest = local_graph(run, "env.KD_STUB_SLEEP=2")
+    keep = ("prepare_data", "distill", "eval_teacher")
+    graph = dataclasses.replace(graph, jobs=tuple(j for j in graph.jobs if j.stage in keep))
     out: list[str] = []
     code = launch(graph, cl, manifest, "unit", echo=out.append,
                   backend=LocalBackend(cl, run, "unit", cpus=4))
     assert code == 0, "\n".join(out)
     rec = {p.stem: json.loads(p.read_text()) for p in (run / "stub").glob("*.json")}
-    assert set(rec) == set(graph.stages)
-    for j in graph.jobs:
-        for d in j.deps:
-            assert rec[j.stage]["start"] >= rec[d]["end"], (d, j.stage)
-    spans = sorted((r["start"], r["end"]) for r in rec.values())
-    overlaps = [max(0, min(a[1], b[1]) - max(a[0], b[0])) for a, b in itertools.combinations(
-        spans, 2)]
-    assert max(overlaps) > 0.5  # two stages ran at the same time
-    # at most two at once: no instant is inside three spans
-    assert all(sum(s <= t < e for s, e in spans) <= 2 for t, _ in spans)
+    assert set(rec) == set(keep)
+    assert rec["distill"]["start"] >= rec["prepare_data"]["end"]
+    overlap = (min(rec["prepare_data"]["end"], rec["eval_teacher"]["end"])
+               - max(rec["prepare_data"]["start"], rec["eval_teacher"]["start"]))
+    assert overlap > 0.5, rec  # the teacher eval did not wait for data prep
+    m = json.loads((run / "manifest.json").read_text())
+    assert all(m["stages"][s]["state"] == "COMPLETED" for s in keep)
 
 
 # ---------------------------------------------------------------- CLI
