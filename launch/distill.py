@@ -22,11 +22,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from launch import (  # noqa: E402
-    backends,
-    cli,
-    shell,  # noqa: E402
-)
+from launch import backends, cli, shell  # noqa: E402
 from launch import config as cfg  # noqa: E402
 from launch import manifest as mf  # noqa: E402
 from launch.schema import ConfigError, to_dict  # noqa: E402
