@@ -73,7 +73,7 @@ def world(tmp_path, monkeypatch):
     monkeypatch.chdir(work)
     queued: list = []
     monkeypatch.setattr(submit, "launch", lambda *a, **k: queued.append(a) or 0)
-    monkeypatch.setattr(submit, "_submit_slurm", lambda *a, **k: queued.append(a) or 0)
+    monkeypatch.setattr(submit, "_submit_graph", lambda *a, **k: queued.append(a) or {})
     base = [f"student.path={s}", f"teacher.path={t}", f"export.hf_template={t}",
             f"eval.include_path={assets / 'tasks'}", "train.tp=1", "train.global_batch_size=2",
             "train.micro_batch_size=1", f"data.sources=[{{name: c, jsonl: {corpus}}}]"]
