@@ -623,14 +623,14 @@ def test_manifest_never_holds_a_secret(tmp_path, value):
 
 
 # ---------------------------------------------------------------- live pre-flight: accounting
-_REAL_SUBMIT = (submit.launch, submit._submit_slurm)
+_REAL_SUBMIT = (submit.launch, submit._submit_graph)
 
 
 def _live_refusal(world, capsys, monkeypatch, *overrides: str) -> tuple[int, str]:
     """Launch tiny_demo on ci with the REAL submission path; return (code, stderr) and what
     squeue shows for this run's job names (must be nothing)."""
     monkeypatch.setattr(submit, "launch", _REAL_SUBMIT[0])
-    monkeypatch.setattr(submit, "_submit_slurm", _REAL_SUBMIT[1])
+    monkeypatch.setattr(submit, "_submit_graph", _REAL_SUBMIT[1])
     tag = f"acct{uuid.uuid4().hex[:8]}"
     try:
         code, out, err = run_cli(distill_cli.main, ["--cluster", "ci", "--config", "tiny_demo",
