@@ -33,6 +33,9 @@ from dataclasses import dataclass
 
 GIB = 1024**3
 LOGIT_COPIES = 6.8
+# kd/kd_loss.py's chunked KL keeps the bf16 student and teacher logits and the bf16 gradient
+# instead: 3 x 2 bytes = 1.5 fp32 copies (analytic; checked against the 8B-shaped run)
+LOGIT_COPIES_CHUNKED = 1.5
 ACT_LAYER = 10.6
 ACT_ATTENTION = 10.2
 ACT_FFN = 6.9
@@ -122,8 +125,9 @@ def distributed_optimizer(value: object, dp: int) -> bool:
 
 def estimate(student: dict, teacher: dict, *, tp: int, pp: int = 1, seq: int, mbs: int,
              attention: str = "sdpa", recompute: bool = False, dp: int = 1,
-             sharded_optimizer: bool = False) -> Estimate:
-    """Peak GiB per rank; ``sharded_optimizer``: Megatron's distributed optimizer over ``dp``."""
+             sharded_optimizer: bool = False, kd_loss: str = "full") -> Estimate:
+    """Peak GiB per rank; ``sharded_optimizer``: Megatron's distributed optimizer over ``dp``;
+    ``kd_loss``: ``full`` (ModelOpt's KL) or ``chunked`` (kd/kd_loss.py)."""
     shards = tp * pp
     per_param = (OPTIMIZER_BYTES - SHARDED_BYTES + SHARDED_BYTES / max(1, dp)
                  if sharded_optimizer else OPTIMIZER_BYTES)
@@ -139,7 +143,8 @@ def estimate(student: dict, teacher: dict, *, tp: int, pp: int = 1, seq: int, mb
         acts = max(acts, full) if recompute else acts + full
     if recompute:
         acts += len(layers) * 2 * seq * mbs * h
-    logits = LOGIT_COPIES * 4 * seq * mbs * padded_vocab(student, tp) / tp
+    copies = LOGIT_COPIES_CHUNKED if kd_loss == "chunked" else LOGIT_COPIES
+    logits = copies * 4 * seq * mbs * padded_vocab(student, tp) / tp
     return Estimate(
         student_states=per_param * parameters(student, tp) / shards / GIB,
         teacher_weights=2 * parameters(teacher, tp) / shards / GIB,
