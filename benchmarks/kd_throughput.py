@@ -440,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
         "F=2*P_matmul+sum_attn_layers 2*seq*n_heads*head_dim (causal)",
         "variants": {},
     }
-    from launch.layout import choose
+    from launch.layout import Layout, choose
     from launch.memory import distributed_optimizer, estimate
 
     s_cfg = json.loads((args.student / "config.json").read_text())
@@ -449,6 +449,9 @@ def main(argv: list[str] | None = None) -> int:
     result["gpu_memory_gib"] = memory
 
     def layout_of(tp, mbs, sharded, kd_loss):
+        if tp == "given" and mbs != "auto":  # the seed's / anchor's own settings, as they run
+            rc = "none" if args.recompute == "auto" else args.recompute
+            return Layout(args.tp, 1, args.world // args.tp, mbs, rc, 0.0, 0.0, ())
         return choose(s_cfg, t_cfg, world=args.world, gpus_per_node=args.world,
                       gpu_memory_gib=memory, global_batch_size=args.gbs, seq_length=args.seq,
                       tp=args.tp if tp == "given" else "auto", pp=1, micro_batch_size=mbs,
