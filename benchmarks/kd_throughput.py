@@ -13,7 +13,17 @@ issue expects the gains:
 - ``ours``:      + the micro-batch it picks (the largest that fits, at most 8): exactly what
   the distill stage runs by default (train.tp/pp/micro_batch_size/recompute = auto);
 - ``ours_overlap``: + overlap of the data-parallel gradient all-reduce with backward
-  (``train.overlap_grad_reduce``; off by default: it measured no gain on one 4 x H100 node).
+  (``train.overlap_grad_reduce``; off by default: it measured no gain on one 4 x H100 node);
+- ``ours_chunked``: ours + kd/kd_loss.py's chunked KD loss, the layout chosen with its smaller
+  logit memory (issue 14.3);
+- ``anchor``: Model-Optimizer's ``examples/megatron_bridge/distill.py`` as its README runs it
+  (TP as given, micro-batch 1, distributed optimizer, overlapped reduce and gather; SDPA).
+
+``--repeats N`` runs the variants N times interleaved (A B C A B C) and reports the median of
+the repeats' medians and their spread; ``--gpu-memory-gib`` is the layout's memory and caps each
+rank's CUDA allocator (an 80 GB budget on a larger card). Every run also prints where its step
+time goes (``PhaseTimer``: teacher / student forward, KD loss, backward, grad reduce,
+optimizer).
 
 Measured per variant: step time (Megatron's "elapsed time per iteration", median after
 ``--warmup`` iterations), tokens/s/GPU, peak memory per rank, KD loss first/last, MFU.
