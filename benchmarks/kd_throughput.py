@@ -13,7 +13,17 @@ issue expects the gains:
 - ``ours``:      + the micro-batch it picks (the largest that fits, at most 8): exactly what
   the distill stage runs by default (train.tp/pp/micro_batch_size/recompute = auto);
 - ``ours_overlap``: + overlap of the data-parallel gradient all-reduce with backward
-  (``train.overlap_grad_reduce``; off by default: it measured no gain on one 4 x H100 node).
+  (``train.overlap_grad_reduce``; off by default: it measured no gain on one 4 x H100 node);
+- ``ours_chunked``: ours + kd/kd_loss.py's chunked KD loss, the layout chosen with its smaller
+  logit memory (issue 14.3);
+- ``anchor``: Model-Optimizer's ``examples/megatron_bridge/distill.py`` as its README runs it
+  (TP as given, micro-batch 1, distributed optimizer, overlapped reduce and gather; SDPA).
+
+``--repeats N`` runs the variants N times interleaved (A B C A B C) and reports the median of
+the repeats' medians and their spread; ``--gpu-memory-gib`` is the layout's memory and caps each
+rank's CUDA allocator (an 80 GB budget on a larger card). Every run also prints where its step
+time goes (``PhaseTimer``: teacher / student forward, KD loss, backward, grad reduce,
+optimizer).
 
 Measured per variant: step time (Megatron's "elapsed time per iteration", median after
 ``--warmup`` iterations), tokens/s/GPU, peak memory per rank, KD loss first/last, MFU.
@@ -54,18 +64,21 @@ STEP = re.compile(
     r"iteration\s+(\d+)/\s*\d+ \|.*?elapsed time per iteration \(ms\): ([0-9.]+)"
     r".*?total loss: ([0-9.Ee+-]+)"
 )
-# name -> (attention, tp: "given" | "auto", micro-batch: 1 | "auto", overlap, distributed optimizer)
+# name -> (attention, tp: "given" | "auto", micro-batch: 1 | "auto", overlap, distributed
+# optimizer, KD loss: "full" = ModelOpt's LogitsKLLoss | "chunked" = kd/kd_loss.py)
 VARIANTS = {
-    "reference": ("local", "given", 1, False, "false"),
-    "sdpa": ("sdpa", "given", 1, False, "false"),
-    "auto_tp": ("sdpa", "auto", 1, False, "false"),
+    "reference": ("local", "given", 1, False, "false", "full"),
+    "sdpa": ("sdpa", "given", 1, False, "false", "full"),
+    "auto_tp": ("sdpa", "auto", 1, False, "false", "full"),
     # the distill stage's defaults: auto layout, distributed optimizer whenever dp > 1 (issue 14)
-    "ours": ("sdpa", "auto", "auto", False, "auto"),
-    "ours_overlap": ("sdpa", "auto", "auto", True, "auto"),
+    "ours": ("sdpa", "auto", "auto", False, "auto", "full"),
+    "ours_overlap": ("sdpa", "auto", "auto", True, "auto", "full"),
+    # + the chunked KD loss (issue 14.3), the layout chosen with its smaller logit memory
+    "ours_chunked": ("sdpa", "auto", "auto", False, "auto", "chunked"),
     # Model-Optimizer's examples/megatron_bridge/distill.py as its README runs it, without TE:
     # TP = all GPUs of the node (--tp), its default --mbs 1, distributed optimizer, overlapped
     # gradient reduce and parameter gather
-    "anchor": ("sdpa", "given", 1, True, "true"),
+    "anchor": ("sdpa", "given", 1, True, "true", "full"),
 }
 
 
@@ -131,8 +144,11 @@ def kd_flops_per_token(student: Path, teacher: Path, seq: int) -> float:
 # --------------------------------------------------------------------------- one rank
 
 
-def worker(spec_file: Path, attention: str) -> int:
-    """One rank of one variant: kd.distill's config, ``attention`` spec, no checkpoints."""
+def worker(spec_file: Path, attention: str, kd_loss: str = "full") -> int:
+    """One rank of one variant: kd.distill's config, ``attention`` spec, no checkpoints.
+
+    Environment: ``KD_BENCH_MEMORY_GIB`` caps this process's GPU memory (the 80 GB budget on a
+    larger card); ``KD_BENCH_WARMUP``: the phase timer's iterations left out."""
     import torch
 
     import kd.distill as kdd
@@ -147,6 +163,20 @@ def worker(spec_file: Path, attention: str) -> int:
         import torch.distributed as dist
 
         dist.init_process_group("gloo", rank=env.rank, world_size=env.world_size)
+    budget = os.environ.get("KD_BENCH_MEMORY_GIB")
+    if budget and device == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", env.rank))
+        torch.cuda.set_device(local)
+        total = torch.cuda.get_device_properties(local).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, float(budget) * 2**30 / total), local)
+    if kd_loss == "chunked":
+        from kd import kd_loss as chunked
+        from kd.job import console_logger
+
+        console_logger(chunked.log.name)  # its "chunked logit KL loss for ..." line: the proof
+        chunked.install()
+    timer = PhaseTimer(device == "cuda", int(os.environ.get("KD_BENCH_WARMUP", "0")))
+    timer.install()
     configure = kdd.configure_provider
 
     def configure_with_attention(provider, *args, **kwargs):
@@ -161,6 +191,8 @@ def worker(spec_file: Path, attention: str) -> int:
     from megatron.bridge.training.distill import distill
 
     distill(config)
+    if env.rank == 0:
+        print("KD_PROFILE " + json.dumps(timer.report()), flush=True)
     if device == "cuda":
         line = {
             "rank": env.rank,
@@ -171,11 +203,117 @@ def worker(spec_file: Path, attention: str) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- phase timer
+
+
+class PhaseTimer:
+    """Where one training step's time goes, from events recorded around its phases (CUDA events
+    on GPU: no synchronisation inside the step; host clock on CPU):
+
+    - ``step``: Megatron-Bridge's ``train_step`` (forward-backward of all micro-batches, the
+      optimizer, the gradient reduction);
+    - ``teacher_forward``: the teacher's forward (no_grad; ModelOpt's Megatron plugin runs it
+      first, then ``DistillationModel.forward`` in student-only mode);
+    - ``student_forward``: ``DistillationModel.forward`` (the student, its logits captured);
+    - ``kd_loss_forward``: ``compute_kd_loss`` (the KL over the vocabulary, forward);
+    - ``backward``: Megatron's ``backward_step`` (student backward incl. the KD loss's);
+    - ``grad_reduce``: ``finalize_model_grads`` (the data-parallel reduction or the wait for it);
+    - ``optimizer``: ``optimizer.step`` (incl. grad-norm clipping and the parameter gather).
+
+    Milliseconds per step, averaged over the iterations after ``warmup``.
+    """
+
+    def __init__(self, cuda: bool, warmup: int):
+        self.cuda, self.warmup, self.iteration, self.spans = cuda, warmup, 0, []
+
+    def now(self):
+        if not self.cuda:
+            return time.perf_counter()
+        import torch
+
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def wrap(self, owner, name: str, phase: str) -> None:
+        original = getattr(owner, name)
+        timer = self
+
+        def timed(*args, **kwargs):
+            t0 = timer.now()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                timer.add(phase, t0, timer.now())
+
+        setattr(owner, name, timed)
+
+    def add(self, phase: str, start, end) -> None:
+        if self.iteration > self.warmup:
+            self.spans.append((phase, start, end))
+
+    def install(self) -> None:
+        import megatron.bridge.training.setup as bridge_setup
+        import megatron.bridge.training.train as bridge_train
+        import megatron.core.pipeline_parallel.schedules as schedules
+        from modelopt.torch.distill.distillation_model import DistillationModel
+
+        timer = self
+        train_step = bridge_train.train_step
+
+        def counted_train_step(*args, **kwargs):
+            timer.iteration += 1
+            optimizer = args[3] if len(args) > 3 else kwargs.get("optimizer")
+            if optimizer is not None and not getattr(optimizer, "_kd_timed", False):
+                timer.wrap(optimizer, "step", "optimizer")
+                optimizer._kd_timed = True
+            t0 = timer.now()
+            try:
+                return train_step(*args, **kwargs)
+            finally:
+                timer.add("step", t0, timer.now())
+
+        bridge_train.train_step = counted_train_step
+        self.wrap(schedules, "backward_step", "backward")
+        self.wrap(bridge_setup, "finalize_model_grads", "grad_reduce")
+        self.wrap(DistillationModel, "compute_kd_loss", "kd_loss_forward")
+        forward = DistillationModel.forward
+
+        def timed_forward(model, *args, **kwargs):
+            if not getattr(model, "_kd_timed", False):
+                teacher = model._teacher_model
+                teacher.register_forward_pre_hook(
+                    lambda m, a: setattr(m, "_kd_t0", timer.now()))
+                teacher.register_forward_hook(
+                    lambda m, a, o: timer.add("teacher_forward", m._kd_t0, timer.now()))
+                model._kd_timed = True
+            t0 = timer.now()
+            try:
+                return forward(model, *args, **kwargs)
+            finally:
+                timer.add("student_forward", t0, timer.now())
+
+        DistillationModel.forward = timed_forward
+
+    def report(self) -> dict:
+        steps = max(0, self.iteration - self.warmup)
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
+        totals: dict[str, float] = {}
+        for phase, a, b in self.spans:
+            ms = a.elapsed_time(b) if self.cuda else (b - a) * 1e3
+            totals[phase] = totals.get(phase, 0.0) + ms
+        per_step = {k: round(v / max(1, steps), 1) for k, v in totals.items()}
+        return {"steps": steps, "ms_per_step": per_step}
+
 # --------------------------------------------------------------------------- driver
 
 
 def run_variant(
-    name: str, attention: str, spec_file: Path, world: int, logs: Path, timeout: int
+    name: str, attention: str, spec_file: Path, world: int, logs: Path, timeout: int,
+    kd_loss: str = "full", extra_env: dict | None = None,
 ) -> tuple[list[str], float, int]:
     from kd.dist_env import free_port, local_job_env
 
@@ -189,9 +327,11 @@ def run_variant(
             "PYTHONPATH": str(REPO),
             "PYTHONUNBUFFERED": "1",
             "CUDA_DEVICE_MAX_CONNECTIONS": "1",
+            **(extra_env or {}),
         }
         log = (logs / f"{name}_rank{rank}.log").open("w")
-        cmd = [sys.executable, __file__, "--worker", str(spec_file), "--attention", attention]
+        cmd = [sys.executable, __file__, "--worker", str(spec_file), "--attention", attention,
+               "--kd-loss", kd_loss]
         procs.append(
             (subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT), log)
         )
@@ -226,6 +366,8 @@ def summarize(
         ),
         key=lambda m: m["rank"],
     )
+    profiles = [json.loads(line.split(" ", 1)[1]) for line in text.splitlines()
+                if line.startswith("KD_PROFILE ")]
     steady = [ms for it, (ms, _) in sorted(steps.items()) if it > warmup]
     if not steady:
         return {"iterations": len(steps)}
@@ -243,6 +385,9 @@ def summarize(
         "peak_reserved_gib_per_rank": [m["reserved_gib"] for m in memory],
         "loss_first": steps[its[0]][1],
         "loss_last": steps[its[-1]][1],
+        "measured_iterations": len(steady),
+        "step_ms_all": steady,
+        "phases_ms_per_step_rank0": profiles[0]["ms_per_step"] if profiles else None,
     }
 
 
@@ -252,6 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--attention", default="sdpa", help=argparse.SUPPRESS)
+    p.add_argument("--kd-loss", default="full", help=argparse.SUPPRESS)
     p.add_argument("--student", type=Path)
     p.add_argument("--teacher", type=Path)
     p.add_argument("--data", help="Megatron dataset prefix (<prefix>.bin/.idx)")
@@ -262,7 +408,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--recompute", default="auto", choices=("auto", "none", "full"),
                    help="activation recomputation for every variant (auto: the layout's choice)")
     p.add_argument("--gpu-memory-gib", type=float, default=None,
-                   help="memory per GPU for the layout choice (default: what torch reports)")
+                   help="memory per GPU for the layout choice (default: what torch reports); "
+                   "also caps each rank's CUDA allocator at it (an 80 GB budget on an H200)")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="runs of every variant, interleaved (A B C A B C): median and spread")
     p.add_argument("--iters", type=int, default=15)
     p.add_argument("--warmup", type=int, default=4, help="iterations left out of the median")
     p.add_argument("--variants", default=",".join(VARIANTS))
@@ -278,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("runs/bench/kd_throughput.json"))
     args = p.parse_args(argv)
     if args.worker:
-        return worker(args.worker, args.attention)
+        return worker(args.worker, args.attention, args.kd_loss)
 
     from kd.distill import spec_to_json
     from kd.specs import DistillSpec, replace_fields
@@ -301,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         "F=2*P_matmul+sum_attn_layers 2*seq*n_heads*head_dim (causal)",
         "variants": {},
     }
-    from launch.layout import choose
+    from launch.layout import Layout, choose
     from launch.memory import distributed_optimizer, estimate
 
     s_cfg = json.loads((args.student / "config.json").read_text())
@@ -309,62 +458,81 @@ def main(argv: list[str] | None = None) -> int:
     memory = args.gpu_memory_gib or gpu_memory_gib()
     result["gpu_memory_gib"] = memory
 
-    def layout_of(tp, mbs, sharded):
+    def layout_of(tp, mbs, sharded, kd_loss):
+        if tp == "given" and mbs != "auto":  # the seed's / anchor's own settings, as they run
+            rc = "none" if args.recompute == "auto" else args.recompute
+            return Layout(args.tp, 1, args.world // args.tp, mbs, rc, 0.0, 0.0, ())
         return choose(s_cfg, t_cfg, world=args.world, gpus_per_node=args.world,
                       gpu_memory_gib=memory, global_batch_size=args.gbs, seq_length=args.seq,
                       tp=args.tp if tp == "given" else "auto", pp=1, micro_batch_size=mbs,
-                      recompute=args.recompute, sharded=sharded)
+                      recompute=args.recompute, sharded=sharded, kd_loss=kd_loss)
 
-    for name in args.variants.split(","):
-        attention, tp_mode, mbs_mode, overlap, sharded = VARIANTS[name]
-        lay = layout_of(tp_mode, mbs_mode, sharded)
-        spec = replace_fields(
-            DistillSpec(student=str(args.student.absolute()),
-                        teacher=str(args.teacher.absolute()),
-                        data_blend=((1.0, str(Path(args.data).absolute())),),
-                        output_dir=str((args.work / name).absolute())),
-            tp=lay.tp,
-            seq_length=args.seq,
-            micro_batch_size=lay.micro_batch_size,
-            global_batch_size=args.gbs,
-            train_iters=args.iters,
-            lr=1e-4,
-            min_lr=1e-5,
-            lr_warmup_iters=2,
-            eval_interval=10**6,
-            eval_iters=0,
-            log_interval=1,
-            device=args.device,
-            split="100,0,0",
-            recompute=lay.recompute,
-            overlap_grad_reduce=overlap,
-            distributed_optimizer={"true": True, "false": False}.get(sharded, sharded),
-        )
-        args.work.mkdir(parents=True, exist_ok=True)
-        spec_file = spec_to_json(spec, args.work / f"{name}.json")
-        texts, wall, code = run_variant(
-            name, attention, spec_file, args.world, args.work / "logs", args.timeout
-        )
-        stats = summarize(texts, args.warmup, tokens, args.world, flops, args.peak_tflops)
-        est = estimate(s_cfg, t_cfg, tp=lay.tp, seq=args.seq, mbs=lay.micro_batch_size,
-                       attention=attention, recompute=lay.recompute == "full", dp=lay.dp,
-                       sharded_optimizer=distributed_optimizer(sharded, lay.dp)).total
-        measured = max(stats.get("peak_allocated_gib_per_rank") or [0])
-        result["variants"][name] = {
-            "attention": attention,
-            "tp": lay.tp,
-            "dp": lay.dp,
-            "micro_batch_size": lay.micro_batch_size,
-            "recompute": lay.recompute,
-            "overlap_grad_reduce": overlap,
-            "distributed_optimizer": distributed_optimizer(sharded, lay.dp),
-            "rc": code,
-            "wall_s": round(wall, 1),
-            **stats,
-            "estimated_peak_gib": round(est, 2),
-            "estimate_error": round((est - measured) / measured, 3) if measured else None,
-        }
-        print(f"KD_BENCH {name} " + json.dumps(result["variants"][name]), flush=True)
+    names = args.variants.split(",")
+    runs: dict[str, list[dict]] = {name: [] for name in names}
+    extra_env = {"KD_BENCH_WARMUP": str(args.warmup)}
+    if args.gpu_memory_gib:
+        extra_env["KD_BENCH_MEMORY_GIB"] = str(args.gpu_memory_gib)
+    for repeat in range(args.repeats):
+        for name in names:
+            attention, tp_mode, mbs_mode, overlap, sharded, kd_loss = VARIANTS[name]
+            lay = layout_of(tp_mode, mbs_mode, sharded, kd_loss)
+            spec = replace_fields(
+                DistillSpec(student=str(args.student.absolute()),
+                            teacher=str(args.teacher.absolute()),
+                            data_blend=((1.0, str(Path(args.data).absolute())),),
+                            output_dir=str((args.work / f"{name}_{repeat}").absolute())),
+                tp=lay.tp,
+                seq_length=args.seq,
+                micro_batch_size=lay.micro_batch_size,
+                global_batch_size=args.gbs,
+                train_iters=args.iters,
+                lr=1e-4,
+                min_lr=1e-5,
+                lr_warmup_iters=2,
+                eval_interval=10**6,
+                eval_iters=0,
+                log_interval=1,
+                device=args.device,
+                split="100,0,0",
+                recompute=lay.recompute,
+                overlap_grad_reduce=overlap,
+                distributed_optimizer={"true": True, "false": False}.get(sharded, sharded),
+            )
+            args.work.mkdir(parents=True, exist_ok=True)
+            spec_file = spec_to_json(spec, args.work / f"{name}.json")
+            texts, wall, code = run_variant(
+                f"{name}_{repeat}", attention, spec_file, args.world, args.work / "logs",
+                args.timeout, kd_loss, extra_env,
+            )
+            stats = summarize(texts, args.warmup, tokens, args.world, flops, args.peak_tflops)
+            est = estimate(s_cfg, t_cfg, tp=lay.tp, seq=args.seq, mbs=lay.micro_batch_size,
+                           attention=attention, recompute=lay.recompute == "full", dp=lay.dp,
+                           sharded_optimizer=distributed_optimizer(sharded, lay.dp),
+                           kd_loss=kd_loss).total
+            measured = max(stats.get("peak_allocated_gib_per_rank") or [0])
+            run = {
+                "attention": attention,
+                "tp": lay.tp,
+                "dp": lay.dp,
+                "micro_batch_size": lay.micro_batch_size,
+                "recompute": lay.recompute,
+                "overlap_grad_reduce": overlap,
+                "distributed_optimizer": distributed_optimizer(sharded, lay.dp),
+                "kd_loss": kd_loss,
+                "rc": code,
+                "wall_s": round(wall, 1),
+                **stats,
+                "estimated_peak_gib": round(est, 2),
+                "estimate_error": round((est - measured) / measured, 3) if measured else None,
+            }
+            runs[name].append(run)
+            print(f"KD_BENCH {name} repeat {repeat} " + json.dumps(run), flush=True)
+            # what is measured so far survives a run cut short
+            result["variants"] = {n: combine(r) for n, r in runs.items() if r}
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps({**result, "partial": True}, indent=2) + "\n")
+    for name in names:
+        result["variants"][name] = combine(runs[name])
     v = result["variants"]
     base = v.get("reference", {}).get("step_ms_median")
     for name in v:
@@ -374,6 +542,34 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(table(result))
     return 0 if all(x.get("rc") == 0 for x in v.values()) else 1
+
+
+def combine(runs: list[dict]) -> dict:
+    """One variant over its repeats: the last run's fields, the median of the repeats' median
+    step times (tokens/s, TFLOP/s and MFU follow it) and the spread (max - min) / median."""
+    out = dict(runs[-1])
+    medians = [r["step_ms_median"] for r in runs if r.get("step_ms_median")]
+    out["repeats"] = len(runs)
+    out["rc"] = next((r["rc"] for r in runs if r["rc"]), 0)
+    if not medians:
+        return out
+    mid = statistics.median(medians)
+    scale = out["step_ms_median"] / mid if out.get("step_ms_median") else 1.0
+    out["step_ms_median_per_repeat"] = medians
+    out["step_ms_median"] = round(mid, 1)
+    out["step_ms_spread"] = round((max(medians) - min(medians)) / mid, 4)
+    for key in ("tokens_per_s_per_gpu", "model_tflops_per_gpu"):
+        if out.get(key) is not None:
+            out[key] = round(out[key] * scale, 1)
+    if out.get("mfu") is not None:
+        out["mfu"] = round(out["mfu"] * scale, 4)
+    out["peak_allocated_gib_per_rank"] = [max(v) for v in zip(
+        *(r.get("peak_allocated_gib_per_rank") or [] for r in runs), strict=False)]
+    phases = [r["phases_ms_per_step_rank0"] for r in runs if r.get("phases_ms_per_step_rank0")]
+    if phases:
+        out["phases_ms_per_step_rank0"] = {
+            k: round(statistics.median(p.get(k, 0.0) for p in phases), 1) for k in phases[0]}
+    return out
 
 
 def gpu_memory_gib() -> float:
@@ -399,16 +595,18 @@ def table(result: dict) -> str:
     rows = [
         f"KD throughput on {result['device']}, TP={result['tp']}, world {result['world']}, "
         f"seq {result['seq']}, gbs {result['gbs']}",
-        "| variant | attention | TP | DP | mbs | overlap | step ms | tokens/s/GPU | TFLOP/s/GPU "
-        "| MFU | x reference | peak alloc GiB (max rank) | estimate GiB | loss first -> last |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| variant | attention | TP | DP | mbs | overlap | KD loss | step ms (spread, repeats) "
+        "| tokens/s/GPU | TFLOP/s/GPU | MFU | x reference | peak alloc GiB (max rank) "
+        "| estimate GiB | loss first -> last |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, v in result["variants"].items():
         peak = max(v.get("peak_allocated_gib_per_rank") or [0])
         rows.append(
             f"| {name} | {v['attention']} | {v['tp']} | {v['dp']} | {v['micro_batch_size']} | "
-            f"{'on' if v['overlap_grad_reduce'] else 'off'} | "
-            f"{v.get('step_ms_median')} | {v.get('tokens_per_s_per_gpu')} | "
+            f"{'on' if v['overlap_grad_reduce'] else 'off'} | {v.get('kd_loss')} | "
+            f"{v.get('step_ms_median')} ({v.get('step_ms_spread')}, {v.get('repeats')}) | "
+            f"{v.get('tokens_per_s_per_gpu')} | "
             f"{v.get('model_tflops_per_gpu')} | {v.get('mfu')} | "
             f"{result.get(f'speedup_{name}_vs_reference', 1.0 if name == 'reference' else '-')} "
             f"| {peak} | {v.get('estimated_peak_gib')} | "

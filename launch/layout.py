@@ -152,7 +152,7 @@ def resolve(exp: Experiment, cluster: Cluster) -> tuple[Experiment, Layout]:
 def choose(student: dict, teacher: dict, *, world: int, gpus_per_node: int,
            gpu_memory_gib: float, global_batch_size: int, seq_length: int, cp: int = 1,
            tp: int | str = AUTO, pp: int | str = AUTO, micro_batch_size: int | str = AUTO,
-           recompute: str = AUTO, sharded: object = AUTO) -> Layout:
+           recompute: str = AUTO, sharded: object = AUTO, kd_loss: str = "full") -> Layout:
     """The rule of the module docstring on HF config dicts (benchmarks call this directly)."""
     auto = tuple(f for f, v in (("tp", tp), ("pp", pp), ("micro_batch_size", micro_batch_size),
                                 ("recompute", recompute)) if is_auto(v))
@@ -178,7 +178,8 @@ def choose(student: dict, teacher: dict, *, world: int, gpus_per_node: int,
         dp = max(1, world // (a * b * cp))
         return estimate(student, teacher, tp=a, pp=b, seq=seq_length, mbs=mbs,
                         recompute=rc == "full", dp=dp,
-                        sharded_optimizer=distributed_optimizer(sharded, dp)).total
+                        sharded_optimizer=distributed_optimizer(sharded, dp),
+                        kd_loss=kd_loss).total
 
     for rc in recomputes:
         for a, b in shapes:

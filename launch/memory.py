@@ -24,7 +24,8 @@ The five coefficients are a least-squares fit to peak memory measured on H100 fo
 (TP 1/2/4, micro-batch 1/2/4, seq 1024/2048/4096, local and SDPA attention, three students:
 benchmarks/results/h100x4_2026-11-28*.json); every one is within 2 %, and
 tests/launch/test_memory.py holds them to 15 %. Layouts measured after the fit are checked there
-too (held-out validation).
+too (held-out validation): 4 on the 1B pair (within 6.1 %) and 7 at the 8B widths with a 128k
+vocabulary (h200x1_2026-11-28_issue14_8b.json, within 3.5 %, held to 10 %).
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ from dataclasses import dataclass
 
 GIB = 1024**3
 LOGIT_COPIES = 6.8
+# kd/kd_loss.py's chunked KL keeps the bf16 student and teacher logits and the bf16 gradient
+# instead: 3 x 2 bytes = 1.5 fp32 copies (analytic; checked against the 8B-shaped run)
+LOGIT_COPIES_CHUNKED = 1.5
 ACT_LAYER = 10.6
 ACT_ATTENTION = 10.2
 ACT_FFN = 6.9
@@ -122,8 +126,9 @@ def distributed_optimizer(value: object, dp: int) -> bool:
 
 def estimate(student: dict, teacher: dict, *, tp: int, pp: int = 1, seq: int, mbs: int,
              attention: str = "sdpa", recompute: bool = False, dp: int = 1,
-             sharded_optimizer: bool = False) -> Estimate:
-    """Peak GiB per rank; ``sharded_optimizer``: Megatron's distributed optimizer over ``dp``."""
+             sharded_optimizer: bool = False, kd_loss: str = "full") -> Estimate:
+    """Peak GiB per rank; ``sharded_optimizer``: Megatron's distributed optimizer over ``dp``;
+    ``kd_loss``: ``full`` (ModelOpt's KL) or ``chunked`` (kd/kd_loss.py)."""
     shards = tp * pp
     per_param = (OPTIMIZER_BYTES - SHARDED_BYTES + SHARDED_BYTES / max(1, dp)
                  if sharded_optimizer else OPTIMIZER_BYTES)
@@ -139,7 +144,8 @@ def estimate(student: dict, teacher: dict, *, tp: int, pp: int = 1, seq: int, mb
         acts = max(acts, full) if recompute else acts + full
     if recompute:
         acts += len(layers) * 2 * seq * mbs * h
-    logits = LOGIT_COPIES * 4 * seq * mbs * padded_vocab(student, tp) / tp
+    copies = LOGIT_COPIES_CHUNKED if kd_loss == "chunked" else LOGIT_COPIES
+    logits = copies * 4 * seq * mbs * padded_vocab(student, tp) / tp
     return Estimate(
         student_states=per_param * parameters(student, tp) / shards / GIB,
         teacher_weights=2 * parameters(teacher, tp) / shards / GIB,

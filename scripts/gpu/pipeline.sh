@@ -105,5 +105,25 @@ want val && CUDA_VISIBLE_DEVICES=0,1,2,3 phase val 560 bash -c '
 want evalbench && CUDA_VISIBLE_DEVICES=0 phase evalbench 600 python benchmarks/eval_throughput.py \
   --model .cache/gpu_1b/teacher --batch-sizes 1,auto --n-test 10 --work "$W/evalbench" \
   --out "$W/results/eval_throughput.json"
+
+# Issue 14: the 8B-shaped pair (scripts/gpu/build_8b.py; teacher depth KD_8B_LAYERS, 32 = the
+# real 8B, 12 = what fits one 80 GB card with unsharded Adam), the KD loss alone, then seed /
+# anchor / ours / ours + chunked KD loss side by side on all visible GPUs, 80 GB budget each.
+B8=${KD_8B_ROOT:-$W/gpu_8b}
+NGPU=$(python -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 1)
+bench8b() {
+  python benchmarks/kd_throughput.py --student "$B8/student" --teacher "$B8/teacher" \
+    --data "$B8/data_text_document" --world "$NGPU" --tp "$NGPU" --seq 4096 \
+    --gbs "${KD_8B_GBS:-16}" --iters 23 --warmup 3 --repeats "${KD_8B_REPEATS:-2}" \
+    --gpu-memory-gib 79.6 --variants "${KD_8B_VARIANTS:-reference,anchor,ours,ours_chunked}" \
+    --timeout 900 --work "$W/bench8b" --out "$W/results/kd_8b_${NGPU}gpu.json"
+}
+export -f bench8b
+export B8 NGPU
+want assets8b && phase assets8b 600 python scripts/gpu/build_8b.py "$B8" \
+  --layers "${KD_8B_LAYERS:-32}"
+want lossbench && phase lossbench 300 python benchmarks/kd_loss_bench.py \
+  --out "$W/results/kd_loss_bench.json"
+want bench8b && phase bench8b 3000 bash -c bench8b
 say "pipeline finished"
 touch "$W/finished"

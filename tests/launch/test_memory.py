@@ -21,6 +21,7 @@ RESULTS = REPO / "benchmarks" / "results"
 MEASURED = json.loads((RESULTS / "h100x4_2026-11-28.json").read_text())
 ISSUE8 = json.loads((RESULTS / "h100x4_2026-11-28_issue8.json").read_text())
 HELD_OUT = json.loads((RESULTS / "h200x4_2026-11-28_issue8_val.json").read_text())["runs"]
+ISSUE14 = json.loads((RESULTS / "h200x1_2026-11-28_issue14_8b.json").read_text())
 
 
 def llama(layers, hidden, ffn, heads, kv, vocab):
@@ -77,7 +78,28 @@ def held_out_points():
     return out
 
 
+def llama8b_widths(layers):  # scripts/gpu/build_8b.py: teacher and its AnyModel student
+    teacher = llama(layers, 4096, 14336, 32, 8, 128256)
+    blocks = [{"attention": {"no_op": i % 4 == 3}, "ffn": {"intermediate_size": 4608}}
+              for i in range(layers)]
+    return {**teacher, "block_configs": blocks}, teacher
+
+
+def issue14_points():
+    """Layouts at the 8B widths (12 layers), measured after the fit: held out by construction."""
+    student, teacher = llama8b_widths(12)
+    runs = [(4096, ISSUE14["kd_throughput"])] + [
+        (r["seq"], r) for r in ISSUE14["held_out_layout_runs"].values()]
+    return [(f"8B-width seq{seq} {name} {v['recompute']}", student, teacher, v["tp"], seq,
+             v["micro_batch_size"], v["attention"], v)
+            for seq, r in runs for name, v in r["variants"].items()]
+
+
 def test_parameter_counts_match_the_built_models():
+    student, teacher = llama8b_widths(12)
+    assets = ISSUE14["pair"]
+    assert f"{parameters(teacher) / 1e9:.2f}B" in assets["teacher"]
+    assert f"{parameters(student) / 1e9:.2f}B" in assets["student"]
     gpu = {r["run"]: r for r in MEASURED["issue3_test_gpu"]}
     assert parameters(SMALL_S, 2) == gpu["gpu_dense"]["student_params"]
     assert parameters(pruned(SMALL_T), 2) == gpu["gpu_anymodel"]["student_params"]
@@ -109,3 +131,13 @@ def test_preflight_refuses_a_layout_that_does_not_fit(make_experiment, tmp_path)
     exp8 = cfg.load_experiment(str(make_experiment()), ["train.tp=8", "train.pp=1",
                                                          "train.recompute=none"])
     preflight.check_memory(exp8, cl)  # the seed's layout fits 80 GB
+
+
+@pytest.mark.parametrize("point", issue14_points(), ids=lambda p: p[0])
+def test_estimate_within_10_percent_on_held_out_8b_width_layouts(point):
+    """Issue 14's bar for held-out layouts (all 7 are within 3.5 %), incl. the chunked KD loss."""
+    _, student, teacher, tp, seq, mbs, attention, run = point
+    measured = max(run["peak_allocated_gib_per_rank"])
+    est = estimate(student, teacher, tp=tp, seq=seq, mbs=mbs, attention=attention,
+                   recompute=run["recompute"] == "full", kd_loss=run["kd_loss"]).total
+    assert abs(est - measured) / measured < 0.10, (est, measured)
