@@ -126,9 +126,12 @@ def _train(spec: DistillSpec, env, exit_signal: int | None) -> dict:
     device = compat.resolve_device(spec.device)
     compat.activate(device)
     log.info("%s", compat.summary())
+    check_options(spec, device)
+    wandb_environment(spec)
     _init_process_group(device, env)
     quarantine_incomplete_checkpoints(spec, env.rank)
     config = build_config(spec, device, exit_signal=exit_signal)
+    retain_after_saves(spec, env.rank)
     if exit_signal is not None:
         shield_checkpoint_writer(exit_signal)
     guard_saves_against_termination(signal.SIGTERM)
@@ -162,6 +165,7 @@ def _train(spec: DistillSpec, env, exit_signal: int | None) -> dict:
     if peak is not None:  # every rank: Bridge has already destroyed the process group on GPU
         _log_rank_memory(env.rank, peak)
     _barrier()
+    prune_checkpoints(spec, env.rank)
     iteration = latest_iteration(checkpoints_dir(spec))
     if iteration is None or iteration < spec.train_iters:
         raise DistillInterrupted(iteration, spec.train_iters)
@@ -184,16 +188,11 @@ def _train(spec: DistillSpec, env, exit_signal: int | None) -> dict:
 
 def build_config(spec: DistillSpec, device: str, exit_signal: int | None = None):
     """The ConfigContainer for ``distill()``: providers, KD, optimizer, data, checkpoints."""
-    import torch
     from megatron.bridge.models.distillation_provider import convert_to_distillation_provider
     from megatron.bridge.training.config import (
-        CheckpointConfig,
         ConfigContainer,
         DistributedInitConfig,
-        LoggerConfig,
-        OptimizerConfig,
         RNGConfig,
-        SchedulerConfig,
         TrainingConfig,
     )
     from megatron.bridge.training.tokenizers.config import TokenizerConfig
@@ -201,13 +200,11 @@ def build_config(spec: DistillSpec, device: str, exit_signal: int | None = None)
     on_gpu = device == "cuda"
     bf16 = on_gpu and spec.precision == "bf16"
     sharded = uses_distributed_optimizer(spec)
-    student = build_provider(spec.student, spec, device)
-    if spec.recompute == "full":  # the teacher runs without autograd: nothing to recompute
-        student.recompute_granularity = "full"
-        student.recompute_method = "uniform"
-        student.recompute_num_layers = 1
-    elif spec.recompute != "none":
-        raise ValueError(f"recompute={spec.recompute!r}: choose none or full")
+    student = build_provider(spec.student, spec, device,
+                             load_weights=student_init_checkpoint(spec) is None)
+    # the teacher runs without autograd: nothing to recompute
+    for name, value in recompute_settings(spec).items():
+        setattr(student, name, value)
     teacher = build_provider(spec.teacher, spec, device)
     if student.vocab_size != teacher.vocab_size:
         raise ValueError(
@@ -215,8 +212,7 @@ def build_config(spec: DistillSpec, device: str, exit_signal: int | None = None)
             f"{teacher.vocab_size}: KD on logits needs the same tokenizer"
         )
     model = convert_to_distillation_provider(student, teacher, kd_config(spec.kd))
-    ckpt = checkpoints_dir(spec)
-    resume = latest_iteration(ckpt) is not None
+    resume = latest_iteration(checkpoints_dir(spec)) is not None
     train = TrainingConfig(
         train_iters=spec.train_iters,
         global_batch_size=spec.global_batch_size,
@@ -228,45 +224,17 @@ def build_config(spec: DistillSpec, device: str, exit_signal: int | None = None)
     )
     if exit_signal is not None:
         set_exit_signal(train, exit_signal)
+    optimizer, scheduler = optimizer_configs(spec, bf16, sharded)
     return ConfigContainer(
         model=model,
         train=train,
-        optimizer=OptimizerConfig(
-            optimizer="adam",
-            lr=spec.lr,
-            min_lr=spec.min_lr,
-            weight_decay=0.01,
-            adam_beta1=0.9,
-            adam_beta2=0.95,
-            clip_grad=1.0,
-            bf16=bf16,
-            fp16=False,
-            params_dtype=torch.bfloat16 if bf16 else torch.float32,
-            use_distributed_optimizer=sharded,
-        ),
-        scheduler=SchedulerConfig(
-            lr_decay_style="cosine",
-            lr_warmup_iters=spec.lr_warmup_iters,
-            lr_decay_iters=spec.train_iters,
-            start_weight_decay=0.01,
-            end_weight_decay=0.01,
-            weight_decay_incr_style="constant",
-            override_opt_param_scheduler=True,
-        ),
+        optimizer=optimizer,
+        scheduler=scheduler,
         ddp=ddp_config(spec, on_gpu, sharded),
         dataset=dataset_config(spec, on_gpu),
-        logger=LoggerConfig(
-            log_interval=spec.log_interval, tensorboard_dir=str(tensorboard_dir(spec))
-        ),
+        logger=logger_config(spec),
         tokenizer=TokenizerConfig(tokenizer_type="NullTokenizer", vocab_size=student.vocab_size),
-        checkpoint=CheckpointConfig(
-            save=str(ckpt),
-            load=str(ckpt) if resume else None,
-            save_interval=spec.save_interval,
-            ckpt_format="torch_dist",
-            async_save=False,
-            fully_parallel_save=on_gpu,
-        ),
+        checkpoint=checkpoint_config(spec, on_gpu, resume),
         rng=RNGConfig(seed=spec.seed),
         dist=DistributedInitConfig(distributed_backend="nccl" if on_gpu else "gloo"),
         mixed_precision="bf16_mixed" if bf16 else None,
@@ -387,17 +355,19 @@ def set_exit_signal(train_config, sig: int = signal.SIGUSR2) -> None:
     train_config.exit_signal = sig
 
 
-def build_provider(hf_dir: str, spec: DistillSpec, device: str):
-    """A GPT provider (HF weights loaded when the model is built) set up for ``spec``."""
+def build_provider(hf_dir: str, spec: DistillSpec, device: str, load_weights: bool = True):
+    """A GPT provider (HF weights loaded when the model is built, unless ``load_weights`` is off:
+    ``student.megatron_checkpoint`` overwrites them) set up for ``spec``."""
     import modelopt.torch.puzzletron.plugins  # noqa: F401  registers the AnyModel bridges
     import torch
     from megatron.bridge import AutoBridge
 
     bf16 = device == "cuda" and spec.precision == "bf16"
     dtype = torch.bfloat16 if bf16 else torch.float32
-    provider = AutoBridge.from_hf_pretrained(hf_dir, torch_dtype=dtype).to_megatron_provider(
-        load_weights=True
+    bridge = AutoBridge.from_hf_pretrained(
+        hf_dir, torch_dtype=dtype, trust_remote_code=trust_remote_code(spec)
     )
+    provider = bridge.to_megatron_provider(load_weights=load_weights)
     configure_provider(provider, spec.tp, spec.pp, spec.cp, spec.seq_length, device, bf16)
     return provider
 
@@ -470,7 +440,7 @@ def dataset_config(spec: DistillSpec, on_gpu: bool):
         blend=(prefixes, weights if len(weights) > 1 else None),
         split=spec.split,
         seq_length=spec.seq_length,
-        path_to_cache=str(Path(spec.output_dir) / "dataset_cache"),
+        path_to_cache=index_cache_dir(spec),
         random_seed=spec.seed,
         reset_attention_mask=False,
         reset_position_ids=False,
@@ -481,6 +451,221 @@ def dataset_config(spec: DistillSpec, on_gpu: bool):
         num_workers=2 if on_gpu else 0,
         skip_getting_attention_mask_from_dataset=True,
     )
+
+
+# ---------------------------------------------------------------- the anchor's options (issue 15)
+# Model-Optimizer's examples/megatron_bridge/distill.py offers these; each comes from the
+# experiment config (kd/options.py sections, checked there) through the spec. ``getattr``
+# defaults keep specs written before a field existed (manifests, --spec files) working.
+def _opt(spec: DistillSpec, name: str, default):
+    return getattr(spec, name, default)
+
+
+def recompute_settings(spec: DistillSpec) -> dict:
+    """The student provider's activation-recomputation fields for ``train.recompute``: ``full``
+    (each layer, one at a time) or ``selective`` (only ``train.recompute_modules``)."""
+    from kd.options import check_recompute_modules
+
+    mode = spec.recompute
+    if mode == "none":
+        return {}
+    if mode == "full":
+        return {"recompute_granularity": "full", "recompute_method": "uniform",
+                "recompute_num_layers": 1}
+    if mode == "selective":
+        modules = tuple(_opt(spec, "recompute_modules", None) or ("core_attn",))
+        check_recompute_modules(modules, mode)
+        return {"recompute_granularity": "selective", "recompute_method": None,
+                "recompute_num_layers": None, "recompute_modules": list(modules)}
+    raise ValueError(f"recompute={mode!r}: choose none, full or selective")
+
+
+def optimizer_configs(spec: DistillSpec, bf16: bool, sharded: bool):
+    """Adam + the learning-rate schedule from the ``optimizer`` section (and ``train``'s lr,
+    min_lr, warm-up); weight decay is constant over the run."""
+    import torch
+    from megatron.bridge.training.config import OptimizerConfig, SchedulerConfig
+
+    from kd.options import OptimizerOptions
+
+    o = _opt(spec, "optimizer", None) or OptimizerOptions()
+    optimizer = OptimizerConfig(
+        optimizer="adam",
+        lr=spec.lr,
+        min_lr=spec.min_lr,
+        weight_decay=o.weight_decay,
+        adam_beta1=o.adam_beta1,
+        adam_beta2=o.adam_beta2,
+        adam_eps=o.adam_eps,
+        clip_grad=o.clip_grad,
+        bf16=bf16,
+        fp16=False,
+        params_dtype=torch.bfloat16 if bf16 else torch.float32,
+        use_distributed_optimizer=sharded,
+    )
+    scheduler = SchedulerConfig(
+        lr_decay_style=o.lr_decay_style,
+        lr_warmup_iters=spec.lr_warmup_iters,
+        lr_decay_iters=spec.train_iters,
+        start_weight_decay=o.weight_decay,
+        end_weight_decay=o.weight_decay,
+        weight_decay_incr_style="constant",
+        override_opt_param_scheduler=True,
+    )
+    return optimizer, scheduler
+
+
+def checkpoint_options(spec: DistillSpec):
+    from kd.options import CheckpointOptions
+
+    return _opt(spec, "checkpoint", None) or CheckpointOptions()
+
+
+def student_init_checkpoint(spec: DistillSpec) -> tuple[str, int] | None:
+    """``student.megatron_checkpoint`` as (checkpoints root, iteration): a ``checkpoints/`` dir
+    (its latest complete save) or one ``iter_N`` dir, complete by kd.checkpoints' rule."""
+    path = _opt(spec, "student_megatron_checkpoint", None)
+    if not path:
+        return None
+    given = Path(path)
+    it = ckpts.iteration_of(given)
+    root, it = (given.parent, it) if it is not None else (given, ckpts.latest_complete(given))
+    if it is None or not ckpts.is_complete(root, it):
+        found = ckpts.complete_iterations(root)
+        raise ValueError(
+            f"student.megatron_checkpoint={path!r}: not a complete Megatron checkpoint (need an "
+            f"iter_N dir written before {ckpts.TRACKER} and with {', '.join(ckpts.REQUIRED_FILES)}, "
+            f"or a checkpoints dir holding one); complete iterations there: {found or 'none'}"
+        )
+    return str(root), it
+
+
+def checkpoint_config(spec: DistillSpec, on_gpu: bool, resume: bool):
+    """Saves to ``output_dir/checkpoints`` (torch_dist), resume from there; a first start takes
+    the student's weights from ``student.megatron_checkpoint`` when set (Bridge's
+    ``pretrained_checkpoint`` + ``ckpt_step``: weights only, iteration 0, fresh optimizer)."""
+    from megatron.bridge.training.config import CheckpointConfig
+
+    ckpt = str(checkpoints_dir(spec))
+    init = None if resume else student_init_checkpoint(spec)
+    return CheckpointConfig(
+        save=ckpt,
+        # Bridge needs load set whenever ckpt_step is; it loads from `load` once a save exists
+        load=ckpt if (resume or init) else None,
+        pretrained_checkpoint=init[0] if init else None,
+        ckpt_step=init[1] if init else None,
+        save_interval=spec.save_interval,
+        ckpt_format="torch_dist",
+        async_save=checkpoint_options(spec).async_save,
+        fully_parallel_save=on_gpu,
+        most_recent_k=-1,  # retention is ours (prune_checkpoints): it knows complete/protected
+    )
+
+
+def prune_checkpoints(spec: DistillSpec, rank: int) -> list[int]:
+    """``checkpoint.keep_last``: rank 0 deletes the complete checkpoints beyond the newest k,
+    never the protected ones (``keep_iterations``: export.iteration, checkpoint candidates)."""
+    keep = checkpoint_options(spec).keep_last
+    if rank != 0 or keep is None:
+        return []
+    gone = ckpts.prune(checkpoints_dir(spec), keep, _opt(spec, "keep_iterations", ()))
+    if gone:
+        log.info("distill: checkpoint.keep_last=%d: deleted iterations %s", keep, gone)
+    return gone
+
+
+def retain_after_saves(spec: DistillSpec, rank: int) -> None:
+    """Apply ``checkpoint.keep_last`` after every save Megatron-Bridge makes during training (a
+    wrapper around its ``save_checkpoint_and_time``, outermost, so it runs after the save)."""
+    if checkpoint_options(spec).keep_last is None:
+        return
+    import megatron.bridge.training.train as train_module
+
+    original = train_module.save_checkpoint_and_time
+
+    def save_then_prune(*args, **kwargs):
+        result = original(*args, **kwargs)
+        prune_checkpoints(spec, rank)
+        return result
+
+    train_module.save_checkpoint_and_time = save_then_prune
+
+
+def index_cache_dir(spec: DistillSpec) -> str:
+    """Megatron's dataset index cache (``path_to_cache``): ``data.index_cache`` when set, shared
+    by every run and sweep member with the same blend (the file names hash the blend, split,
+    sequence length and seed); else ``output_dir/dataset_cache``."""
+    return _opt(spec, "index_cache", None) or str(Path(spec.output_dir) / "dataset_cache")
+
+
+def check_options(spec: DistillSpec, device: str) -> None:
+    """The anchor options that depend on where distill runs (the rest are checked at load)."""
+    if checkpoint_options(spec).async_save and device != "cuda":
+        raise ValueError(
+            "checkpoint.async_save=true needs CUDA GPUs: megatron-core's async writer stages "
+            "tensors through CUDA; set checkpoint.async_save=false for CPU runs"
+        )
+    recompute_settings(spec)
+    student_init_checkpoint(spec)
+
+
+def wandb_dir(spec: DistillSpec) -> Path:
+    return Path(spec.output_dir) / "wandb"
+
+
+def logging_options(spec: DistillSpec):
+    from kd.options import LoggingOptions
+
+    return _opt(spec, "logging", None) or LoggingOptions()
+
+
+def logger_config(spec: DistillSpec):
+    """TensorBoard (loss, lr; timers when ``logging.timers`` > 0) and the optional W&B logger."""
+    from megatron.bridge.training.config import LoggerConfig
+
+    lo = logging_options(spec)
+    wandb = lo.wandb_project is not None and lo.wandb_mode != "disabled"
+    return LoggerConfig(
+        log_interval=spec.log_interval,
+        tensorboard_dir=str(tensorboard_dir(spec)),
+        timing_log_level=lo.timers,
+        log_timers_to_tensorboard=lo.timers > 0,
+        wandb_project=lo.wandb_project if wandb else None,
+        wandb_entity=lo.wandb_entity if wandb else None,
+        wandb_exp_name=(lo.wandb_name or Path(spec.output_dir).parent.name) if wandb else None,
+        wandb_save_dir=str(wandb_dir(spec)) if wandb else None,
+    )
+
+
+def wandb_environment(spec: DistillSpec, environ: dict | None = None) -> dict:
+    """Set ``WANDB_MODE`` (offline by default: compute nodes rarely reach the internet; sync
+    later with ``wandb sync RUN/distill/wandb``) and refuse a missing package or, online, a
+    missing ``WANDB_API_KEY``. Returns the variables it set."""
+    lo = logging_options(spec)
+    env = os.environ if environ is None else environ
+    if lo.wandb_project is None or lo.wandb_mode == "disabled":
+        return {}
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") is None:
+        raise ValueError(
+            "logging.wandb_project is set but the wandb package is not installed where distill "
+            "runs: `pip install wandb` into the job's environment (container or venv), or remove "
+            "logging.wandb_project"
+        )
+    if lo.wandb_mode == "online" and not env.get("WANDB_API_KEY", "").strip():
+        raise ValueError(
+            "logging.wandb_mode=online needs WANDB_API_KEY in the environment of the shell that "
+            "launches (SLURM copies it into the job; never put it in a config), or use "
+            "logging.wandb_mode=offline and `wandb sync` later"
+        )
+    env["WANDB_MODE"] = lo.wandb_mode
+    return {"WANDB_MODE": lo.wandb_mode}
+
+
+def trust_remote_code(spec) -> bool:
+    """``trust_remote_code`` for every Hugging Face load of the stage (AutoBridge, tokenizer)."""
+    return bool(getattr(spec, "trust_remote_code", False))
 
 
 def _disable(provider, *names: str) -> None:
