@@ -602,10 +602,20 @@ def check_options(spec: DistillSpec, device: str) -> None:
     """The anchor options that depend on where distill runs (the rest are checked at load)."""
     if checkpoint_options(spec).async_save and device != "cuda":
         raise ValueError(
-            "checkpoint.async_save=true needs CUDA GPUs: megatron-core's async writer stages "
-            "tensors through CUDA; set checkpoint.async_save=false for CPU runs"
+            "checkpoint.async_save=true needs CUDA GPUs: megatron-core's persistent async "
+            "checkpoint worker binds a CUDA device (it dies on a CPU run and training then "
+            "hangs at the next save); set checkpoint.async_save=false for CPU runs"
         )
-    recompute_settings(spec)
+    settings = recompute_settings(spec)
+    if "layernorm" in settings.get("recompute_modules", ()):
+        from kd import compat
+
+        if not compat.have_te():
+            raise ValueError(
+                "train.recompute_modules has 'layernorm': megatron-core recomputes it with "
+                "output-discarding checkpointing, which needs Transformer Engine (not installed "
+                "here); use core_attn and/or mlp, or run in a container with TE"
+            )
     student_init_checkpoint(spec)
 
 

@@ -90,7 +90,8 @@ class CheckpointOptions:
     # never deleted.
     keep_last: int | None = None
     # Megatron's async save (torch_dist): training goes on while a background worker writes.
-    # Needs CUDA: refused on CPU-only runs (kd.distill.validate).
+    # Needs CUDA (the worker calls torch.cuda.set_device): refused on CPU runs
+    # (kd.distill.check_options and the launch-time check).
     async_save: bool = False
 
     def __post_init__(self) -> None:

@@ -1,0 +1,158 @@
+"""The options Model-Optimizer's distill.py offers (issue 15, item 3), on the compute side:
+checkpoint retention by the completeness rule, the checks that depend on where distill runs, and
+each option reaching Megatron-Bridge's ConfigContainer."""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+from pathlib import Path
+
+import pytest
+from conftest import REPO, make_spec, run_python, tagged_json
+
+from kd import checkpoints as ckpts
+from kd.options import CheckpointOptions, LoggingOptions, OptimizerOptions
+from kd.paths import iteration_dir
+
+FILES = ("__0_0.distcp", "common.pt", ".metadata", "metadata.json", "train_state.pt")
+
+
+def with_options(spec, **fields):
+    """``spec`` with the issue-15 fields set (replace where DistillSpec declares them)."""
+    declared = {f.name for f in dataclasses.fields(spec)}
+    out = dataclasses.replace(spec, **{k: v for k, v in fields.items() if k in declared})
+    for k, v in fields.items():
+        if k not in declared:
+            object.__setattr__(out, k, v)
+    return out
+
+
+def _save(root: Path, iteration: int, complete: bool = True) -> None:
+    d = iteration_dir(root, iteration)
+    d.mkdir(parents=True)
+    for name in FILES if complete else FILES[:2]:
+        (d / name).write_text(name)
+    if complete:
+        (root / ckpts.TRACKER).write_text(str(iteration))
+
+
+# ---------------------------------------------------------------- checkpoint.keep_last
+def test_keep_last_deletes_only_old_complete_unprotected_checkpoints(tmp_path):
+    root = tmp_path / "checkpoints"
+    for it in (10, 20, 30, 40):
+        _save(root, it)
+    _save(root, 50, complete=False)  # a save killed midway: neither counted nor deleted
+    assert ckpts.retention_victims(root, 2) == [10, 20]
+    assert ckpts.retention_victims(root, 2, protect=(10,)) == [20]  # export.iteration / candidate
+    assert ckpts.retention_victims(root, None) == []
+    (root / (ckpts.TRASH_PREFIX + "iter_0000005")).mkdir()  # a deletion that was itself killed
+    assert ckpts.prune(root, 2, protect=(10,)) == [20]
+    assert sorted(p.name for p in root.iterdir()) == [
+        "iter_0000010", "iter_0000030", "iter_0000040", "iter_0000050", ckpts.TRACKER]
+    assert ckpts.latest_complete(root) == 40  # what a rerun resumes from
+    assert ckpts.prune(root, 1) == [10, 30]
+    assert ckpts.complete_iterations(root) == [40]
+
+
+def test_keep_last_never_deletes_the_only_resumable_checkpoint(tmp_path):
+    root = tmp_path / "checkpoints"
+    _save(root, 10)
+    _save(root, 20, complete=False)
+    assert ckpts.prune(root, 1) == []
+    assert ckpts.latest_complete(root) == 10
+    with pytest.raises(ValueError, match="keep_last=0: must be >= 1"):
+        ckpts.retention_victims(root, 0)
+
+
+# ---------------------------------------------------------------- checks where distill runs
+def test_options_that_depend_on_the_machine_are_refused_with_the_fix(
+        tmp_path, dense_student, tiny_teacher, token_prefix, monkeypatch):
+    from kd import distill
+
+    spec = make_spec(dense_student, tiny_teacher, token_prefix, tmp_path / "run")
+    distill.check_options(spec, "cpu")
+    with pytest.raises(ValueError, match="async_save=true needs CUDA.*async_save=false"):
+        distill.check_options(with_options(spec, checkpoint=CheckpointOptions(async_save=True)),
+                              "cpu")
+    from kd import compat
+
+    layernorm = with_options(spec, recompute="selective", recompute_modules=("layernorm",))
+    if not compat.have_te():  # megatron-core's output-discarding checkpoint imports TE's FP8 state
+        with pytest.raises(ValueError, match="layernorm.*Transformer Engine"):
+            distill.check_options(layernorm, "cpu")
+    root = tmp_path / "other" / "checkpoints"
+    _save(root, 4)
+    _save(root, 8, complete=False)
+    assert distill.student_init_checkpoint(
+        with_options(spec, student_megatron_checkpoint=str(root))) == (str(root), 4)
+    assert distill.student_init_checkpoint(
+        with_options(spec, student_megatron_checkpoint=str(iteration_dir(root, 4)))) == (str(root), 4)
+    bad = with_options(spec, student_megatron_checkpoint=str(iteration_dir(root, 8)))
+    with pytest.raises(ValueError, match=r"not a complete Megatron checkpoint.*\[4\]"):
+        distill.check_options(bad, "cpu")
+
+
+def test_wandb_offline_by_default_key_only_from_the_environment(
+        tmp_path, dense_student, tiny_teacher, token_prefix, monkeypatch):
+    from kd import distill
+
+    spec = make_spec(dense_student, tiny_teacher, token_prefix, tmp_path / "run")
+    assert distill.wandb_environment(spec, {}) == {}  # no project: no W&B at all
+    wb = with_options(spec, logging=LoggingOptions(wandb_project="kd"))
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
+    with pytest.raises(ValueError, match=r"wandb package is not installed.*pip install wandb"):
+        distill.wandb_environment(wb, {})
+    monkeypatch.undo()
+    # wandb cannot be installed here (the env is pinned): a stand-in package makes it importable
+    (tmp_path / "pkgs" / "wandb").mkdir(parents=True)
+    (tmp_path / "pkgs" / "wandb" / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path / "pkgs"))
+    env: dict = {}
+    assert distill.wandb_environment(wb, env) == {"WANDB_MODE": "offline"}
+    assert env == {"WANDB_MODE": "offline"}
+    online = with_options(spec, logging=LoggingOptions(wandb_project="kd", wandb_mode="online"))
+    with pytest.raises(ValueError, match="needs WANDB_API_KEY in the environment"):
+        distill.wandb_environment(online, {"WANDB_API_KEY": " "})
+    assert distill.wandb_environment(online, {"WANDB_API_KEY": "k"}) == {"WANDB_MODE": "online"}
+    with pytest.raises(ValueError, match="wandb_api_key.*export WANDB_API_KEY"):
+        LoggingOptions(wandb_project="kd", wandb_api_key="0123abcd")
+
+
+# ---------------------------------------------------------------- options -> ConfigContainer
+def test_every_option_reaches_the_bridge_config(
+        kd_runs, dense_student, tiny_teacher, token_prefix, tmp_path):
+    root = tmp_path / "init" / "checkpoints"
+    _save(root, 3)
+    spec = with_options(
+        make_spec(dense_student, tiny_teacher, token_prefix, kd_runs / "flow"),
+        recompute="selective", recompute_modules=("core_attn", "mlp"),
+        optimizer=OptimizerOptions(adam_beta1=0.8, adam_beta2=0.99, adam_eps=1e-6,
+                                   weight_decay=0.05, clip_grad=0.5, lr_decay_style="linear"),
+        checkpoint=CheckpointOptions(keep_last=2, async_save=True),
+        logging=LoggingOptions(timers=1, wandb_project="kd", wandb_entity="team"),
+        index_cache=str(tmp_path / "index-cache"),
+        student_megatron_checkpoint=str(iteration_dir(root, 3)),
+        trust_remote_code=True,
+    )
+    pkl = tmp_path / "spec.pkl"
+    pkl.write_bytes(pickle.dumps(spec))
+    proc = run_python([str(REPO / "tests/kd/_config_flow.py"), str(pkl)], tmp_path / "flow.log")
+    c = tagged_json(proc.stdout, "KD_CONFIG")
+    assert c["optimizer"] == {"adam_beta1": 0.8, "adam_beta2": 0.99, "adam_eps": 1e-6,
+                              "weight_decay": 0.05, "clip_grad": 0.5, "lr": spec.lr,
+                              "min_lr": spec.min_lr}
+    assert c["scheduler"] == {"lr_decay_style": "linear", "start_weight_decay": 0.05,
+                              "end_weight_decay": 0.05}
+    assert c["recompute"] == {"recompute_granularity": "selective", "recompute_method": None,
+                              "recompute_num_layers": None, "recompute_modules": ["core_attn", "mlp"]}
+    ckpt = str(Path(spec.output_dir) / "checkpoints")
+    # a first start takes the student from iter 3 of the other run; Bridge's own retention is off
+    assert c["checkpoint"] == {"save": ckpt, "load": ckpt, "pretrained_checkpoint": str(root),
+                               "ckpt_step": 3, "async_save": True, "most_recent_k": -1}
+    assert c["logger"] == {"timing_log_level": 1, "log_timers_to_tensorboard": True,
+                           "wandb_project": "kd", "wandb_entity": "team",
+                           "wandb_exp_name": Path(spec.output_dir).parent.name,  # the run dir
+                           "wandb_save_dir": str(Path(spec.output_dir) / "wandb")}
+    assert c["path_to_cache"] == str(tmp_path / "index-cache")
+    assert c["trust_remote_code"] == [True, True]  # student and teacher
