@@ -132,6 +132,7 @@ def _train(spec: DistillSpec, env, exit_signal: int | None) -> dict:
     quarantine_incomplete_checkpoints(spec, env.rank)
     config = build_config(spec, device, exit_signal=exit_signal)
     retain_after_saves(spec, env.rank)
+    lock_shared_index_cache(spec, env.rank)
     if exit_signal is not None:
         shield_checkpoint_writer(exit_signal)
     guard_saves_against_termination(signal.SIGTERM)
@@ -617,6 +618,39 @@ def check_options(spec: DistillSpec, device: str) -> None:
                 "here); use core_attn and/or mlp, or run in a container with TE"
             )
     student_init_checkpoint(spec)
+
+
+def lock_shared_index_cache(spec: DistillSpec, rank: int) -> None:
+    """Serialise index building between jobs that share ``data.index_cache`` (sweep members start
+    together). megatron-core writes the index files in place (no rename), so a job reading while
+    another writes could load a truncated file. Rank 0 holds an exclusive ``flock`` on
+    ``<cache>/.kdlaunch.lock`` while it builds (or finds) the indices; the other ranks read only
+    after Megatron's barrier that follows rank 0's build, so they need no lock (and taking it
+    there could deadlock against that barrier)."""
+    cache = _opt(spec, "index_cache", None)
+    if not cache or rank != 0:
+        return
+    import fcntl
+
+    from megatron.core.datasets.blended_megatron_dataset_builder import (
+        BlendedMegatronDatasetBuilder,
+    )
+
+    original = BlendedMegatronDatasetBuilder.build
+    if getattr(original, "_kd_locked", False):
+        return
+
+    def build(self):
+        Path(cache).mkdir(parents=True, exist_ok=True)
+        with open(Path(cache) / ".kdlaunch.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                return original(self)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    build._kd_locked = True
+    BlendedMegatronDatasetBuilder.build = build
 
 
 def wandb_dir(spec: DistillSpec) -> Path:
