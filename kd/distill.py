@@ -131,12 +131,10 @@ def _train(spec: DistillSpec, env, exit_signal: int | None) -> dict:
     _init_process_group(device, env)
     quarantine_incomplete_checkpoints(spec, env.rank)
     config = build_config(spec, device, exit_signal=exit_signal)
-    retain_after_saves(spec, env.rank)
-    lock_shared_index_cache(spec, env.rank)
+    prune_checkpoints(spec, env.rank)
     if exit_signal is not None:
         shield_checkpoint_writer(exit_signal)
     guard_saves_against_termination(signal.SIGTERM)
-    from megatron.bridge.training.distill import distill
 
     start = latest_iteration(checkpoints_dir(spec)) or 0
     student = config.model  # the distillation provider is the student's provider
@@ -157,7 +155,7 @@ def _train(spec: DistillSpec, env, exit_signal: int | None) -> dict:
     )
     t0 = time.time()
     try:
-        distill(config)
+        distill_with_callbacks(config, training_callbacks(spec, env.rank))
     except SystemExit as stop:  # Megatron exits(0) after an exit signal or time limit
         if stop.code not in (0, None):
             raise
@@ -575,21 +573,29 @@ def prune_checkpoints(spec: DistillSpec, rank: int) -> list[int]:
     return gone
 
 
-def retain_after_saves(spec: DistillSpec, rank: int) -> None:
-    """Apply ``checkpoint.keep_last`` after every save Megatron-Bridge makes during training (a
-    wrapper around its ``save_checkpoint_and_time``, outermost, so it runs after the save)."""
+def training_callbacks(spec: DistillSpec, rank: int):
+    """Megatron-Bridge callbacks (its public hook API) for the options that act during training:
+    ``checkpoint.keep_last`` prunes after every step (a save of step N is complete, or not yet,
+    by the time step N+1 ends; the last save is pruned after training). None when unused."""
     if checkpoint_options(spec).keep_last is None:
-        return
-    import megatron.bridge.training.train as train_module
+        return None
+    from megatron.bridge.training.callbacks import CallbackManager
 
-    original = train_module.save_checkpoint_and_time
+    manager = CallbackManager()
+    manager.register("on_train_step_end", lambda context: prune_checkpoints(spec, rank))
+    return manager
 
-    def save_then_prune(*args, **kwargs):
-        result = original(*args, **kwargs)
-        prune_checkpoints(spec, rank)
-        return result
 
-    train_module.save_checkpoint_and_time = save_then_prune
+def distill_with_callbacks(config, callbacks) -> None:
+    """``megatron.bridge.training.distill.distill`` (= ``pretrain`` with ModelOpt's KD forward
+    step), with ``callbacks``: Bridge's ``distill()`` takes none."""
+    from megatron.bridge.models.distillation_provider import DistillationProvider
+    from megatron.bridge.training.gpt_step import forward_step_modelopt
+    from megatron.bridge.training.pretrain import pretrain
+
+    if not isinstance(config.model, DistillationProvider):
+        raise TypeError("distill needs a DistillationProvider as config.model")
+    pretrain(config, forward_step_modelopt, callbacks=callbacks)
 
 
 def index_cache_dir(spec: DistillSpec) -> str:
@@ -618,39 +624,6 @@ def check_options(spec: DistillSpec, device: str) -> None:
                 "here); use core_attn and/or mlp, or run in a container with TE"
             )
     student_init_checkpoint(spec)
-
-
-def lock_shared_index_cache(spec: DistillSpec, rank: int) -> None:
-    """Serialise index building between jobs that share ``data.index_cache`` (sweep members start
-    together). megatron-core writes the index files in place (no rename), so a job reading while
-    another writes could load a truncated file. Rank 0 holds an exclusive ``flock`` on
-    ``<cache>/.kdlaunch.lock`` while it builds (or finds) the indices; the other ranks read only
-    after Megatron's barrier that follows rank 0's build, so they need no lock (and taking it
-    there could deadlock against that barrier)."""
-    cache = _opt(spec, "index_cache", None)
-    if not cache or rank != 0:
-        return
-    import fcntl
-
-    from megatron.core.datasets.blended_megatron_dataset_builder import (
-        BlendedMegatronDatasetBuilder,
-    )
-
-    original = BlendedMegatronDatasetBuilder.build
-    if getattr(original, "_kd_locked", False):
-        return
-
-    def build(self):
-        Path(cache).mkdir(parents=True, exist_ok=True)
-        with open(Path(cache) / ".kdlaunch.lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                return original(self)
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
-
-    build._kd_locked = True
-    BlendedMegatronDatasetBuilder.build = build
 
 
 def wandb_dir(spec: DistillSpec) -> Path:
