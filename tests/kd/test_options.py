@@ -156,3 +156,40 @@ def test_every_option_reaches_the_bridge_config(
                            "wandb_save_dir": str(Path(spec.output_dir) / "wandb")}
     assert c["path_to_cache"] == str(tmp_path / "index-cache")
     assert c["trust_remote_code"] == [True, True]  # student and teacher
+
+
+# ---------------------------------------------------------------- a real run with the options
+def test_student_from_megatron_checkpoint_with_the_options_in_a_real_run(
+        dense_tp1_run, kd_runs, dense_student, tiny_teacher, token_prefix):
+    """Run 2 starts its student from run 1's last save (iter 8) instead of the HF weights, with
+    selective recomputation, another optimizer, timers in TensorBoard and keep_last=1 (iteration
+    1 protected as export.iteration would be). One short run checks them all for real."""
+    first = tagged_json(dense_tp1_run["out"], "KD_PROBE")
+    saved = Path(dense_tp1_run["spec"].output_dir) / "checkpoints"
+    assert ckpts.latest_complete(saved) == 8
+    spec = with_options(
+        make_spec(dense_student, tiny_teacher, token_prefix, kd_runs / "from_megatron",
+                  train_iters=3, save_interval=1, lr_warmup_iters=0),
+        student_megatron_checkpoint=str(iteration_dir(saved, 8)),
+        recompute="selective", recompute_modules=("core_attn", "mlp"),
+        optimizer=OptimizerOptions(adam_beta2=0.99, clip_grad=0.5, lr_decay_style="linear"),
+        logging=LoggingOptions(timers=1),
+        checkpoint=CheckpointOptions(keep_last=1),
+        keep_iterations=(1,),
+    )
+    pkl = kd_runs / "from_megatron.pkl"
+    pkl.write_bytes(pickle.dumps(spec))
+    proc = run_python([str(REPO / "tests/kd/_probe_distill.py"), "--spec-pickle", str(pkl)],
+                      kd_runs / "from_megatron.log")
+    probe = tagged_json(proc.stdout, "KD_PROBE")
+    # the student's weights before its first step are run 1's saved ones, not the HF ones
+    assert probe["student_initial"] == first["student_final"]
+    assert probe["student_initial"] != first["student_initial"]
+    assert "recompute selective" in proc.stdout
+    root = Path(spec.output_dir) / "checkpoints"
+    assert ckpts.complete_iterations(root) == [1, 3]  # 2 pruned; 1 protected; 3 resumable
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(Path(spec.output_dir) / "tensorboard"))
+    events.Reload()
+    assert {"forward-backward-time", "optimizer-time"} <= set(events.Tags()["scalars"])
