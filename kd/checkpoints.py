@@ -106,6 +106,21 @@ def describe(checkpoints: str | Path) -> str:
     return text
 
 
+def resolve_checkpoint(path: str | Path, field: str = "student.megatron_checkpoint") -> tuple[Path, int]:
+    """A checkpoint given by path as (checkpoints root, iteration): one ``iter_N`` directory, or a
+    ``checkpoints/`` directory (its latest complete save). ValueError unless it is complete."""
+    given = Path(path).expanduser()
+    it = iteration_of(given)
+    root, it = (given.parent, it) if it is not None else (given, latest_complete(given))
+    if it is None or not is_complete(root, it):
+        found = complete_iterations(root)
+        raise ValueError(
+            f"{field}={str(path)!r}: not a complete Megatron checkpoint (give an iter_N dir of a "
+            f"finished save, written before {TRACKER} and holding {', '.join(REQUIRED_FILES)}, "
+            f"or a checkpoints/ dir holding one); complete iterations there: {found or 'none'}")
+    return root, it
+
+
 # ---------------------------------------------------------------- retention (checkpoint.keep_last)
 TRASH_PREFIX = ".deleting-"
 

@@ -16,6 +16,7 @@ CLI (one process of a job; tests and manual runs)::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -77,24 +78,24 @@ def run(spec: DistillSpec, exit_signal: int | None = None) -> dict:
 
 def validate(spec: DistillSpec, world_size: int) -> None:
     """Raise ValueError (with the fix) for settings that cannot work."""
-    if spec.precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {spec.precision!r}")
-    model_parallel = spec.tp * spec.pp * spec.cp
+    if spec.train.precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {spec.train.precision!r}")
+    model_parallel = spec.train.tp * spec.train.pp * spec.train.cp
     if world_size % model_parallel:
         raise ValueError(
             f"world size {world_size} is not a multiple of tp*pp*cp={model_parallel}:"
             " change the number of GPUs or the parallel sizes"
         )
     dp = world_size // model_parallel
-    if spec.global_batch_size % (spec.micro_batch_size * dp):
+    if spec.train.global_batch_size % (spec.train.micro_batch_size * dp):
         raise ValueError(
-            f"global_batch_size={spec.global_batch_size} must be a multiple of "
-            f"micro_batch_size*data_parallel={spec.micro_batch_size * dp}"
+            f"global_batch_size={spec.train.global_batch_size} must be a multiple of "
+            f"micro_batch_size*data_parallel={spec.train.micro_batch_size * dp}"
         )
-    if spec.train_iters < 1 or not 0 <= spec.lr_warmup_iters < spec.train_iters:
+    if spec.train.train_iters < 1 or not 0 <= spec.train.lr_warmup_iters < spec.train.train_iters:
         raise ValueError(
             "need train_iters >= 1 and 0 <= lr_warmup_iters < train_iters, got "
-            f"{spec.train_iters} and {spec.lr_warmup_iters}"
+            f"{spec.train.train_iters} and {spec.train.lr_warmup_iters}"
         )
     for role, path in (("student", spec.student), ("teacher", spec.teacher)):
         if not (Path(path) / "config.json").is_file():
@@ -114,8 +115,8 @@ def completed_iteration(spec: DistillSpec) -> int | None:
     """The finished iteration when the done marker or the final checkpoint exists, else None."""
     latest = ckpts.latest_complete(checkpoints_dir(spec))
     if spec.done_marker and Path(spec.done_marker).is_file():
-        return latest if latest is not None else spec.train_iters
-    if latest is not None and latest >= spec.train_iters:
+        return latest if latest is not None else spec.train.train_iters
+    if latest is not None and latest >= spec.train.train_iters:
         return latest
     return None
 
@@ -125,16 +126,16 @@ def _train(spec: DistillSpec, env, exit_signal: int | None) -> dict:
 
     device = compat.resolve_device(spec.device)
     compat.activate(device)
-    log.info("%s", compat.summary())
     check_options(spec, device)
     wandb_environment(spec)
-    _init_process_group(device, env)
+    compat.scoped.start_cpu_process_group(device, env.rank, env.world_size)
     quarantine_incomplete_checkpoints(spec, env.rank)
     config = build_config(spec, device, exit_signal=exit_signal)
     prune_checkpoints(spec, env.rank)
     if exit_signal is not None:
-        shield_checkpoint_writer(exit_signal)
+        compat.scoped.shield_checkpoint_writer(exit_signal)
     guard_saves_against_termination(signal.SIGTERM)
+    log.info("%s", compat.summary())  # after the scoped workarounds above were decided
 
     start = latest_iteration(checkpoints_dir(spec)) or 0
     student = config.model  # the distillation provider is the student's provider
@@ -143,11 +144,11 @@ def _train(spec: DistillSpec, env, exit_signal: int | None) -> dict:
         "recompute %s, overlap grad reduce %s, distributed optimizer %s, device %s)",
         "resuming" if start else "starting",
         start,
-        spec.train_iters,
+        spec.train.train_iters,
         env.world_size,
-        spec.tp,
-        spec.pp,
-        spec.micro_batch_size,
+        spec.train.tp,
+        spec.train.pp,
+        spec.train.micro_batch_size,
         getattr(student, "recompute_granularity", None) or "none",
         config.ddp.overlap_grad_reduce,
         config.ddp.use_distributed_optimizer,
@@ -166,8 +167,8 @@ def _train(spec: DistillSpec, env, exit_signal: int | None) -> dict:
     _barrier()
     prune_checkpoints(spec, env.rank)
     iteration = latest_iteration(checkpoints_dir(spec))
-    if iteration is None or iteration < spec.train_iters:
-        raise DistillInterrupted(iteration, spec.train_iters)
+    if iteration is None or iteration < spec.train.train_iters:
+        raise DistillInterrupted(iteration, spec.train.train_iters)
     summary = _summary(
         spec,
         env,
@@ -197,7 +198,7 @@ def build_config(spec: DistillSpec, device: str, exit_signal: int | None = None)
     from megatron.bridge.training.tokenizers.config import TokenizerConfig
 
     on_gpu = device == "cuda"
-    bf16 = on_gpu and spec.precision == "bf16"
+    bf16 = on_gpu and spec.train.precision == "bf16"
     sharded = uses_distributed_optimizer(spec)
     student = build_provider(spec.student, spec, device,
                              load_weights=student_init_checkpoint(spec) is None)
@@ -213,11 +214,11 @@ def build_config(spec: DistillSpec, device: str, exit_signal: int | None = None)
     model = convert_to_distillation_provider(student, teacher, kd_config(spec.kd))
     resume = latest_iteration(checkpoints_dir(spec)) is not None
     train = TrainingConfig(
-        train_iters=spec.train_iters,
-        global_batch_size=spec.global_batch_size,
-        micro_batch_size=spec.micro_batch_size,
-        eval_interval=spec.eval_interval,
-        eval_iters=spec.eval_iters,
+        train_iters=spec.train.train_iters,
+        global_batch_size=spec.train.global_batch_size,
+        micro_batch_size=spec.train.micro_batch_size,
+        eval_interval=spec.train.eval_interval,
+        eval_iters=spec.train.eval_iters,
         manual_gc=True,
         manual_gc_interval=100,
     )
@@ -234,7 +235,7 @@ def build_config(spec: DistillSpec, device: str, exit_signal: int | None = None)
         logger=logger_config(spec),
         tokenizer=TokenizerConfig(tokenizer_type="NullTokenizer", vocab_size=student.vocab_size),
         checkpoint=checkpoint_config(spec, on_gpu, resume),
-        rng=RNGConfig(seed=spec.seed),
+        rng=RNGConfig(seed=spec.train.seed),
         dist=DistributedInitConfig(distributed_backend="nccl" if on_gpu else "gloo"),
         mixed_precision="bf16_mixed" if bf16 else None,
     )
@@ -272,27 +273,25 @@ def _on_termination(signum, frame) -> None:  # noqa: ARG001
 
 
 def guard_saves_against_termination(sig: int = signal.SIGTERM) -> None:
-    """Trap ``sig`` (main thread) and wrap Megatron-Bridge's save so none starts after it."""
-    import megatron.bridge.training.train as train_module
+    """Trap ``sig`` (main thread) and run Megatron-Bridge's saves so that none starts after it
+    (the save hook itself is a compat workaround: ``bridge-save-hook``)."""
+    from kd import compat
 
     signal.signal(sig, _on_termination)
-    original = train_module.save_checkpoint_and_time
-    if getattr(original, "_kd_guarded", False):
-        return
+    compat.scoped.around_bridge_saves(lambda: _no_save_after_termination(sig))
 
-    def guarded_save(*args, **kwargs):
+
+@contextlib.contextmanager
+def _no_save_after_termination(sig: int):
+    if _kill["terminating"]:
+        _terminate_now(sig)
+    _kill["saving"] = True
+    try:
+        yield
+    finally:
+        _kill["saving"] = False
         if _kill["terminating"]:
             _terminate_now(sig)
-        _kill["saving"] = True
-        try:
-            return original(*args, **kwargs)
-        finally:
-            _kill["saving"] = False
-            if _kill["terminating"]:
-                _terminate_now(sig)
-
-    guarded_save._kd_guarded = True
-    train_module.save_checkpoint_and_time = guarded_save
 
 
 def data_parallel_size(spec: DistillSpec, world_size: int | None = None) -> int:
@@ -302,14 +301,14 @@ def data_parallel_size(spec: DistillSpec, world_size: int | None = None) -> int:
 
         world_size = dist.get_world_size() if dist.is_initialized() else 1
     world = world_size
-    return max(1, world // (int(spec.tp) * int(spec.pp) * int(spec.cp)))
+    return max(1, world // (int(spec.train.tp) * int(spec.train.pp) * int(spec.train.cp)))
 
 
 def uses_distributed_optimizer(spec: DistillSpec, world_size: int | None = None) -> bool:
     """Megatron's distributed optimizer (Adam states sharded over DP): on by default when DP > 1."""
     from launch.memory import distributed_optimizer
 
-    return distributed_optimizer(spec.distributed_optimizer, data_parallel_size(spec, world_size))
+    return distributed_optimizer(spec.train.distributed_optimizer, data_parallel_size(spec, world_size))
 
 
 def ddp_config(spec: DistillSpec, on_gpu: bool, sharded: bool):
@@ -318,7 +317,7 @@ def ddp_config(spec: DistillSpec, on_gpu: bool, sharded: bool):
     the parameter all-gather overlap only together with the distributed optimizer."""
     from megatron.bridge.training.config import DistributedDataParallelConfig
 
-    overlap = on_gpu and spec.overlap_grad_reduce
+    overlap = on_gpu and spec.train.overlap_grad_reduce
     return DistributedDataParallelConfig(
         use_distributed_optimizer=sharded,
         grad_reduce_in_fp32=on_gpu,
@@ -327,25 +326,6 @@ def ddp_config(spec: DistillSpec, on_gpu: bool, sharded: bool):
         average_in_collective=sharded,
         check_for_nan_in_grad=True,
     )
-
-
-def shield_checkpoint_writer(sig: int) -> None:
-    """Start megatron-core's checkpoint-writer results queue with ``sig`` ignored.
-
-    torch_dist saves report back through a ``multiprocessing.Manager`` process started with the
-    *spawn* method on the first save. A spawned process has default signal dispositions, and
-    SLURM signals every process of the step: the exit signal that asks Megatron to save would
-    kill that manager, and the very save it asked for then fails with BrokenPipeError (seen on
-    the SLURM test cluster). An ignored signal stays ignored across exec, so the manager is
-    created once here, before training, with ``sig`` set to SIG_IGN.
-    """
-    from megatron.core.dist_checkpointing.strategies import filesystem_async
-
-    previous = signal.signal(sig, signal.SIG_IGN)
-    try:
-        filesystem_async._get_write_results_queue()
-    finally:
-        signal.signal(sig, previous)
 
 
 def set_exit_signal(train_config, sig: int = signal.SIGUSR2) -> None:
@@ -361,13 +341,13 @@ def build_provider(hf_dir: str, spec: DistillSpec, device: str, load_weights: bo
     import torch
     from megatron.bridge import AutoBridge
 
-    bf16 = device == "cuda" and spec.precision == "bf16"
+    bf16 = device == "cuda" and spec.train.precision == "bf16"
     dtype = torch.bfloat16 if bf16 else torch.float32
     bridge = AutoBridge.from_hf_pretrained(
-        hf_dir, torch_dtype=dtype, trust_remote_code=trust_remote_code(spec)
+        hf_dir, torch_dtype=dtype, trust_remote_code=spec.trust_remote_code
     )
     provider = bridge.to_megatron_provider(load_weights=load_weights)
-    configure_provider(provider, spec.tp, spec.pp, spec.cp, spec.seq_length, device, bf16)
+    configure_provider(provider, spec.train.tp, spec.train.pp, spec.train.cp, spec.train.seq_length, device, bf16)
     return provider
 
 
@@ -437,10 +417,10 @@ def dataset_config(spec: DistillSpec, on_gpu: bool):
     weights = [float(weight) for weight, _ in spec.data_blend]
     return GPTDatasetConfig(
         blend=(prefixes, weights if len(weights) > 1 else None),
-        split=spec.split,
-        seq_length=spec.seq_length,
+        split=spec.train.split,
+        seq_length=spec.train.seq_length,
         path_to_cache=index_cache_dir(spec),
-        random_seed=spec.seed,
+        random_seed=spec.train.seed,
         reset_attention_mask=False,
         reset_position_ids=False,
         eod_mask_loss=False,
@@ -453,27 +433,20 @@ def dataset_config(spec: DistillSpec, on_gpu: bool):
 
 
 # ---------------------------------------------------------------- the anchor's options (issue 15)
-# Model-Optimizer's examples/megatron_bridge/distill.py offers these; each comes from the
-# experiment config (kd/options.py sections, checked there) through the spec. ``getattr``
-# defaults keep specs written before a field existed (manifests, --spec files) working.
-def _opt(spec: DistillSpec, name: str, default):
-    return getattr(spec, name, default)
-
-
+# Model-Optimizer's examples/megatron_bridge/distill.py offers these; each is declared and
+# checked once in kd/sections.py (Train.recompute*, Optimizer, Checkpoint, Logging, ...) and
+# reaches this stage through the spec; here they become Megatron-Bridge config objects.
 def recompute_settings(spec: DistillSpec) -> dict:
     """The student provider's activation-recomputation fields for ``train.recompute``: ``full``
     (each layer, one at a time) or ``selective`` (only ``train.recompute_modules``)."""
-    from kd.options import check_recompute_modules
-
-    mode = spec.recompute
+    mode = spec.train.recompute
     if mode == "none":
         return {}
     if mode == "full":
         return {"recompute_granularity": "full", "recompute_method": "uniform",
                 "recompute_num_layers": 1}
     if mode == "selective":
-        modules = tuple(_opt(spec, "recompute_modules", None) or ("core_attn",))
-        check_recompute_modules(modules, mode)
+        modules = spec.train.recompute_modules or ("core_attn",)  # Megatron's default
         return {"recompute_granularity": "selective", "recompute_method": None,
                 "recompute_num_layers": None, "recompute_modules": list(modules)}
     raise ValueError(f"recompute={mode!r}: choose none, full or selective")
@@ -485,13 +458,11 @@ def optimizer_configs(spec: DistillSpec, bf16: bool, sharded: bool):
     import torch
     from megatron.bridge.training.config import OptimizerConfig, SchedulerConfig
 
-    from kd.options import OptimizerOptions
-
-    o = _opt(spec, "optimizer", None) or OptimizerOptions()
+    o = spec.optimizer
     optimizer = OptimizerConfig(
         optimizer="adam",
-        lr=spec.lr,
-        min_lr=spec.min_lr,
+        lr=spec.train.lr,
+        min_lr=spec.train.min_lr,
         weight_decay=o.weight_decay,
         adam_beta1=o.adam_beta1,
         adam_beta2=o.adam_beta2,
@@ -504,8 +475,8 @@ def optimizer_configs(spec: DistillSpec, bf16: bool, sharded: bool):
     )
     scheduler = SchedulerConfig(
         lr_decay_style=o.lr_decay_style,
-        lr_warmup_iters=spec.lr_warmup_iters,
-        lr_decay_iters=spec.train_iters,
+        lr_warmup_iters=spec.train.lr_warmup_iters,
+        lr_decay_iters=spec.train.train_iters,
         start_weight_decay=o.weight_decay,
         end_weight_decay=o.weight_decay,
         weight_decay_incr_style="constant",
@@ -514,28 +485,13 @@ def optimizer_configs(spec: DistillSpec, bf16: bool, sharded: bool):
     return optimizer, scheduler
 
 
-def checkpoint_options(spec: DistillSpec):
-    from kd.options import CheckpointOptions
-
-    return _opt(spec, "checkpoint", None) or CheckpointOptions()
-
-
 def student_init_checkpoint(spec: DistillSpec) -> tuple[str, int] | None:
     """``student.megatron_checkpoint`` as (checkpoints root, iteration): a ``checkpoints/`` dir
     (its latest complete save) or one ``iter_N`` dir, complete by kd.checkpoints' rule."""
-    path = _opt(spec, "student_megatron_checkpoint", None)
+    path = spec.student_megatron_checkpoint
     if not path:
         return None
-    given = Path(path)
-    it = ckpts.iteration_of(given)
-    root, it = (given.parent, it) if it is not None else (given, ckpts.latest_complete(given))
-    if it is None or not ckpts.is_complete(root, it):
-        found = ckpts.complete_iterations(root)
-        raise ValueError(
-            f"student.megatron_checkpoint={path!r}: not a complete Megatron checkpoint (need an "
-            f"iter_N dir written before {ckpts.TRACKER} and with {', '.join(ckpts.REQUIRED_FILES)}, "
-            f"or a checkpoints dir holding one); complete iterations there: {found or 'none'}"
-        )
+    root, it = ckpts.resolve_checkpoint(path)
     return str(root), it
 
 
@@ -553,9 +509,9 @@ def checkpoint_config(spec: DistillSpec, on_gpu: bool, resume: bool):
         load=ckpt if (resume or init) else None,
         pretrained_checkpoint=init[0] if init else None,
         ckpt_step=init[1] if init else None,
-        save_interval=spec.save_interval,
+        save_interval=spec.train.save_interval,
         ckpt_format="torch_dist",
-        async_save=checkpoint_options(spec).async_save,
+        async_save=spec.checkpoint.async_save,
         fully_parallel_save=on_gpu,
         most_recent_k=-1,  # retention is ours (prune_checkpoints): it knows complete/protected
     )
@@ -564,10 +520,10 @@ def checkpoint_config(spec: DistillSpec, on_gpu: bool, resume: bool):
 def prune_checkpoints(spec: DistillSpec, rank: int) -> list[int]:
     """``checkpoint.keep_last``: rank 0 deletes the complete checkpoints beyond the newest k,
     never the protected ones (``keep_iterations``: export.iteration, checkpoint candidates)."""
-    keep = checkpoint_options(spec).keep_last
+    keep = spec.checkpoint.keep_last
     if rank != 0 or keep is None:
         return []
-    gone = ckpts.prune(checkpoints_dir(spec), keep, _opt(spec, "keep_iterations", ()))
+    gone = ckpts.prune(checkpoints_dir(spec), keep, spec.keep_iterations)
     if gone:
         log.info("distill: checkpoint.keep_last=%d: deleted iterations %s", keep, gone)
     return gone
@@ -577,7 +533,7 @@ def training_callbacks(spec: DistillSpec, rank: int):
     """Megatron-Bridge callbacks (its public hook API) for the options that act during training:
     ``checkpoint.keep_last`` prunes after every step (a save of step N is complete, or not yet,
     by the time step N+1 ends; the last save is pruned after training). None when unused."""
-    if checkpoint_options(spec).keep_last is None:
+    if spec.checkpoint.keep_last is None:
         return None
     from megatron.bridge.training.callbacks import CallbackManager
 
@@ -602,12 +558,12 @@ def index_cache_dir(spec: DistillSpec) -> str:
     """Megatron's dataset index cache (``path_to_cache``): ``data.index_cache`` when set, shared
     by every run and sweep member with the same blend (the file names hash the blend, split,
     sequence length and seed); else ``output_dir/dataset_cache``."""
-    return _opt(spec, "index_cache", None) or str(Path(spec.output_dir) / "dataset_cache")
+    return spec.index_cache or str(Path(spec.output_dir) / "dataset_cache")
 
 
 def check_options(spec: DistillSpec, device: str) -> None:
     """The anchor options that depend on where distill runs (the rest are checked at load)."""
-    if checkpoint_options(spec).async_save and device != "cuda":
+    if spec.checkpoint.async_save and device != "cuda":
         raise ValueError(
             "checkpoint.async_save=true needs CUDA GPUs: megatron-core's persistent async "
             "checkpoint worker binds a CUDA device (it dies on a CPU run and training then "
@@ -630,20 +586,14 @@ def wandb_dir(spec: DistillSpec) -> Path:
     return Path(spec.output_dir) / "wandb"
 
 
-def logging_options(spec: DistillSpec):
-    from kd.options import LoggingOptions
-
-    return _opt(spec, "logging", None) or LoggingOptions()
-
-
 def logger_config(spec: DistillSpec):
     """TensorBoard (loss, lr; timers when ``logging.timers`` > 0) and the optional W&B logger."""
     from megatron.bridge.training.config import LoggerConfig
 
-    lo = logging_options(spec)
+    lo = spec.logging
     wandb = lo.wandb_project is not None and lo.wandb_mode != "disabled"
     return LoggerConfig(
-        log_interval=spec.log_interval,
+        log_interval=spec.train.log_interval,
         tensorboard_dir=str(tensorboard_dir(spec)),
         timing_log_level=lo.timers,
         log_timers_to_tensorboard=lo.timers > 0,
@@ -658,7 +608,7 @@ def wandb_environment(spec: DistillSpec, environ: dict | None = None) -> dict:
     """Set ``WANDB_MODE`` (offline by default: compute nodes rarely reach the internet; sync
     later with ``wandb sync RUN/distill/wandb``) and refuse a missing package or, online, a
     missing ``WANDB_API_KEY``. Returns the variables it set."""
-    lo = logging_options(spec)
+    lo = spec.logging
     env = os.environ if environ is None else environ
     if lo.wandb_project is None or lo.wandb_mode == "disabled":
         return {}
@@ -680,22 +630,11 @@ def wandb_environment(spec: DistillSpec, environ: dict | None = None) -> dict:
     return {"WANDB_MODE": lo.wandb_mode}
 
 
-def trust_remote_code(spec) -> bool:
-    """``trust_remote_code`` for every Hugging Face load of the stage (AutoBridge, tokenizer)."""
-    return bool(getattr(spec, "trust_remote_code", False))
 
 
 def _disable(provider, *names: str) -> None:
     for name in names:
         setattr(provider, name, False)
-
-
-def _init_process_group(device: str, env) -> None:
-    """On CPU, start gloo ourselves (Bridge would pass CUDA device ids to its barrier)."""
-    import torch.distributed as dist
-
-    if device == "cpu" and not dist.is_initialized():
-        dist.init_process_group("gloo", rank=env.rank, world_size=env.world_size)
 
 
 def _destroy_process_group(device: str) -> None:
@@ -737,11 +676,11 @@ def _summary(spec: DistillSpec, env, status: str, iteration: int, **extra) -> di
         "checkpoints": str(checkpoints_dir(spec)),
         "tensorboard": str(tensorboard_dir(spec)),
         "world_size": env.world_size,
-        "tp": spec.tp,
-        "pp": spec.pp,
-        "micro_batch_size": spec.micro_batch_size,
-        "recompute": spec.recompute,
-        "tokens_per_iteration": spec.global_batch_size * spec.seq_length,
+        "tp": spec.train.tp,
+        "pp": spec.train.pp,
+        "micro_batch_size": spec.train.micro_batch_size,
+        "recompute": spec.train.recompute,
+        "tokens_per_iteration": spec.train.global_batch_size * spec.train.seq_length,
         **extra,
     }
 

@@ -9,10 +9,9 @@ The graph of the seed pipeline::
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +88,13 @@ def data_blend(exp: Experiment, paths: RunPaths) -> tuple[tuple[float, str], ...
     return tuple(blend)
 
 
+def keep_iterations(exp: Experiment, extra: tuple[int, ...] = ()) -> tuple[int, ...]:
+    """Saved iterations ``checkpoint.keep_last`` must never delete: export.iteration (and, from
+    a sweep, its checkpoint candidates)."""
+    chosen = {exp.export.iteration} if exp.export.iteration is not None else set()
+    return tuple(sorted(chosen | set(extra)))
+
+
 SHAREABLE = ("prepare_data", "eval_student_before", "eval_teacher")
 
 
@@ -113,35 +119,36 @@ def plan(exp: Experiment, cluster: Cluster, run_dir: str | Path,
 
     student, teacher = _abs(exp.student.path), _abs(exp.teacher.path)
     needs_data = any(not s.prefix for s in exp.data.sources)
+    # Specs hold the experiment's own section objects; only what this job decides (absolute
+    # paths, the device, CPU fallbacks, resolved layout) is replaced here. A new knob needs no
+    # line in this file.
     if needs_data and "prepare_data" not in owner:
-        sources = tuple(
-            dataclasses.replace(s, jsonl=_abs(s.jsonl), prefix=_abs(s.prefix))
-            for s in exp.data.sources
-        )
+        d = exp.data
+        data = replace(d, sources=tuple(replace(s, jsonl=_abs(s.jsonl), prefix=_abs(s.prefix))
+                                        for s in d.sources),
+                       tokenizer=_abs(d.tokenizer) or student,
+                       workers=min(d.workers, res.cpus_per_task))  # the CPUs the job gets
         add("prepare_data", "kd.data",
-            DataSpec(sources=sources, tokenizer=_abs(exp.data.tokenizer) or student,
-                     out_dir=str(paths.data), json_keys=exp.data.json_keys,
-                     append_eod=exp.data.append_eod,
-                     workers=min(exp.data.workers, res.cpus_per_task),  # the CPUs the job gets
-                     log_interval=exp.data.log_interval,
+            DataSpec(data=data, out_dir=str(paths.data),
                      done_marker=str(paths.stage_done("prepare_data"))),
             time_min=res.prepare_data_min)
 
     require_resolved(exp)
     t = exp.train
+    data_owner = owner.get("prepare_data", paths)
     add("distill", "kd.distill",
         DistillSpec(
-            student=student, teacher=teacher, data_blend=data_blend(exp, owner.get("prepare_data", paths)),
-            output_dir=str(paths.distill), tp=t.tp, pp=t.pp, cp=t.cp, seq_length=t.seq_length,
-            micro_batch_size=t.micro_batch_size, global_batch_size=t.global_batch_size,
-            train_iters=t.train_iters, lr=t.lr, min_lr=t.min_lr, lr_warmup_iters=t.lr_warmup_iters,
-            eval_interval=t.eval_interval, eval_iters=t.eval_iters, log_interval=t.log_interval,
-            save_interval=t.save_interval, seed=t.seed,
-            precision=t.precision if gpus else "fp32", device=device,
-            kd=exp.kd, split=t.split, recompute=t.recompute,
-            overlap_grad_reduce=t.overlap_grad_reduce,
-            distributed_optimizer=str(t.distributed_optimizer).lower(),
-            done_marker=str(paths.stage_done("distill"))),
+            student=student, teacher=teacher,
+            data_blend=data_blend(exp, data_owner),
+            output_dir=str(paths.distill),
+            train=t if gpus else replace(t, precision="fp32"),
+            kd=exp.kd, device=device, done_marker=str(paths.stage_done("distill")),
+            optimizer=exp.optimizer, checkpoint=exp.checkpoint, logging=exp.logging,
+            student_megatron_checkpoint=_abs(exp.student.megatron_checkpoint),
+            # one index cache per blend owner: sweep members sharing prepare_data share it
+            index_cache=_abs(exp.data.index_cache) or str(data_owner.index_cache),
+            keep_iterations=keep_iterations(exp),
+            trust_remote_code=exp.trust_remote_code),
         deps=("prepare_data",) if needs_data else (),
         nodes=cluster.nodes, tasks_per_node=tasks_per_node(cluster), gpus_per_node=gpus,
         cpus_per_task=cluster.cpus_per_task, mem_gb=cluster.mem_gb, time_min=cluster.time_min,
@@ -150,13 +157,16 @@ def plan(exp: Experiment, cluster: Cluster, run_dir: str | Path,
     if exp.export.enabled:
         add("export_hf", "kd.export",
             ExportSpec(checkpoints=str(paths.checkpoints), out_dir=str(paths.hf_export),
-                       hf_template=_abs(exp.export.hf_template), student=student,
-                       iteration=exp.export.iteration,
-                       done_marker=str(paths.stage_done("export_hf"))),
+                       student=student,
+                       export=replace(exp.export, hf_template=_abs(exp.export.hf_template)),
+                       done_marker=str(paths.stage_done("export_hf")),
+                       trust_remote_code=exp.trust_remote_code),
             deps=("distill",), time_min=res.export_min)
 
     if exp.eval.enabled:
         e = exp.eval
+        ev = replace(e, limit=int(e.limit) if e.limit and e.limit >= 1 else e.limit,
+                     dtype=e.dtype if eval_gpus else "float32", include_path=_abs(e.include_path))
         evals = (("eval_student_before", "student_before", student, ()),
                  ("eval_teacher", "teacher", teacher, ()),
                  ("eval_student_after", "student_after", str(paths.hf_export), ("export_hf",)))
@@ -165,12 +175,10 @@ def plan(exp: Experiment, cluster: Cluster, run_dir: str | Path,
                 continue
             add(stage, "kd.evaluate",
                 EvalSpec(role=role, model=model, out_file=str(paths.eval_result(role)),
-                         tasks=e.tasks, num_fewshot=e.num_fewshot,
-                         limit=int(e.limit) if e.limit and e.limit >= 1 else e.limit,
-                         batch_size=e.batch_size, dtype=e.dtype if eval_gpus else "float32",
-                         device="cuda" if eval_gpus else "cpu", include_path=_abs(e.include_path),
+                         eval=ev, device="cuda" if eval_gpus else "cpu",
                          cache_dir=_abs(cluster.eval_cache_dir) if role == "teacher" else None,
-                         seed=t.seed, done_marker=str(paths.stage_done(stage))),
+                         seed=t.seed, done_marker=str(paths.stage_done(stage)),
+                         trust_remote_code=exp.trust_remote_code),
                 deps=deps, gpus_per_node=eval_gpus, time_min=res.eval_min)
         add("report", "kd.report",
             ReportSpec(before=str(owner.get("eval_student_before", paths)

@@ -36,6 +36,28 @@ def check(exp: Experiment, cluster: Cluster) -> None:
     check_eval_tasks(exp)
     check_memory(exp, cluster)
     check_cluster(cluster)
+    check_options(exp, cluster)
+
+
+def check_options(exp: Experiment, cluster: Cluster) -> None:
+    """The anchor's options (issue 15) that depend on the cluster or on files."""
+    if exp.checkpoint.async_save and not cluster.gpus_per_node:
+        raise ConfigError(
+            f"checkpoint.async_save=true needs CUDA GPUs (cluster {cluster.name!r} has none): "
+            f"megatron-core's async checkpoint worker binds a CUDA device; set "
+            f"checkpoint.async_save=false")
+    if "layernorm" in exp.train.recompute_modules and not cluster.gpus_per_node:
+        raise ConfigError(
+            "train.recompute_modules has 'layernorm': megatron-core recomputes it with "
+            "output-discarding checkpointing, which needs Transformer Engine (GPU containers); "
+            f"cluster {cluster.name!r} has no GPUs: use core_attn and/or mlp")
+    if exp.student.megatron_checkpoint is not None:
+        from kd.checkpoints import resolve_checkpoint
+
+        try:
+            resolve_checkpoint(exp.student.megatron_checkpoint)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
 
 
 def check_memory(exp: Experiment, cluster: Cluster) -> None:
@@ -369,13 +391,85 @@ def check_live(graph, cluster: Cluster, echo=print) -> None:
     for job in graph.jobs:
         where = "cluster" if job.stage == "distill" else "cluster.stages"
         _check_job_fits(job, name, part, members, where)
+    acct, why = slurm_info.accounting()
+    if acct is None:
+        echo(f"pre-flight: accounting was not asked ({why}); account and QOS are checked by "
+             f"sbatch at submission")
+        return
+    check_account_qos(graph, cluster, acct, name, part, echo)
+
+
+def time_field(stage: str) -> str:
+    """The cluster profile field that sets ``stage``'s time limit."""
+    if stage == "distill":
+        return "cluster.time_min"
+    short = {"export_hf": "export", "report": "report", "prepare_data": "prepare_data"}
+    return f"cluster.stages.{short.get(stage, 'eval')}_min"
+
+
+def check_account_qos(graph, cluster: Cluster, acct, partition: str, part: dict,
+                      echo=print) -> None:
+    """The account and QOS (of the profile, else the user's defaults) are allowed for this user
+    on this partition, and every stage's time limit is within the QOS's MaxWall."""
+    if not acct.associations:
+        echo(f"pre-flight: accounting lists no association for user {acct.user} on cluster "
+             f"{acct.cluster}; account and QOS are checked by sbatch at submission")
+        return
+    accounts = sorted({a.account for a in acct.associations})
+    account = cluster.account or os.environ.get("SBATCH_ACCOUNT") or acct.default_account
+    src = "cluster.account" if cluster.account else "the default account"
+    if account is None:
+        return
+    rows = [a for a in acct.associations if a.account == account]
+    if not rows:
+        raise ConfigError(f"{src}={account!r}: user {acct.user} has no association with this "
+                          f"account on cluster {acct.cluster} (sacctmgr lists: "
+                          f"{', '.join(accounts)}); set cluster.account to one of them")
+    rows = [a for a in rows if a.partition in ("", partition)]
+    if not rows:
+        raise ConfigError(f"{src}={account!r} is not associated with partition {partition} "
+                          f"for user {acct.user}; set cluster.partition or cluster.account")
+    if part.get("allow_accounts") is not None and account not in part["allow_accounts"]:
+        raise ConfigError(f"{src}={account!r}: partition {partition} allows only accounts "
+                          f"{', '.join(part['allow_accounts'])}; set cluster.account")
+    allowed = sorted({q for a in rows for q in a.qos})
+    qos = cluster.qos or os.environ.get("SBATCH_QOS")
+    qsrc = "cluster.qos"
+    if qos is None:
+        defaults = {a.default_qos for a in rows if a.default_qos}
+        qos = next(iter(defaults)) if len(defaults) == 1 else (
+            allowed[0] if len(allowed) == 1 else None)
+        qsrc = "the default QOS"
+    if qos is None:
+        return
+    if qos not in acct.qos_max_wall_min:
+        raise ConfigError(f"{qsrc}={qos!r}: no such QOS on cluster {acct.cluster} (sacctmgr "
+                          f"lists: {', '.join(sorted(acct.qos_max_wall_min)) or 'none'}); set "
+                          f"cluster.qos to one allowed for account {account}: "
+                          f"{', '.join(allowed) or 'none'}")
+    if allowed and qos not in allowed:
+        raise ConfigError(f"{qsrc}={qos!r} is not allowed for user {acct.user} with account "
+                          f"{account} (allowed: {', '.join(allowed)}); set cluster.qos to one "
+                          f"of them or remove it")
+    if part.get("allow_qos") is not None and qos not in part["allow_qos"]:
+        raise ConfigError(f"{qsrc}={qos!r}: partition {partition} allows only QOS "
+                          f"{', '.join(part['allow_qos'])}; set cluster.qos")
+    wall = acct.qos_max_wall_min.get(qos)
+    for job in graph.jobs:
+        if wall is not None and job.time_min > wall:
+            field = time_field(job.stage)
+            raise ConfigError(f"stage {job.stage}: {field}={job.time_min} min is over QOS "
+                              f"{qos}'s MaxWall of {wall:.0f} min (sbatch would refuse it or "
+                              f"leave it pending); lower {field} or use another cluster.qos")
 
 
 def _check_job_fits(job, name: str, part: dict, members: dict[str, dict], where: str) -> None:
     stage = f"stage {job.stage}"
     if part["max_time_min"] is not None and job.time_min > part["max_time_min"]:
-        raise ConfigError(f"{stage}: time {job.time_min} min is over partition {name}'s limit "
-                          f"of {part['max_time_min']:.0f} min; lower the stage time in {where}")
+        field = time_field(job.stage)
+        raise ConfigError(f"{stage}: {field}={job.time_min} min is over partition {name}'s "
+                          f"MaxTime of {part['max_time_min']:.0f} min; lower {field} or choose "
+                          f"another cluster.partition")
     if part["max_nodes"] is not None and job.nodes > part["max_nodes"]:
         raise ConfigError(f"{stage}: {job.nodes} nodes, partition {name} allows "
                           f"{part['max_nodes']}; lower cluster.nodes")

@@ -1,13 +1,13 @@
-"""Build kd.distill's Megatron-Bridge ConfigContainer for a pickled DistillSpec (no training) and
+"""Build kd.distill's Megatron-Bridge ConfigContainer for a DistillSpec JSON (no training) and
 print what the anchor options (issue 15) turned into, as one ``KD_CONFIG`` JSON line. Also
 records the ``trust_remote_code`` every ``AutoBridge.from_hf_pretrained`` call got.
-Usage: python tests/kd/_config_flow.py SPEC.pkl"""
+Usage: python tests/kd/_config_flow.py SPEC.json"""
 
 from __future__ import annotations
 
 import json
-import pickle
 import sys
+from pathlib import Path
 
 from kd import compat
 
@@ -26,8 +26,7 @@ def main(path: str) -> int:
     AutoBridge.from_hf_pretrained = classmethod(spy)
     from kd import distill
 
-    with open(path, "rb") as f:
-        spec = pickle.load(f)
+    spec = distill.spec_from_dict(json.loads(Path(path).read_text()))
     c = distill.build_config(spec, "cpu")
     o, s, k, lg, m = c.optimizer, c.scheduler, c.checkpoint, c.logger, c.model
     out = {

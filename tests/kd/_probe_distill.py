@@ -46,15 +46,7 @@ def main() -> int:
     distillation_provider.DistillationProvider.provide = provide
     from kd import distill
 
-    if sys.argv[1] == "--spec-pickle":  # a spec with fields its JSON form cannot carry yet
-        import pickle
-
-        with open(sys.argv[2], "rb") as f:
-            spec = pickle.load(f)
-        print("KD_SUMMARY " + json.dumps(distill.run(spec)), flush=True)
-        code = 0
-    else:
-        code = distill.main(sys.argv[1:])
+    code = distill.main(sys.argv[1:])
     teacher = built["model"].teacher_model
     params = dict(teacher.named_parameters())
     report = {

@@ -4,28 +4,18 @@ each option reaching Megatron-Bridge's ConfigContainer."""
 
 from __future__ import annotations
 
-import dataclasses
-import pickle
+import json
 from pathlib import Path
 
 import pytest
 from conftest import REPO, make_spec, run_python, tagged_json
 
 from kd import checkpoints as ckpts
-from kd.options import CheckpointOptions, LoggingOptions, OptimizerOptions
 from kd.paths import iteration_dir
+from kd.sections import Checkpoint, Logging, Optimizer
+from kd.specs import replace_fields
 
 FILES = ("__0_0.distcp", "common.pt", ".metadata", "metadata.json", "train_state.pt")
-
-
-def with_options(spec, **fields):
-    """``spec`` with the issue-15 fields set (replace where DistillSpec declares them)."""
-    declared = {f.name for f in dataclasses.fields(spec)}
-    out = dataclasses.replace(spec, **{k: v for k, v in fields.items() if k in declared})
-    for k, v in fields.items():
-        if k not in declared:
-            object.__setattr__(out, k, v)
-    return out
 
 
 def _save(root: Path, iteration: int, complete: bool = True) -> None:
@@ -73,11 +63,11 @@ def test_options_that_depend_on_the_machine_are_refused_with_the_fix(
     spec = make_spec(dense_student, tiny_teacher, token_prefix, tmp_path / "run")
     distill.check_options(spec, "cpu")
     with pytest.raises(ValueError, match="async_save=true needs CUDA.*async_save=false"):
-        distill.check_options(with_options(spec, checkpoint=CheckpointOptions(async_save=True)),
+        distill.check_options(replace_fields(spec, checkpoint=Checkpoint(async_save=True)),
                               "cpu")
     from kd import compat
 
-    layernorm = with_options(spec, recompute="selective", recompute_modules=("layernorm",))
+    layernorm = replace_fields(spec, recompute="selective", recompute_modules=("layernorm",))
     if not compat.have_te():  # megatron-core's output-discarding checkpoint imports TE's FP8 state
         with pytest.raises(ValueError, match="layernorm.*Transformer Engine"):
             distill.check_options(layernorm, "cpu")
@@ -85,10 +75,10 @@ def test_options_that_depend_on_the_machine_are_refused_with_the_fix(
     _save(root, 4)
     _save(root, 8, complete=False)
     assert distill.student_init_checkpoint(
-        with_options(spec, student_megatron_checkpoint=str(root))) == (str(root), 4)
+        replace_fields(spec, student_megatron_checkpoint=str(root))) == (str(root), 4)
     assert distill.student_init_checkpoint(
-        with_options(spec, student_megatron_checkpoint=str(iteration_dir(root, 4)))) == (str(root), 4)
-    bad = with_options(spec, student_megatron_checkpoint=str(iteration_dir(root, 8)))
+        replace_fields(spec, student_megatron_checkpoint=str(iteration_dir(root, 4)))) == (str(root), 4)
+    bad = replace_fields(spec, student_megatron_checkpoint=str(iteration_dir(root, 8)))
     with pytest.raises(ValueError, match=r"not a complete Megatron checkpoint.*\[4\]"):
         distill.check_options(bad, "cpu")
 
@@ -99,7 +89,7 @@ def test_wandb_offline_by_default_key_only_from_the_environment(
 
     spec = make_spec(dense_student, tiny_teacher, token_prefix, tmp_path / "run")
     assert distill.wandb_environment(spec, {}) == {}  # no project: no W&B at all
-    wb = with_options(spec, logging=LoggingOptions(wandb_project="kd"))
+    wb = replace_fields(spec, logging=Logging(wandb_project="kd"))
     monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
     with pytest.raises(ValueError, match=r"wandb package is not installed.*pip install wandb"):
         distill.wandb_environment(wb, {})
@@ -111,12 +101,13 @@ def test_wandb_offline_by_default_key_only_from_the_environment(
     env: dict = {}
     assert distill.wandb_environment(wb, env) == {"WANDB_MODE": "offline"}
     assert env == {"WANDB_MODE": "offline"}
-    online = with_options(spec, logging=LoggingOptions(wandb_project="kd", wandb_mode="online"))
+    online = replace_fields(spec, logging=Logging(wandb_project="kd", wandb_mode="online"))
     with pytest.raises(ValueError, match="needs WANDB_API_KEY in the environment"):
         distill.wandb_environment(online, {"WANDB_API_KEY": " "})
     assert distill.wandb_environment(online, {"WANDB_API_KEY": "k"}) == {"WANDB_MODE": "online"}
-    with pytest.raises(ValueError, match="wandb_api_key.*export WANDB_API_KEY"):
-        LoggingOptions(wandb_project="kd", wandb_api_key="0123abcd")
+    with pytest.raises(ValueError, match="wandb_api_key.*export WANDB_API_KEY") as err:
+        Logging(wandb_project="kd", wandb_api_key="0123abcd")
+    assert "0123abcd" not in str(err.value)  # the key is not echoed
 
 
 # ---------------------------------------------------------------- options -> ConfigContainer
@@ -124,20 +115,22 @@ def test_every_option_reaches_the_bridge_config(
         kd_runs, dense_student, tiny_teacher, token_prefix, tmp_path):
     root = tmp_path / "init" / "checkpoints"
     _save(root, 3)
-    spec = with_options(
+    spec = replace_fields(
         make_spec(dense_student, tiny_teacher, token_prefix, kd_runs / "flow"),
         recompute="selective", recompute_modules=("core_attn", "mlp"),
-        optimizer=OptimizerOptions(adam_beta1=0.8, adam_beta2=0.99, adam_eps=1e-6,
+        optimizer=Optimizer(adam_beta1=0.8, adam_beta2=0.99, adam_eps=1e-6,
                                    weight_decay=0.05, clip_grad=0.5, lr_decay_style="linear"),
-        checkpoint=CheckpointOptions(keep_last=2, async_save=True),
-        logging=LoggingOptions(timers=1, wandb_project="kd", wandb_entity="team"),
+        checkpoint=Checkpoint(keep_last=2, async_save=True),
+        logging=Logging(timers=1, wandb_project="kd", wandb_entity="team"),
         index_cache=str(tmp_path / "index-cache"),
         student_megatron_checkpoint=str(iteration_dir(root, 3)),
         trust_remote_code=True,
     )
-    pkl = tmp_path / "spec.pkl"
-    pkl.write_bytes(pickle.dumps(spec))
-    proc = run_python([str(REPO / "tests/kd/_config_flow.py"), str(pkl)], tmp_path / "flow.log")
+    from kd.distill import spec_from_dict, spec_to_json
+
+    path = spec_to_json(spec, tmp_path / "spec.json")  # the form a job reads
+    assert spec_from_dict(json.loads(path.read_text())) == spec
+    proc = run_python([str(REPO / "tests/kd/_config_flow.py"), str(path)], tmp_path / "flow.log")
     c = tagged_json(proc.stdout, "KD_CONFIG")
     assert c["optimizer"] == {"adam_beta1": 0.8, "adam_beta2": 0.99, "adam_eps": 1e-6,
                               "weight_decay": 0.05, "clip_grad": 0.5, "lr": spec.lr,
@@ -167,19 +160,20 @@ def test_student_from_megatron_checkpoint_with_the_options_in_a_real_run(
     first = tagged_json(dense_tp1_run["out"], "KD_PROBE")
     saved = Path(dense_tp1_run["spec"].output_dir) / "checkpoints"
     assert ckpts.latest_complete(saved) == 8
-    spec = with_options(
+    spec = replace_fields(
         make_spec(dense_student, tiny_teacher, token_prefix, kd_runs / "from_megatron",
                   train_iters=3, save_interval=1, lr_warmup_iters=0),
         student_megatron_checkpoint=str(iteration_dir(saved, 8)),
         recompute="selective", recompute_modules=("core_attn", "mlp"),
-        optimizer=OptimizerOptions(adam_beta2=0.99, clip_grad=0.5, lr_decay_style="linear"),
-        logging=LoggingOptions(timers=1),
-        checkpoint=CheckpointOptions(keep_last=1),
+        optimizer=Optimizer(adam_beta2=0.99, clip_grad=0.5, lr_decay_style="linear"),
+        logging=Logging(timers=1),
+        checkpoint=Checkpoint(keep_last=1),
         keep_iterations=(1,),
     )
-    pkl = kd_runs / "from_megatron.pkl"
-    pkl.write_bytes(pickle.dumps(spec))
-    proc = run_python([str(REPO / "tests/kd/_probe_distill.py"), "--spec-pickle", str(pkl)],
+    from kd.distill import spec_to_json
+
+    path = spec_to_json(spec, kd_runs / "from_megatron.json")
+    proc = run_python([str(REPO / "tests/kd/_probe_distill.py"), "--spec", str(path)],
                       kd_runs / "from_megatron.log")
     probe = tagged_json(proc.stdout, "KD_PROBE")
     # the student's weights before its first step are run 1's saved ones, not the HF ones

@@ -39,7 +39,7 @@ def test_seed_graph_edges():
     assert set(deps["report"]) == {"eval_student_before", "eval_teacher", "eval_student_after"}
     d = g.job("distill")
     assert (d.nodes, d.tasks_per_node, d.gpus_per_node, d.requeue) == (1, 8, 8, True)
-    assert d.spec.tp == 8 and d.spec.data_blend == ((1.0, "/runs/golden/data/wikitext-train_text_document"),)
+    assert d.spec.train.tp == 8 and d.spec.data_blend == ((1.0, "/runs/golden/data/wikitext-train_text_document"),)
     assert g.dependents("distill") == ("export_hf", "eval_student_after", "report")
     assert g.job("eval_teacher").spec.cache_dir == "/lustre/fsw/my_account/kd_eval_cache"
 
