@@ -133,8 +133,8 @@ def test_every_option_reaches_the_bridge_config(
     proc = run_python([str(REPO / "tests/kd/_config_flow.py"), str(path)], tmp_path / "flow.log")
     c = tagged_json(proc.stdout, "KD_CONFIG")
     assert c["optimizer"] == {"adam_beta1": 0.8, "adam_beta2": 0.99, "adam_eps": 1e-6,
-                              "weight_decay": 0.05, "clip_grad": 0.5, "lr": spec.lr,
-                              "min_lr": spec.min_lr}
+                              "weight_decay": 0.05, "clip_grad": 0.5, "lr": spec.train.lr,
+                              "min_lr": spec.train.min_lr}
     assert c["scheduler"] == {"lr_decay_style": "linear", "start_weight_decay": 0.05,
                               "end_weight_decay": 0.05}
     assert c["recompute"] == {"recompute_granularity": "selective", "recompute_method": None,
