@@ -132,6 +132,7 @@ def _train(spec: DistillSpec, env, exit_signal: int | None) -> dict:
     quarantine_incomplete_checkpoints(spec, env.rank)
     config = build_config(spec, device, exit_signal=exit_signal)
     prune_checkpoints(spec, env.rank)
+    compat.scoped.lock_index_builds(index_cache_dir(spec), env.rank)
     if exit_signal is not None:
         compat.scoped.shield_checkpoint_writer(exit_signal)
     guard_saves_against_termination(signal.SIGTERM)

@@ -187,3 +187,41 @@ def test_student_from_megatron_checkpoint_with_the_options_in_a_real_run(
     events = EventAccumulator(str(Path(spec.output_dir) / "tensorboard"))
     events.Reload()
     assert {"forward-backward-time", "optimizer-time"} <= set(events.Tags()["scalars"])
+
+
+def test_jobs_sharing_an_index_cache_build_one_at_a_time(tmp_path):
+    """data.index_cache shared by sweep members: rank 0 builds under an flock on the cache dir.
+    A stand-in for megatron-core's build records when it ran (the real build goes through the
+    same wrapper in every distill run above)."""
+    import fcntl
+    import subprocess
+    import sys
+    import time
+
+    cache = tmp_path / "index_cache"
+    cache.mkdir()
+    script = f"""
+import sys
+from pathlib import Path
+from kd import compat
+from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder as B
+B.build = lambda self: (Path({str(cache)!r}) / "built").write_text("x") and "built"
+compat.scoped.lock_index_builds({str(cache)!r}, 0)
+compat.scoped.lock_index_builds({str(cache)!r}, 0)  # wraps once
+print("ready", flush=True)
+print(B.build(object.__new__(B)), flush=True)
+"""
+    with open(cache / ".kdlaunch.lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # another job is building
+        proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        seen = []
+        while not seen or seen[-1].strip() != "ready":  # megatron's import warnings come first
+            seen.append(proc.stdout.readline())
+            assert seen[-1], "".join(seen)
+        time.sleep(2)
+        assert not (cache / "built").exists() and proc.poll() is None  # waiting for the lock
+        fcntl.flock(held, fcntl.LOCK_UN)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and out.strip().endswith("built"), out
+    assert (cache / "built").exists()
