@@ -2,8 +2,8 @@
 
 A save writes ``checkpoints/iter_NNNNNNN/`` (the torch_dist shards, ``common.pt``, ``.metadata``,
 ``metadata.json``) and only *after* every rank finished writes the tracker file
-``latest_checkpointed_iteration.txt`` (megatron-core's finalize step; saves are synchronous here,
-``async_save=False``). So a checkpoint is complete when its iteration is at most the tracker's
+``latest_checkpointed_iteration.txt`` (megatron-core's finalize step; with ``async_save`` that
+step runs once the background writes of every rank are done). So a checkpoint is complete when its iteration is at most the tracker's
 and its directory holds the files a finished save leaves. An ``iter_*`` directory past the
 tracker is a save that was killed midway (SIGKILL after scancel, a node failure): no directory
 name alone makes a checkpoint.
