@@ -631,8 +631,6 @@ def wandb_environment(spec: DistillSpec, environ: dict | None = None) -> dict:
     return {"WANDB_MODE": lo.wandb_mode}
 
 
-
-
 def _disable(provider, *names: str) -> None:
     for name in names:
         setattr(provider, name, False)

@@ -225,3 +225,13 @@ print(B.build(object.__new__(B)), flush=True)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0 and out.strip().endswith("built"), out
     assert (cache / "built").exists()
+
+
+def test_bridge_distill_is_still_pretrain_with_the_kd_forward_step():
+    """kd.distill.distill_with_callbacks calls what Bridge's distill() calls (it takes no
+    callbacks); if Bridge's distill() grows more than that, follow it there."""
+    from kd.compat.probes import function_source
+
+    body = function_source("megatron.bridge.training.distill", "distill")
+    calls = [ln.strip() for ln in body.splitlines() if ln.strip().startswith(("return", "pretrain"))]
+    assert calls == ["return pretrain(config, forward_step_modelopt)"], body
