@@ -235,3 +235,4 @@ def test_bridge_distill_is_still_pretrain_with_the_kd_forward_step():
     body = function_source("megatron.bridge.training.distill", "distill")
     calls = [ln.strip() for ln in body.splitlines() if ln.strip().startswith(("return", "pretrain"))]
     assert calls == ["return pretrain(config, forward_step_modelopt)"], body
+
