@@ -1,6 +1,7 @@
-"""Build kd.distill's Megatron-Bridge ConfigContainer for a DistillSpec JSON (no training) and
-print what the anchor options (issue 15) turned into, as one ``KD_CONFIG`` JSON line. Also
-records the ``trust_remote_code`` every ``AutoBridge.from_hf_pretrained`` call got.
+"""What kd.distill turns the anchor options (issue 15) into: ``summary(config)`` of a built
+Megatron-Bridge ConfigContainer (the probe prints it for a real run), and, as a script, the
+checkpoint and logger configs of a DistillSpec JSON without building any model (for the
+options a CPU run cannot use: async save, W&B). Prints one ``KD_CONFIG`` JSON line.
 Usage: python tests/kd/_config_flow.py SPEC.json"""
 
 from __future__ import annotations
@@ -11,39 +12,38 @@ from pathlib import Path
 
 from kd import compat
 
+CHECKPOINT = ("save", "load", "pretrained_checkpoint", "ckpt_step", "async_save", "most_recent_k")
+LOGGER = ("timing_log_level", "log_timers_to_tensorboard", "wandb_project", "wandb_entity",
+          "wandb_exp_name", "wandb_save_dir")
+
+
+def pick(obj, names) -> dict:
+    return {n: getattr(obj, n) for n in names}
+
+
+def summary(c) -> dict:
+    """The fields of a ConfigContainer the anchor options set."""
+    return {
+        "optimizer": pick(c.optimizer, ("adam_beta1", "adam_beta2", "adam_eps", "weight_decay",
+                                        "clip_grad", "lr", "min_lr")),
+        "scheduler": pick(c.scheduler, ("lr_decay_style", "start_weight_decay",
+                                        "end_weight_decay")),
+        "recompute": pick(c.model, ("recompute_granularity", "recompute_method",
+                                    "recompute_num_layers", "recompute_modules")),
+        "checkpoint": pick(c.checkpoint, CHECKPOINT),
+        "logger": pick(c.logger, LOGGER),
+        "path_to_cache": c.dataset.path_to_cache,
+    }
+
 
 def main(path: str) -> int:
     compat.activate("cpu")
-    from megatron.bridge import AutoBridge
-
-    calls = []
-    original = AutoBridge.from_hf_pretrained.__func__
-
-    def spy(cls, *args, **kwargs):
-        calls.append(kwargs.get("trust_remote_code"))
-        return original(cls, *args, **kwargs)
-
-    AutoBridge.from_hf_pretrained = classmethod(spy)
     from kd import distill
 
     spec = distill.spec_from_dict(json.loads(Path(path).read_text()))
-    c = distill.build_config(spec, "cpu")
-    o, s, k, lg, m = c.optimizer, c.scheduler, c.checkpoint, c.logger, c.model
-    out = {
-        "optimizer": {n: getattr(o, n) for n in ("adam_beta1", "adam_beta2", "adam_eps",
-                                                 "weight_decay", "clip_grad", "lr", "min_lr")},
-        "scheduler": {n: getattr(s, n) for n in ("lr_decay_style", "start_weight_decay",
-                                                 "end_weight_decay")},
-        "recompute": {n: getattr(m, n) for n in ("recompute_granularity", "recompute_method",
-                                                 "recompute_num_layers", "recompute_modules")},
-        "checkpoint": {n: getattr(k, n) for n in ("save", "load", "pretrained_checkpoint",
-                                                  "ckpt_step", "async_save", "most_recent_k")},
-        "logger": {n: getattr(lg, n) for n in ("timing_log_level", "log_timers_to_tensorboard",
-                                               "wandb_project", "wandb_entity", "wandb_exp_name",
-                                               "wandb_save_dir")},
-        "path_to_cache": c.dataset.path_to_cache,
-        "trust_remote_code": calls,
-    }
+    out = {"checkpoint": pick(distill.checkpoint_config(spec, on_gpu=False, resume=False),
+                              CHECKPOINT),
+           "logger": pick(distill.logger_config(spec), LOGGER)}
     print("KD_CONFIG " + json.dumps(out), flush=True)
     return 0
 

@@ -1,6 +1,7 @@
 """Run kd.distill's CLI with a probe on the built KD model: after training, report whether the
 teacher got gradients or changed, and digests of the student's weights as built (HF), before the
-first optimizer step (after any checkpoint load) and at the end.
+first optimizer step (after any checkpoint load) and at the end; print what the anchor options
+became in the Bridge config (``KD_CONFIG``, tests/kd/_config_flow.py).
 Usage: python tests/kd/_probe_distill.py --spec S.json"""
 
 from __future__ import annotations
@@ -44,7 +45,28 @@ def main() -> int:
     register_optimizer_step_pre_hook(before_first_step)
 
     distillation_provider.DistillationProvider.provide = provide
+    from megatron.bridge import AutoBridge
+
     from kd import distill
+
+    trust, from_hf = [], AutoBridge.from_hf_pretrained.__func__
+
+    def spy_from_hf(cls, *args, **kwargs):
+        trust.append(kwargs.get("trust_remote_code"))
+        return from_hf(cls, *args, **kwargs)
+
+    AutoBridge.from_hf_pretrained = classmethod(spy_from_hf)
+    build_config = distill.build_config
+
+    def spy_build_config(*args, **kwargs):
+        from _config_flow import summary
+
+        config = build_config(*args, **kwargs)
+        print("KD_CONFIG " + json.dumps({**summary(config), "trust_remote_code": trust}),
+              flush=True)
+        return config
+
+    distill.build_config = spy_build_config
 
     code = distill.main(sys.argv[1:])
     teacher = built["model"].teacher_model

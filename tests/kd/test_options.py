@@ -111,34 +111,24 @@ def test_wandb_offline_by_default_key_only_from_the_environment(
 
 
 # ---------------------------------------------------------------- options -> ConfigContainer
-def test_every_option_reaches_the_bridge_config(
+def test_gpu_and_wandb_options_reach_the_bridge_config(
         kd_runs, dense_student, tiny_teacher, token_prefix, tmp_path):
+    """Async save and W&B cannot run here: their Bridge config objects are built from the spec's
+    JSON form (what a job reads) without a model. The real run below covers the rest."""
+    from kd.distill import spec_from_dict, spec_to_json
+
     root = tmp_path / "init" / "checkpoints"
     _save(root, 3)
     spec = replace_fields(
         make_spec(dense_student, tiny_teacher, token_prefix, kd_runs / "flow"),
-        recompute="selective", recompute_modules=("core_attn", "mlp"),
-        optimizer=Optimizer(adam_beta1=0.8, adam_beta2=0.99, adam_eps=1e-6,
-                                   weight_decay=0.05, clip_grad=0.5, lr_decay_style="linear"),
         checkpoint=Checkpoint(keep_last=2, async_save=True),
         logging=Logging(timers=1, wandb_project="kd", wandb_entity="team"),
-        index_cache=str(tmp_path / "index-cache"),
         student_megatron_checkpoint=str(iteration_dir(root, 3)),
-        trust_remote_code=True,
     )
-    from kd.distill import spec_from_dict, spec_to_json
-
-    path = spec_to_json(spec, tmp_path / "spec.json")  # the form a job reads
+    path = spec_to_json(spec, tmp_path / "spec.json")
     assert spec_from_dict(json.loads(path.read_text())) == spec
     proc = run_python([str(REPO / "tests/kd/_config_flow.py"), str(path)], tmp_path / "flow.log")
     c = tagged_json(proc.stdout, "KD_CONFIG")
-    assert c["optimizer"] == {"adam_beta1": 0.8, "adam_beta2": 0.99, "adam_eps": 1e-6,
-                              "weight_decay": 0.05, "clip_grad": 0.5, "lr": spec.train.lr,
-                              "min_lr": spec.train.min_lr}
-    assert c["scheduler"] == {"lr_decay_style": "linear", "start_weight_decay": 0.05,
-                              "end_weight_decay": 0.05}
-    assert c["recompute"] == {"recompute_granularity": "selective", "recompute_method": None,
-                              "recompute_num_layers": None, "recompute_modules": ["core_attn", "mlp"]}
     ckpt = str(Path(spec.output_dir) / "checkpoints")
     # a first start takes the student from iter 3 of the other run; Bridge's own retention is off
     assert c["checkpoint"] == {"save": ckpt, "load": ckpt, "pretrained_checkpoint": str(root),
@@ -147,8 +137,6 @@ def test_every_option_reaches_the_bridge_config(
                            "wandb_project": "kd", "wandb_entity": "team",
                            "wandb_exp_name": Path(spec.output_dir).parent.name,  # the run dir
                            "wandb_save_dir": str(Path(spec.output_dir) / "wandb")}
-    assert c["path_to_cache"] == str(tmp_path / "index-cache")
-    assert c["trust_remote_code"] == [True, True]  # student and teacher
 
 
 # ---------------------------------------------------------------- a real run with the options
@@ -169,12 +157,27 @@ def test_student_from_megatron_checkpoint_with_the_options_in_a_real_run(
         logging=Logging(timers=1),
         checkpoint=Checkpoint(keep_last=1),
         keep_iterations=(1,),
+        index_cache=str(kd_runs / "index-cache"),
+        trust_remote_code=True,
     )
     from kd.distill import spec_to_json
 
     path = spec_to_json(spec, kd_runs / "from_megatron.json")
     proc = run_python([str(REPO / "tests/kd/_probe_distill.py"), "--spec", str(path)],
                       kd_runs / "from_megatron.log")
+    c = tagged_json(proc.stdout, "KD_CONFIG")  # what the options became in Bridge's config
+    assert c["optimizer"] == {"adam_beta1": 0.9, "adam_beta2": 0.99, "adam_eps": 1e-8,
+                              "weight_decay": 0.01, "clip_grad": 0.5, "lr": spec.train.lr,
+                              "min_lr": spec.train.min_lr}
+    assert c["scheduler"] == {"lr_decay_style": "linear", "start_weight_decay": 0.01,
+                              "end_weight_decay": 0.01}
+    assert c["recompute"] == {"recompute_granularity": "selective", "recompute_method": None,
+                              "recompute_num_layers": None, "recompute_modules": ["core_attn", "mlp"]}
+    assert (c["checkpoint"]["pretrained_checkpoint"], c["checkpoint"]["ckpt_step"]) == (str(saved), 8)
+    assert c["logger"]["timing_log_level"] == 1 and c["logger"]["log_timers_to_tensorboard"]
+    assert c["path_to_cache"] == str(kd_runs / "index-cache")
+    assert any((kd_runs / "index-cache").glob("*.npy"))  # the indices were built there
+    assert c["trust_remote_code"] == [True, True]  # student and teacher
     probe = tagged_json(proc.stdout, "KD_PROBE")
     # the student's weights before its first step are run 1's saved ones, not the HF ones
     assert probe["student_initial"] == first["student_final"]
@@ -189,42 +192,38 @@ def test_student_from_megatron_checkpoint_with_the_options_in_a_real_run(
     assert {"forward-backward-time", "optimizer-time"} <= set(events.Tags()["scalars"])
 
 
-def test_jobs_sharing_an_index_cache_build_one_at_a_time(tmp_path):
+def test_jobs_sharing_an_index_cache_build_one_at_a_time(tmp_path, monkeypatch):
     """data.index_cache shared by sweep members: rank 0 builds under an flock on the cache dir.
-    A stand-in for megatron-core's build records when it ran (the real build goes through the
-    same wrapper in every distill run above)."""
+    A stand-in for megatron-core's build records that it ran (the real build goes through the
+    same wrapper in every distill run); the lock is held through another open file, as another
+    job's would be (flock locks belong to the open file, so this works within one process)."""
     import fcntl
-    import subprocess
-    import sys
-    import time
+    import threading
+
+    from megatron.core.datasets.blended_megatron_dataset_builder import (
+        BlendedMegatronDatasetBuilder as Builder,
+    )
+
+    from kd import compat
 
     cache = tmp_path / "index_cache"
     cache.mkdir()
-    script = f"""
-import sys
-from pathlib import Path
-from kd import compat
-from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder as B
-B.build = lambda self: (Path({str(cache)!r}) / "built").write_text("x") and "built"
-compat.scoped.lock_index_builds({str(cache)!r}, 0)
-compat.scoped.lock_index_builds({str(cache)!r}, 0)  # wraps once
-print("ready", flush=True)
-print(B.build(object.__new__(B)), flush=True)
-"""
+    monkeypatch.setattr(Builder, "build", lambda self: (cache / "built").write_text("x") and "ok")
+    compat.scoped.lock_index_builds(str(cache), 1)  # other ranks take no lock
+    assert not getattr(Builder.build, "_kd_locked", False)
+    compat.scoped.lock_index_builds(str(cache), 0)
+    compat.scoped.lock_index_builds(str(cache), 0)  # wraps once
+    assert Builder.build._kd_locked and Builder.build.__wrapped__.__name__ == "<lambda>"
+    result = []
     with open(cache / ".kdlaunch.lock", "a") as held:
         fcntl.flock(held, fcntl.LOCK_EX)  # another job is building
-        proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        seen = []
-        while not seen or seen[-1].strip() != "ready":  # megatron's import warnings come first
-            seen.append(proc.stdout.readline())
-            assert seen[-1], "".join(seen)
-        time.sleep(2)
-        assert not (cache / "built").exists() and proc.poll() is None  # waiting for the lock
+        worker = threading.Thread(target=lambda: result.append(Builder.build(object())))
+        worker.start()
+        worker.join(timeout=1.5)
+        assert worker.is_alive() and not (cache / "built").exists()  # waiting for the lock
         fcntl.flock(held, fcntl.LOCK_UN)
-    out, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 0 and out.strip().endswith("built"), out
-    assert (cache / "built").exists()
+    worker.join(timeout=30)
+    assert result == ["ok"] and (cache / "built").exists()
 
 
 def test_bridge_distill_is_still_pretrain_with_the_kd_forward_step():
