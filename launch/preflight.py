@@ -2,7 +2,8 @@
 
 ``check(exp, cluster, run_dir)`` raises ``ConfigError`` naming the field, the bad value and
 the fix. It reads small files only (``config.json``, tokenizer files, file existence) and asks
-``sinfo`` for a default partition on the generic SLURM profile — never imports torch.
+the SLURM backend for a default partition on the generic SLURM profile and for the live
+partitions and nodes (``check_live``) — never imports torch.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 from launch.config import Cluster, Experiment, tasks_per_node
@@ -329,21 +329,11 @@ def check_models(exp: Experiment) -> None:
 
 # ---------------------------------------------------------------- cluster
 def default_partition() -> str | None:
-    """The partition sbatch would pick: $SBATCH_PARTITION, else sinfo's default (marked '*')."""
-    env = os.environ.get("SBATCH_PARTITION") or os.environ.get("SLURM_PARTITION")
-    if env:
-        return env
-    if not shutil.which("sinfo"):
-        return None
-    try:
-        out = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True,
-                             timeout=15).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    for name in out.split():
-        if name.endswith("*"):
-            return name[:-1]
-    return None
+    """The partition sbatch would pick ($SBATCH_PARTITION, else sinfo's default), asked
+    through the SLURM backend."""
+    from launch import backends
+
+    return backends.get("slurm").default_partition()
 
 
 def check_cluster(cluster: Cluster) -> None:
@@ -368,8 +358,9 @@ def check_live(graph, cluster: Cluster, echo=print) -> None:
     When the cluster cannot be asked, says so in one line and returns."""
     if cluster.executor != "slurm":
         return
-    from launch import slurm_info
+    from launch import backends
 
+    slurm_info = backends.for_cluster(cluster).cluster_info()  # launch.slurm_info's queries
     why = slurm_info.reachable()
     parts = nodes = None
     if why is None:

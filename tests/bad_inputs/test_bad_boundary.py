@@ -73,7 +73,7 @@ def world(tmp_path, monkeypatch):
     monkeypatch.chdir(work)
     queued: list = []
     monkeypatch.setattr(submit, "launch", lambda *a, **k: queued.append(a) or 0)
-    monkeypatch.setattr(submit, "_submit_slurm", lambda *a, **k: queued.append(a) or 0)
+    monkeypatch.setattr(submit, "_submit_graph", lambda *a, **k: queued.append(a) or {})
     base = [f"student.path={s}", f"teacher.path={t}", f"export.hf_template={t}",
             f"eval.include_path={assets / 'tasks'}", "train.tp=1", "train.global_batch_size=2",
             "train.micro_batch_size=1", f"data.sources=[{{name: c, jsonl: {corpus}}}]"]
@@ -623,14 +623,14 @@ def test_manifest_never_holds_a_secret(tmp_path, value):
 
 
 # ---------------------------------------------------------------- live pre-flight: accounting
-_REAL_SUBMIT = (submit.launch, submit._submit_slurm)
+_REAL_SUBMIT = (submit.launch, submit._submit_graph)
 
 
 def _live_refusal(world, capsys, monkeypatch, *overrides: str) -> tuple[int, str]:
     """Launch tiny_demo on ci with the REAL submission path; return (code, stderr) and what
     squeue shows for this run's job names (must be nothing)."""
     monkeypatch.setattr(submit, "launch", _REAL_SUBMIT[0])
-    monkeypatch.setattr(submit, "_submit_slurm", _REAL_SUBMIT[1])
+    monkeypatch.setattr(submit, "_submit_graph", _REAL_SUBMIT[1])
     tag = f"acct{uuid.uuid4().hex[:8]}"
     try:
         code, out, err = run_cli(distill_cli.main, ["--cluster", "ci", "--config", "tiny_demo",
