@@ -2,8 +2,8 @@
 
 A save writes ``checkpoints/iter_NNNNNNN/`` (the torch_dist shards, ``common.pt``, ``.metadata``,
 ``metadata.json``) and only *after* every rank finished writes the tracker file
-``latest_checkpointed_iteration.txt`` (megatron-core's finalize step; saves are synchronous here,
-``async_save=False``). So a checkpoint is complete when its iteration is at most the tracker's
+``latest_checkpointed_iteration.txt`` (megatron-core's finalize step; with ``async_save`` that
+step runs once the background writes of every rank are done). So a checkpoint is complete when its iteration is at most the tracker's
 and its directory holds the files a finished save leaves. An ``iter_*`` directory past the
 tracker is a save that was killed midway (SIGKILL after scancel, a node failure): no directory
 name alone makes a checkpoint.
@@ -104,3 +104,62 @@ def describe(checkpoints: str | Path) -> str:
     if bad:
         text += f"; incomplete (ignored): {', '.join(p.name for p in bad)}"
     return text
+
+
+def resolve_checkpoint(path: str | Path, field: str = "student.megatron_checkpoint") -> tuple[Path, int]:
+    """A checkpoint given by path as (checkpoints root, iteration): one ``iter_N`` directory, or a
+    ``checkpoints/`` directory (its latest complete save). ValueError unless it is complete."""
+    given = Path(path).expanduser()
+    it = iteration_of(given)
+    root, it = (given.parent, it) if it is not None else (given, latest_complete(given))
+    if it is None or not is_complete(root, it):
+        found = complete_iterations(root)
+        raise ValueError(
+            f"{field}={str(path)!r}: not a complete Megatron checkpoint (give an iter_N dir of a "
+            f"finished save, written before {TRACKER} and holding {', '.join(REQUIRED_FILES)}, "
+            f"or a checkpoints/ dir holding one); complete iterations there: {found or 'none'}")
+    return root, it
+
+
+# ---------------------------------------------------------------- retention (checkpoint.keep_last)
+TRASH_PREFIX = ".deleting-"
+
+
+def retention_victims(checkpoints: str | Path, keep_last: int | None,
+                      protect: tuple[int, ...] | list[int] = ()) -> list[int]:
+    """The complete checkpoints ``checkpoint.keep_last`` lets go: all complete iterations but the
+    newest ``keep_last`` and the ``protect``ed ones (export.iteration, checkpoint candidates).
+
+    Only complete checkpoints count and only complete ones go: a save in flight or one a kill
+    cut short (past the tracker) is neither kept in the k nor deleted (distill quarantines it). The
+    latest complete checkpoint is the one a rerun resumes from; ``keep_last >= 1`` keeps it
+    always. ``keep_last`` None keeps everything."""
+    if keep_last is None:
+        return []
+    if keep_last < 1:
+        raise ValueError(f"checkpoint.keep_last={keep_last}: must be >= 1 (the latest complete "
+                         f"checkpoint is the one a rerun resumes from), or null to keep all")
+    complete = complete_iterations(checkpoints)
+    kept = set(complete[-keep_last:]) | {int(i) for i in protect}
+    return [i for i in complete if i not in kept]
+
+
+def prune(checkpoints: str | Path, keep_last: int | None,
+          protect: tuple[int, ...] | list[int] = ()) -> list[int]:
+    """Delete the ``retention_victims``; returns their iterations. Each directory is first renamed
+    to ``.deleting-iter_N`` (one atomic step: no reader ever sees a half-deleted ``iter_*``), then
+    removed; leftovers of a deletion that was itself killed are removed on the next call.
+    Call it on one rank only."""
+    import shutil
+
+    root = Path(checkpoints)
+    for stale in root.glob(TRASH_PREFIX + "iter_*") if root.is_dir() else ():
+        shutil.rmtree(stale, ignore_errors=True)
+    gone = []
+    for it in retention_victims(root, keep_last, protect):
+        src = root / f"iter_{it:07d}"
+        trash = root / (TRASH_PREFIX + src.name)
+        src.rename(trash)
+        shutil.rmtree(trash, ignore_errors=True)
+        gone.append(it)
+    return gone

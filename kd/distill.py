@@ -126,14 +126,17 @@ def _train(spec: DistillSpec, env, exit_signal: int | None) -> dict:
 
     device = compat.resolve_device(spec.device)
     compat.activate(device)
+    check_options(spec, device)
+    wandb_environment(spec)
     compat.scoped.start_cpu_process_group(device, env.rank, env.world_size)
     quarantine_incomplete_checkpoints(spec, env.rank)
     config = build_config(spec, device, exit_signal=exit_signal)
+    prune_checkpoints(spec, env.rank)
+    compat.scoped.lock_index_builds(index_cache_dir(spec), env.rank)
     if exit_signal is not None:
         compat.scoped.shield_checkpoint_writer(exit_signal)
     guard_saves_against_termination(signal.SIGTERM)
     log.info("%s", compat.summary())  # after the scoped workarounds above were decided
-    from megatron.bridge.training.distill import distill
 
     start = latest_iteration(checkpoints_dir(spec)) or 0
     student = config.model  # the distillation provider is the student's provider
@@ -154,7 +157,7 @@ def _train(spec: DistillSpec, env, exit_signal: int | None) -> dict:
     )
     t0 = time.time()
     try:
-        distill(config)
+        distill_with_callbacks(config, training_callbacks(spec, env.rank))
     except SystemExit as stop:  # Megatron exits(0) after an exit signal or time limit
         if stop.code not in (0, None):
             raise
@@ -163,6 +166,7 @@ def _train(spec: DistillSpec, env, exit_signal: int | None) -> dict:
     if peak is not None:  # every rank: Bridge has already destroyed the process group on GPU
         _log_rank_memory(env.rank, peak)
     _barrier()
+    prune_checkpoints(spec, env.rank)
     iteration = latest_iteration(checkpoints_dir(spec))
     if iteration is None or iteration < spec.train.train_iters:
         raise DistillInterrupted(iteration, spec.train.train_iters)
@@ -185,16 +189,11 @@ def _train(spec: DistillSpec, env, exit_signal: int | None) -> dict:
 
 def build_config(spec: DistillSpec, device: str, exit_signal: int | None = None):
     """The ConfigContainer for ``distill()``: providers, KD, optimizer, data, checkpoints."""
-    import torch
     from megatron.bridge.models.distillation_provider import convert_to_distillation_provider
     from megatron.bridge.training.config import (
-        CheckpointConfig,
         ConfigContainer,
         DistributedInitConfig,
-        LoggerConfig,
-        OptimizerConfig,
         RNGConfig,
-        SchedulerConfig,
         TrainingConfig,
     )
     from megatron.bridge.training.tokenizers.config import TokenizerConfig
@@ -202,13 +201,11 @@ def build_config(spec: DistillSpec, device: str, exit_signal: int | None = None)
     on_gpu = device == "cuda"
     bf16 = on_gpu and spec.train.precision == "bf16"
     sharded = uses_distributed_optimizer(spec)
-    student = build_provider(spec.student, spec, device)
-    if spec.train.recompute == "full":  # the teacher runs without autograd: nothing to recompute
-        student.recompute_granularity = "full"
-        student.recompute_method = "uniform"
-        student.recompute_num_layers = 1
-    elif spec.train.recompute != "none":
-        raise ValueError(f"recompute={spec.train.recompute!r}: choose none or full")
+    student = build_provider(spec.student, spec, device,
+                             load_weights=student_init_checkpoint(spec) is None)
+    # the teacher runs without autograd: nothing to recompute
+    for name, value in recompute_settings(spec).items():
+        setattr(student, name, value)
     teacher = build_provider(spec.teacher, spec, device)
     if student.vocab_size != teacher.vocab_size:
         raise ValueError(
@@ -216,8 +213,7 @@ def build_config(spec: DistillSpec, device: str, exit_signal: int | None = None)
             f"{teacher.vocab_size}: KD on logits needs the same tokenizer"
         )
     model = convert_to_distillation_provider(student, teacher, kd_config(spec.kd))
-    ckpt = checkpoints_dir(spec)
-    resume = latest_iteration(ckpt) is not None
+    resume = latest_iteration(checkpoints_dir(spec)) is not None
     train = TrainingConfig(
         train_iters=spec.train.train_iters,
         global_batch_size=spec.train.global_batch_size,
@@ -229,45 +225,17 @@ def build_config(spec: DistillSpec, device: str, exit_signal: int | None = None)
     )
     if exit_signal is not None:
         set_exit_signal(train, exit_signal)
+    optimizer, scheduler = optimizer_configs(spec, bf16, sharded)
     return ConfigContainer(
         model=model,
         train=train,
-        optimizer=OptimizerConfig(
-            optimizer="adam",
-            lr=spec.train.lr,
-            min_lr=spec.train.min_lr,
-            weight_decay=0.01,
-            adam_beta1=0.9,
-            adam_beta2=0.95,
-            clip_grad=1.0,
-            bf16=bf16,
-            fp16=False,
-            params_dtype=torch.bfloat16 if bf16 else torch.float32,
-            use_distributed_optimizer=sharded,
-        ),
-        scheduler=SchedulerConfig(
-            lr_decay_style="cosine",
-            lr_warmup_iters=spec.train.lr_warmup_iters,
-            lr_decay_iters=spec.train.train_iters,
-            start_weight_decay=0.01,
-            end_weight_decay=0.01,
-            weight_decay_incr_style="constant",
-            override_opt_param_scheduler=True,
-        ),
+        optimizer=optimizer,
+        scheduler=scheduler,
         ddp=ddp_config(spec, on_gpu, sharded),
         dataset=dataset_config(spec, on_gpu),
-        logger=LoggerConfig(
-            log_interval=spec.train.log_interval, tensorboard_dir=str(tensorboard_dir(spec))
-        ),
+        logger=logger_config(spec),
         tokenizer=TokenizerConfig(tokenizer_type="NullTokenizer", vocab_size=student.vocab_size),
-        checkpoint=CheckpointConfig(
-            save=str(ckpt),
-            load=str(ckpt) if resume else None,
-            save_interval=spec.train.save_interval,
-            ckpt_format="torch_dist",
-            async_save=False,
-            fully_parallel_save=on_gpu,
-        ),
+        checkpoint=checkpoint_config(spec, on_gpu, resume),
         rng=RNGConfig(seed=spec.train.seed),
         dist=DistributedInitConfig(distributed_backend="nccl" if on_gpu else "gloo"),
         mixed_precision="bf16_mixed" if bf16 else None,
@@ -367,17 +335,19 @@ def set_exit_signal(train_config, sig: int = signal.SIGUSR2) -> None:
     train_config.exit_signal = sig
 
 
-def build_provider(hf_dir: str, spec: DistillSpec, device: str):
-    """A GPT provider (HF weights loaded when the model is built) set up for ``spec``."""
+def build_provider(hf_dir: str, spec: DistillSpec, device: str, load_weights: bool = True):
+    """A GPT provider (HF weights loaded when the model is built, unless ``load_weights`` is off:
+    ``student.megatron_checkpoint`` overwrites them) set up for ``spec``."""
     import modelopt.torch.puzzletron.plugins  # noqa: F401  registers the AnyModel bridges
     import torch
     from megatron.bridge import AutoBridge
 
     bf16 = device == "cuda" and spec.train.precision == "bf16"
     dtype = torch.bfloat16 if bf16 else torch.float32
-    provider = AutoBridge.from_hf_pretrained(hf_dir, torch_dtype=dtype).to_megatron_provider(
-        load_weights=True
+    bridge = AutoBridge.from_hf_pretrained(
+        hf_dir, torch_dtype=dtype, trust_remote_code=spec.trust_remote_code
     )
+    provider = bridge.to_megatron_provider(load_weights=load_weights)
     configure_provider(provider, spec.train.tp, spec.train.pp, spec.train.cp, spec.train.seq_length, device, bf16)
     return provider
 
@@ -450,7 +420,7 @@ def dataset_config(spec: DistillSpec, on_gpu: bool):
         blend=(prefixes, weights if len(weights) > 1 else None),
         split=spec.train.split,
         seq_length=spec.train.seq_length,
-        path_to_cache=str(Path(spec.output_dir) / "dataset_cache"),
+        path_to_cache=index_cache_dir(spec),
         random_seed=spec.train.seed,
         reset_attention_mask=False,
         reset_position_ids=False,
@@ -461,6 +431,204 @@ def dataset_config(spec: DistillSpec, on_gpu: bool):
         num_workers=2 if on_gpu else 0,
         skip_getting_attention_mask_from_dataset=True,
     )
+
+
+# ---------------------------------------------------------------- the anchor's options (issue 15)
+# Model-Optimizer's examples/megatron_bridge/distill.py offers these; each is declared and
+# checked once in kd/sections.py (Train.recompute*, Optimizer, Checkpoint, Logging, ...) and
+# reaches this stage through the spec; here they become Megatron-Bridge config objects.
+def recompute_settings(spec: DistillSpec) -> dict:
+    """The student provider's activation-recomputation fields for ``train.recompute``: ``full``
+    (each layer, one at a time) or ``selective`` (only ``train.recompute_modules``)."""
+    mode = spec.train.recompute
+    if mode == "none":
+        return {}
+    if mode == "full":
+        return {"recompute_granularity": "full", "recompute_method": "uniform",
+                "recompute_num_layers": 1}
+    if mode == "selective":
+        modules = spec.train.recompute_modules or ("core_attn",)  # Megatron's default
+        return {"recompute_granularity": "selective", "recompute_method": None,
+                "recompute_num_layers": None, "recompute_modules": list(modules)}
+    raise ValueError(f"recompute={mode!r}: choose none, full or selective")
+
+
+def optimizer_configs(spec: DistillSpec, bf16: bool, sharded: bool):
+    """Adam + the learning-rate schedule from the ``optimizer`` section (and ``train``'s lr,
+    min_lr, warm-up); weight decay is constant over the run."""
+    import torch
+    from megatron.bridge.training.config import OptimizerConfig, SchedulerConfig
+
+    o = spec.optimizer
+    optimizer = OptimizerConfig(
+        optimizer="adam",
+        lr=spec.train.lr,
+        min_lr=spec.train.min_lr,
+        weight_decay=o.weight_decay,
+        adam_beta1=o.adam_beta1,
+        adam_beta2=o.adam_beta2,
+        adam_eps=o.adam_eps,
+        clip_grad=o.clip_grad,
+        bf16=bf16,
+        fp16=False,
+        params_dtype=torch.bfloat16 if bf16 else torch.float32,
+        use_distributed_optimizer=sharded,
+    )
+    scheduler = SchedulerConfig(
+        lr_decay_style=o.lr_decay_style,
+        lr_warmup_iters=spec.train.lr_warmup_iters,
+        lr_decay_iters=spec.train.train_iters,
+        start_weight_decay=o.weight_decay,
+        end_weight_decay=o.weight_decay,
+        weight_decay_incr_style="constant",
+        override_opt_param_scheduler=True,
+    )
+    return optimizer, scheduler
+
+
+def student_init_checkpoint(spec: DistillSpec) -> tuple[str, int] | None:
+    """``student.megatron_checkpoint`` as (checkpoints root, iteration): a ``checkpoints/`` dir
+    (its latest complete save) or one ``iter_N`` dir, complete by kd.checkpoints' rule."""
+    path = spec.student_megatron_checkpoint
+    if not path:
+        return None
+    root, it = ckpts.resolve_checkpoint(path)
+    return str(root), it
+
+
+def checkpoint_config(spec: DistillSpec, on_gpu: bool, resume: bool):
+    """Saves to ``output_dir/checkpoints`` (torch_dist), resume from there; a first start takes
+    the student's weights from ``student.megatron_checkpoint`` when set (Bridge's
+    ``pretrained_checkpoint`` + ``ckpt_step``: weights only, iteration 0, fresh optimizer)."""
+    from megatron.bridge.training.config import CheckpointConfig
+
+    ckpt = str(checkpoints_dir(spec))
+    init = None if resume else student_init_checkpoint(spec)
+    return CheckpointConfig(
+        save=ckpt,
+        # Bridge needs load set whenever ckpt_step is; it loads from `load` once a save exists
+        load=ckpt if (resume or init) else None,
+        pretrained_checkpoint=init[0] if init else None,
+        ckpt_step=init[1] if init else None,
+        save_interval=spec.train.save_interval,
+        ckpt_format="torch_dist",
+        async_save=spec.checkpoint.async_save,
+        fully_parallel_save=on_gpu,
+        most_recent_k=-1,  # retention is ours (prune_checkpoints): it knows complete/protected
+    )
+
+
+def prune_checkpoints(spec: DistillSpec, rank: int) -> list[int]:
+    """``checkpoint.keep_last``: rank 0 deletes the complete checkpoints beyond the newest k,
+    never the protected ones (``keep_iterations``: export.iteration, checkpoint candidates)."""
+    keep = spec.checkpoint.keep_last
+    if rank != 0 or keep is None:
+        return []
+    gone = ckpts.prune(checkpoints_dir(spec), keep, spec.keep_iterations)
+    if gone:
+        log.info("distill: checkpoint.keep_last=%d: deleted iterations %s", keep, gone)
+    return gone
+
+
+def training_callbacks(spec: DistillSpec, rank: int):
+    """Megatron-Bridge callbacks (its public hook API) for the options that act during training:
+    ``checkpoint.keep_last`` prunes after every step (a save of step N is complete, or not yet,
+    by the time step N+1 ends; the last save is pruned after training). None when unused."""
+    if spec.checkpoint.keep_last is None:
+        return None
+    from megatron.bridge.training.callbacks import CallbackManager
+
+    manager = CallbackManager()
+    manager.register("on_train_step_end", lambda context: prune_checkpoints(spec, rank))
+    return manager
+
+
+def distill_with_callbacks(config, callbacks) -> None:
+    """``megatron.bridge.training.distill.distill`` (= ``pretrain`` with ModelOpt's KD forward
+    step), with ``callbacks``: Bridge's ``distill()`` takes none."""
+    from megatron.bridge.models.distillation_provider import DistillationProvider
+    from megatron.bridge.training.gpt_step import forward_step_modelopt
+    from megatron.bridge.training.pretrain import pretrain
+
+    if not isinstance(config.model, DistillationProvider):
+        raise TypeError("distill needs a DistillationProvider as config.model")
+    pretrain(config, forward_step_modelopt, callbacks=callbacks)
+
+
+def index_cache_dir(spec: DistillSpec) -> str:
+    """Megatron's dataset index cache (``path_to_cache``): ``data.index_cache`` when set, shared
+    by every run and sweep member with the same blend (the file names hash the blend, split,
+    sequence length and seed); else ``output_dir/dataset_cache``."""
+    return spec.index_cache or str(Path(spec.output_dir) / "dataset_cache")
+
+
+def check_options(spec: DistillSpec, device: str) -> None:
+    """The anchor options that depend on where distill runs (the rest are checked at load)."""
+    if spec.checkpoint.async_save and device != "cuda":
+        raise ValueError(
+            "checkpoint.async_save=true needs CUDA GPUs: megatron-core's persistent async "
+            "checkpoint worker binds a CUDA device (it dies on a CPU run and training then "
+            "hangs at the next save); set checkpoint.async_save=false for CPU runs"
+        )
+    settings = recompute_settings(spec)
+    if "layernorm" in settings.get("recompute_modules", ()):
+        from kd import compat
+
+        if not compat.have_te():
+            raise ValueError(
+                "train.recompute_modules has 'layernorm': megatron-core recomputes it with "
+                "output-discarding checkpointing, which needs Transformer Engine (not installed "
+                "here); use core_attn and/or mlp, or run in a container with TE"
+            )
+    student_init_checkpoint(spec)
+
+
+def wandb_dir(spec: DistillSpec) -> Path:
+    return Path(spec.output_dir) / "wandb"
+
+
+def logger_config(spec: DistillSpec):
+    """TensorBoard (loss, lr; timers when ``logging.timers`` > 0) and the optional W&B logger."""
+    from megatron.bridge.training.config import LoggerConfig
+
+    lo = spec.logging
+    wandb = lo.wandb_project is not None and lo.wandb_mode != "disabled"
+    return LoggerConfig(
+        log_interval=spec.train.log_interval,
+        tensorboard_dir=str(tensorboard_dir(spec)),
+        timing_log_level=lo.timers,
+        log_timers_to_tensorboard=lo.timers > 0,
+        wandb_project=lo.wandb_project if wandb else None,
+        wandb_entity=lo.wandb_entity if wandb else None,
+        wandb_exp_name=(lo.wandb_name or Path(spec.output_dir).parent.name) if wandb else None,
+        wandb_save_dir=str(wandb_dir(spec)) if wandb else None,
+    )
+
+
+def wandb_environment(spec: DistillSpec, environ: dict | None = None) -> dict:
+    """Set ``WANDB_MODE`` (offline by default: compute nodes rarely reach the internet; sync
+    later with ``wandb sync RUN/distill/wandb``) and refuse a missing package or, online, a
+    missing ``WANDB_API_KEY``. Returns the variables it set."""
+    lo = spec.logging
+    env = os.environ if environ is None else environ
+    if lo.wandb_project is None or lo.wandb_mode == "disabled":
+        return {}
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") is None:
+        raise ValueError(
+            "logging.wandb_project is set but the wandb package is not installed where distill "
+            "runs: `pip install wandb` into the job's environment (container or venv), or remove "
+            "logging.wandb_project"
+        )
+    if lo.wandb_mode == "online" and not env.get("WANDB_API_KEY", "").strip():
+        raise ValueError(
+            "logging.wandb_mode=online needs WANDB_API_KEY in the environment of the shell that "
+            "launches (SLURM copies it into the job; never put it in a config), or use "
+            "logging.wandb_mode=offline and `wandb sync` later"
+        )
+    env["WANDB_MODE"] = lo.wandb_mode
+    return {"WANDB_MODE": lo.wandb_mode}
 
 
 def _disable(provider, *names: str) -> None:

@@ -255,7 +255,8 @@ def _evaluate(spec: EvalSpec, device: str, dtype: str, key: str) -> dict:
         spec.eval.limit,
     )
     start = time.time()
-    lm = _language_model(spec.model, kind, device, dtype, spec.eval.batch_size)
+    lm = _language_model(spec.model, kind, device, dtype, spec.eval.batch_size,
+                         trust_remote_code=spec.trust_remote_code)
     manager = TaskManager(include_path=spec.eval.include_path) if spec.eval.include_path else TaskManager()
     with compat.scoped.private_datasets_cache(bool(spec.eval.include_path)):
         res = _simple_evaluate(lm_eval, lm, spec, manager)
@@ -307,19 +308,23 @@ def _record(spec: EvalSpec, res: dict, kind: str, device: str, dtype: str, key: 
     return record
 
 
-def _language_model(model: str, kind: str, device: str, dtype: str, batch_size: int | str):
+def _language_model(model: str, kind: str, device: str, dtype: str, batch_size: int | str,
+                    trust_remote_code: bool = False):
+    """lm-eval's HFLM (``trust_remote_code`` reaches its model_args and every HF load)."""
     from lm_eval.models.huggingface import HFLM
 
     if kind == "hf":
-        return HFLM(pretrained=str(model), device=device, dtype=dtype, batch_size=batch_size)
+        return HFLM(pretrained=str(model), device=device, dtype=dtype, batch_size=batch_size,
+                    trust_remote_code=trust_remote_code)
     from transformers import AutoTokenizer
 
-    hf_model = load_anymodel(model, dtype).to(device)
-    tokenizer = AutoTokenizer.from_pretrained(str(model))
-    return HFLM(pretrained=hf_model, tokenizer=tokenizer, batch_size=batch_size)
+    hf_model = load_anymodel(model, dtype, trust_remote_code=trust_remote_code).to(device)
+    tokenizer = AutoTokenizer.from_pretrained(str(model), trust_remote_code=trust_remote_code)
+    return HFLM(pretrained=hf_model, tokenizer=tokenizer, batch_size=batch_size,
+                trust_remote_code=trust_remote_code)
 
 
-def load_anymodel(model: str | Path, dtype: str = "float32"):
+def load_anymodel(model: str | Path, dtype: str = "float32", trust_remote_code: bool = False):
     """Build a Puzzletron AnyModel checkpoint as its base HF class (per-layer shapes applied)."""
     import torch
 
@@ -333,11 +338,11 @@ def load_anymodel(model: str | Path, dtype: str = "float32"):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     descriptor = resolve_descriptor_from_pretrained(str(model))
-    config = AutoConfig.from_pretrained(str(model))
+    config = AutoConfig.from_pretrained(str(model), trust_remote_code=trust_remote_code)
     torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
     with deci_x_patcher(descriptor, config.block_configs):
         hf_model = AutoModelForCausalLM.from_pretrained(
-            str(model), config=config, torch_dtype=torch_dtype
+            str(model), config=config, torch_dtype=torch_dtype, trust_remote_code=trust_remote_code
         )
     return hf_model.eval()
 

@@ -117,7 +117,9 @@ def _export(spec: ExportSpec, iteration: int, out: Path) -> None:
         "AnyModel layout" if hetero else "template layout",
     )
     t0 = time.time()
-    bridge = AutoBridge.from_hf_pretrained(source, torch_dtype=torch.float32)
+    bridge = AutoBridge.from_hf_pretrained(
+        source, torch_dtype=torch.float32,
+        trust_remote_code=spec.trust_remote_code)
     with compat.scoped.single_process_rendezvous():
         bridge.export_ckpt(str(ckpt), str(tmp), show_progress=False, strict=True)
     shutil.copyfile(Path(spec.student) / "config.json", tmp / "config.json")

@@ -6,6 +6,7 @@ Layout of a run directory::
     RUN/jobs/                      submitit folders (sbatch text, stdout/stderr per job)
     RUN/data/<name>.jsonl          raw text pulled from the HF dataset (or a copy of the local JSONL)
     RUN/data/<name>_<json_key>_document.{bin,idx}   Megatron indexed dataset
+    RUN/data/index_cache/          Megatron's dataset indices (shared with sweep members)
     RUN/distill/checkpoints/iter_NNNNNNN/     Megatron checkpoints (+ latest_checkpointed_iteration.txt)
     RUN/distill/tensorboard/
     RUN/export/hf/                 distilled student in HF format (AnyModel layout if heterogeneous)
@@ -49,6 +50,11 @@ class RunPaths:
     @property
     def data(self) -> Path:
         return self.root / "data"
+
+    @property
+    def index_cache(self) -> Path:
+        """Megatron's dataset index cache by default (data.index_cache overrides it)."""
+        return self.data / "index_cache"
 
     def data_prefix(self, source_name: str, json_key: str = "text") -> Path:
         """Megatron prefix that ``megatron_preprocess_data`` writes for ``data/<name>.jsonl``."""

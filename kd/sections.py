@@ -152,6 +152,10 @@ class Section:
 @dataclass(frozen=True)
 class ModelRef(Section):
     path: str  # HF checkpoint directory (or, for export.hf_template only, a Hub id)
+    # student only: a Megatron checkpoint (a checkpoints/ dir or one iter_N dir) whose weights
+    # replace the HF ones at the first start (pruned or QAD students); `path` still gives the
+    # architecture, tokenizer and export template
+    megatron_checkpoint: str | None = None
 
 
 _NAME = r"[A-Za-z0-9][A-Za-z0-9._-]*"
@@ -190,6 +194,11 @@ class Data(Section):
     append_eod: bool = True
     workers: int = knob(8, positive)  # the launcher caps it at the CPUs of the job
     log_interval: int = knob(10000, positive)
+    # Megatron's dataset index cache (path_to_cache). Default: RUN/data/index_cache of the run
+    # that prepares the data, so sweep members sharing prepare_data (the same blend) share it.
+    # Index files are named by a hash of blend, split, sequence length and seed: one directory
+    # can serve many blends.
+    index_cache: str | None = None
 
     def check(self) -> None:
         if not self.sources:
@@ -207,6 +216,25 @@ class Data(Section):
                                  f"{{s}}sources[{i}].name={s.name!r} is used twice: names must be "
                                  f"unique")
             names.add(s.name)
+
+
+# megatron-core 0.16.1 TransformerConfig.recompute_modules: the dense ones apply to every student
+# here ("layernorm" needs Transformer Engine: checked where distill runs); the others need MoE or
+# multi-latent-attention layers, which no model of this project has.
+RECOMPUTE_MODULES = ("core_attn", "mlp", "layernorm")
+RECOMPUTE_MODULES_UNSUPPORTED = {
+    "moe": "needs MoE layers",
+    "moe_act": "needs MoE layers with grouped GEMM",
+    "shared_experts": "needs MoE shared experts",
+    "mla_up_proj": "needs multi-latent attention",
+}
+
+
+def _recompute_module(v: Any) -> str | None:
+    choose = f"choose from {', '.join(RECOMPUTE_MODULES)}"
+    if v in RECOMPUTE_MODULES_UNSUPPORTED:
+        return f"{RECOMPUTE_MODULES_UNSUPPORTED[v]}; the students here are dense: {choose}"
+    return None if v in RECOMPUTE_MODULES else f"not a megatron-core recompute module: {choose}"
 
 
 def _split(v: Any) -> str | None:
@@ -233,7 +261,10 @@ class Train(Section):
                    "the distill stage yet; set train.cp=1")
     seq_length: int = knob(4096, positive)
     micro_batch_size: int | str = knob("auto", positive_or_auto)
-    recompute: str = knob("auto", one_of("auto", "none", "full"))  # activation recomputation
+    # activation recomputation of the student: auto | none | full | selective (only the
+    # recompute_modules; Megatron's default [core_attn] when the list is empty)
+    recompute: str = knob("auto", one_of("auto", "none", "full", "selective"))
+    recompute_modules: tuple[str, ...] = knob((), each(_recompute_module))
     # overlap the data-parallel gradient all-reduce with backward (GPU, dp > 1); off: no gain
     # measured on one 4 x H100 node (benchmarks/results/h100x4_2026-11-28_issue8.json)
     overlap_grad_reduce: bool = False
@@ -261,6 +292,14 @@ class Train(Section):
             raise FieldError("lr_warmup_iters", self.lr_warmup_iters, "",
                              f"{{s}}lr_warmup_iters={self.lr_warmup_iters} must be < {{s}}"
                              f"train_iters={self.train_iters}: lower the warm-up or train longer")
+        if self.recompute_modules and self.recompute != "selective":
+            raise FieldError("recompute_modules", list(self.recompute_modules), "",
+                             f"{{s}}recompute_modules={list(self.recompute_modules)} is only used "
+                             f"with {{s}}recompute=selective (got {self.recompute!r}): remove it or "
+                             f"set {{s}}recompute=selective")
+        if len(set(self.recompute_modules)) != len(self.recompute_modules):
+            raise FieldError("recompute_modules", list(self.recompute_modules),
+                             "a module is named twice")
         mbs = self.micro_batch_size
         if isinstance(mbs, int) and self.global_batch_size % mbs:
             raise FieldError("global_batch_size", self.global_batch_size, "",
@@ -292,6 +331,69 @@ class Export(Section):
     enabled: bool = True
     hf_template: str | None = None  # the seed's --hf-model: base architecture of the student
     iteration: int | None = knob(None, positive)  # None: the last saved iteration
+
+
+LR_DECAY_STYLES = ("cosine", "linear", "constant", "inverse-square-root", "WSD")
+
+
+def _below_one(v: Any) -> str | None:
+    return None if _number(v) and 0 <= v < 1 else "must be a number >= 0 and < 1"
+
+
+@dataclass(frozen=True)
+class Optimizer(Section):
+    """Adam and the learning-rate schedule of distill (peak/min lr and warm-up are in train)."""
+
+    adam_beta1: float = knob(0.9, _below_one)
+    adam_beta2: float = knob(0.95, _below_one)
+    adam_eps: float = knob(1e-8, finite_positive)
+    weight_decay: float = knob(0.01, at_least(0))  # constant over the run
+    clip_grad: float = knob(1.0, at_least(0))  # global gradient-norm clip; 0 turns it off
+    lr_decay_style: str = knob("cosine", one_of(*LR_DECAY_STYLES))
+
+
+@dataclass(frozen=True)
+class Checkpoint(Section):
+    """How distill saves (the interval is train.save_interval)."""
+
+    # keep the newest k complete checkpoints (kd.checkpoints.prune); null keeps all. Never
+    # deleted: the latest complete one (what a rerun resumes from), export.iteration and sweep
+    # checkpoint candidates.
+    keep_last: int | None = knob(None, lambda v: None if v is None or (_number(v) and v >= 1) else
+                                 "must be >= 1 (the latest complete checkpoint is what a rerun "
+                                 "resumes from), or null to keep every checkpoint")
+    # Megatron's async save (torch_dist): training goes on while a background worker writes.
+    # Needs CUDA (megatron-core's worker calls torch.cuda.set_device): refused without GPUs.
+    async_save: bool = False
+
+
+def _secret_field(v: Any) -> str | None:
+    return None if v is None else (
+        "a W&B key is never read from a config (configs are copied into manifest.json and job "
+        "files): remove it and export WANDB_API_KEY in the shell that launches")
+
+
+@dataclass(frozen=True)
+class Logging(Section):
+    """TensorBoard timers and the optional Weights & Biases logger of distill.
+
+    W&B: set wandb_project to turn it on (``pip install wandb`` where distill runs).
+    ``wandb_mode: offline`` (default: compute nodes rarely reach the internet) writes under
+    RUN/distill/wandb for a later ``wandb sync``; ``online`` takes the key from WANDB_API_KEY in
+    the launching environment only: no config field holds it."""
+
+    timers: int = knob(0, one_of(0, 1, 2, shown="0 (iteration time only), 1 or 2 (finer "
+                                                "timers, also written to TensorBoard)"))
+    wandb_project: str | None = knob(None, matches(r"\S.*", "give a non-empty name or remove it"))
+    wandb_entity: str | None = knob(None, matches(r"\S.*", "give a non-empty name or remove it"))
+    wandb_name: str | None = knob(None, matches(r"\S.*", "give a non-empty name or remove it"))
+    wandb_mode: str = knob("offline", one_of("offline", "online", "disabled"))
+    wandb_api_key: str | None = None  # never set: refused (value not echoed) with the way
+
+    def check(self) -> None:
+        if self.wandb_api_key is not None:
+            raise FieldError("wandb_api_key", "<hidden>", "", "{s}wandb_api_key: "
+                             + _secret_field(self.wandb_api_key))
 
 
 EVAL_DTYPES = ("auto", "bfloat16", "float16", "float32", "half", "float")
@@ -330,9 +432,20 @@ class Experiment(Section):
     kd: KD = knob(factory=KD)
     export: Export = knob(factory=Export)
     eval: Eval = knob(factory=Eval)
+    optimizer: Optimizer = knob(factory=Optimizer)
+    checkpoint: Checkpoint = knob(factory=Checkpoint)
+    logging: Logging = knob(factory=Logging)
+    # every Hugging Face load (distill's AutoBridge, export, lm-eval's model and tokenizer) may
+    # run code shipped with the model; only for models you trust
+    trust_remote_code: bool = False
 
     def check(self) -> None:  # across sections
         ex, t = self.export, self.train
+        if self.teacher.megatron_checkpoint is not None:
+            raise FieldError("teacher.megatron_checkpoint", self.teacher.megatron_checkpoint, "",
+                             "teacher.megatron_checkpoint: only the student can start from a "
+                             "Megatron checkpoint (the teacher is loaded from teacher.path); "
+                             "remove it")
         if ex.enabled and not ex.hf_template:
             raise FieldError("export.hf_template", None, "", "export.hf_template is not set but "
                              "export.enabled is true: give the HF model (dir or id) of the "

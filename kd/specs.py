@@ -12,7 +12,19 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from kd.sections import KD, Data, DataSource, Eval, Export, FieldError, KDOptions, Train
+from kd.sections import (
+    KD,
+    Checkpoint,
+    Data,
+    DataSource,
+    Eval,
+    Export,
+    FieldError,
+    KDOptions,
+    Logging,
+    Optimizer,
+    Train,
+)
 
 __all__ = ["STAGE_SPECS", "DataSource", "DataSpec", "DistillSpec", "EvalSpec", "ExportSpec",
            "FieldError", "KDOptions", "ReportSpec", "replace_fields", "spec_from_dict"]
@@ -36,6 +48,13 @@ class DistillSpec:
     kd: KD = field(default_factory=KD)
     device: str = "auto"  # "auto" | "cuda" | "cpu"
     done_marker: str | None = None
+    optimizer: Optimizer = field(default_factory=Optimizer)
+    checkpoint: Checkpoint = field(default_factory=Checkpoint)
+    logging: Logging = field(default_factory=Logging)
+    student_megatron_checkpoint: str | None = None  # student.megatron_checkpoint (absolute)
+    index_cache: str | None = None  # data.index_cache, resolved; None: output_dir/dataset_cache
+    keep_iterations: tuple[int, ...] = ()  # never deleted by checkpoint.keep_last
+    trust_remote_code: bool = False
 
 
 @dataclass(frozen=True)
@@ -45,6 +64,7 @@ class ExportSpec:
     student: str  # the original student HF dir (its config keeps AnyModel block_configs)
     export: Export  # export.hf_template set (absolute when local); iteration None = latest
     done_marker: str | None = None
+    trust_remote_code: bool = False
 
 
 @dataclass(frozen=True)
@@ -57,6 +77,7 @@ class EvalSpec:
     cache_dir: str | None = None  # teacher results cache (shared filesystem); None = no caching
     seed: int = 1234
     done_marker: str | None = None
+    trust_remote_code: bool = False
 
 
 @dataclass(frozen=True)

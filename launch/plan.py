@@ -88,6 +88,13 @@ def data_blend(exp: Experiment, paths: RunPaths) -> tuple[tuple[float, str], ...
     return tuple(blend)
 
 
+def keep_iterations(exp: Experiment, extra: tuple[int, ...] = ()) -> tuple[int, ...]:
+    """Saved iterations ``checkpoint.keep_last`` must never delete: export.iteration (and, from
+    a sweep, its checkpoint candidates)."""
+    chosen = {exp.export.iteration} if exp.export.iteration is not None else set()
+    return tuple(sorted(chosen | set(extra)))
+
+
 SHAREABLE = ("prepare_data", "eval_student_before", "eval_teacher")
 
 
@@ -128,13 +135,20 @@ def plan(exp: Experiment, cluster: Cluster, run_dir: str | Path,
 
     require_resolved(exp)
     t = exp.train
+    data_owner = owner.get("prepare_data", paths)
     add("distill", "kd.distill",
         DistillSpec(
             student=student, teacher=teacher,
-            data_blend=data_blend(exp, owner.get("prepare_data", paths)),
+            data_blend=data_blend(exp, data_owner),
             output_dir=str(paths.distill),
             train=t if gpus else replace(t, precision="fp32"),
-            kd=exp.kd, device=device, done_marker=str(paths.stage_done("distill"))),
+            kd=exp.kd, device=device, done_marker=str(paths.stage_done("distill")),
+            optimizer=exp.optimizer, checkpoint=exp.checkpoint, logging=exp.logging,
+            student_megatron_checkpoint=_abs(exp.student.megatron_checkpoint),
+            # one index cache per blend owner: sweep members sharing prepare_data share it
+            index_cache=_abs(exp.data.index_cache) or str(data_owner.index_cache),
+            keep_iterations=keep_iterations(exp),
+            trust_remote_code=exp.trust_remote_code),
         deps=("prepare_data",) if needs_data else (),
         nodes=cluster.nodes, tasks_per_node=tasks_per_node(cluster), gpus_per_node=gpus,
         cpus_per_task=cluster.cpus_per_task, mem_gb=cluster.mem_gb, time_min=cluster.time_min,
@@ -145,7 +159,8 @@ def plan(exp: Experiment, cluster: Cluster, run_dir: str | Path,
             ExportSpec(checkpoints=str(paths.checkpoints), out_dir=str(paths.hf_export),
                        student=student,
                        export=replace(exp.export, hf_template=_abs(exp.export.hf_template)),
-                       done_marker=str(paths.stage_done("export_hf"))),
+                       done_marker=str(paths.stage_done("export_hf")),
+                       trust_remote_code=exp.trust_remote_code),
             deps=("distill",), time_min=res.export_min)
 
     if exp.eval.enabled:
@@ -162,7 +177,8 @@ def plan(exp: Experiment, cluster: Cluster, run_dir: str | Path,
                 EvalSpec(role=role, model=model, out_file=str(paths.eval_result(role)),
                          eval=ev, device="cuda" if eval_gpus else "cpu",
                          cache_dir=_abs(cluster.eval_cache_dir) if role == "teacher" else None,
-                         seed=t.seed, done_marker=str(paths.stage_done(stage))),
+                         seed=t.seed, done_marker=str(paths.stage_done(stage)),
+                         trust_remote_code=exp.trust_remote_code),
                 deps=deps, gpus_per_node=eval_gpus, time_min=res.eval_min)
         add("report", "kd.report",
             ReportSpec(before=str(owner.get("eval_student_before", paths)

@@ -36,6 +36,28 @@ def check(exp: Experiment, cluster: Cluster) -> None:
     check_eval_tasks(exp)
     check_memory(exp, cluster)
     check_cluster(cluster)
+    check_options(exp, cluster)
+
+
+def check_options(exp: Experiment, cluster: Cluster) -> None:
+    """The anchor's options (issue 15) that depend on the cluster or on files."""
+    if exp.checkpoint.async_save and not cluster.gpus_per_node:
+        raise ConfigError(
+            f"checkpoint.async_save=true needs CUDA GPUs (cluster {cluster.name!r} has none): "
+            f"megatron-core's async checkpoint worker binds a CUDA device; set "
+            f"checkpoint.async_save=false")
+    if "layernorm" in exp.train.recompute_modules and not cluster.gpus_per_node:
+        raise ConfigError(
+            "train.recompute_modules has 'layernorm': megatron-core recomputes it with "
+            "output-discarding checkpointing, which needs Transformer Engine (GPU containers); "
+            f"cluster {cluster.name!r} has no GPUs: use core_attn and/or mlp")
+    if exp.student.megatron_checkpoint is not None:
+        from kd.checkpoints import resolve_checkpoint
+
+        try:
+            resolve_checkpoint(exp.student.megatron_checkpoint)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
 
 
 def check_memory(exp: Experiment, cluster: Cluster) -> None:

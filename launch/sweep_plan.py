@@ -202,6 +202,7 @@ def plan_sweep(sweep: Sweep, cluster: Cluster, date: str) -> list[MemberPlan]:
                 shared[stage] = owner
         graph = plan(exp, cluster, run_dir, shared=shared) if shared else alone
         cands = candidates(exp, graph, sweep.select.iterations)
+        graph = protect_from_retention(graph, sweep.select.iterations)
         plans.append(MemberPlan(member.name, member.overrides, exp, chash, run_dir, graph, cands))
     return plans
 
@@ -226,6 +227,18 @@ def candidates(exp: Experiment, graph: JobGraph, iterations: tuple[int, ...]) ->
     for it in sorted(set(iterations) - {final_iteration(exp)}):
         out.append(candidate_graph(graph, it))
     return tuple(out)
+
+
+def protect_from_retention(graph: JobGraph, iterations: tuple[int, ...]) -> JobGraph:
+    """The candidates' iterations join the distill job's ``keep_iterations``: checkpoint.keep_last
+    never deletes a checkpoint a candidate export still has to read."""
+    if not iterations or "distill" not in graph.stages:
+        return graph
+    job = graph.job("distill")
+    keep = tuple(sorted(set(job.spec.keep_iterations) | set(iterations)))
+    jobs = tuple(replace(j, spec=replace(j.spec, keep_iterations=keep)) if j is job else j
+                 for j in graph.jobs)
+    return replace(graph, jobs=jobs)
 
 
 def candidate_dir(run_dir: Path, iteration: int) -> Path:

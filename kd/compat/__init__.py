@@ -426,6 +426,19 @@ WORKAROUNDS: tuple[Workaround, ...] = (
         "tests/kd/test_compat.py checks that Bridge's loop still calls the wrapped name",
     ),
     Workaround(
+        "mcore-index-cache-in-place-writes",
+        _MCORE,
+        _MCORE_016,
+        "GPTDataset and BlendedDataset write their index files in place (numpy.save under the "
+        "final name): a job sharing path_to_cache (data.index_cache; sweep members with one "
+        "blend) can load a file another job is still writing; rank 0 builds under an flock on "
+        "the cache directory (kd.compat.scoped.lock_index_builds)",
+        "scoped",
+        lambda device: True,
+        _nothing,
+        probes.index_files_written_in_place,
+    ),
+    Workaround(
         "datasets-local-folder-cache",
         "datasets",
         ">=2.14,<6",

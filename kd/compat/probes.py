@@ -127,3 +127,16 @@ def spawned_manager_keeps_default_signals() -> bool:
         "megatron.core.dist_checkpointing.strategies.filesystem_async", "_get_write_results_queue"
     )
     return "Manager()" in text and "signal" not in text
+
+
+def index_files_written_in_place() -> bool:
+    """megatron-core's GPT and blended datasets save their index .npy files straight under their
+    final names (``numpy.save(path_to_...)``), with no temporary name and rename."""
+    texts = [
+        function_source("megatron.core.datasets.gpt_dataset",
+                        "_build_document_sample_shuffle_indices", cls="GPTDataset"),
+        function_source("megatron.core.datasets.blended_dataset", "_build_indices",
+                        cls="BlendedDataset"),
+    ]
+    return all("numpy.save(path_to_" in t and "os.replace" not in t and "rename" not in t
+               for t in texts)

@@ -128,3 +128,37 @@ def around_bridge_saves(guard: Callable[[], contextlib.AbstractContextManager]) 
 
     guarded_save._kd_guarded = True
     train_module.save_checkpoint_and_time = guarded_save
+
+
+def lock_index_builds(cache: str | None, rank: int) -> None:
+    """Serialise Megatron's dataset index building between jobs that share ``cache`` (its
+    ``path_to_cache``): rank 0 holds an exclusive ``flock`` on ``<cache>/.kdlaunch.lock`` while it
+    builds or finds the indices. The other ranks read only after the barrier megatron-core puts
+    after rank 0's build, so they take no lock (taking it there could deadlock on that barrier).
+    The builder has no hook, so ``BlendedMegatronDatasetBuilder.build`` is wrapped (once)."""
+    from kd import compat
+
+    if not cache or rank != 0 or not compat.enabled("mcore-index-cache-in-place-writes"):
+        return
+    import fcntl
+
+    from megatron.core.datasets.blended_megatron_dataset_builder import (
+        BlendedMegatronDatasetBuilder,
+    )
+
+    original = BlendedMegatronDatasetBuilder.build
+    if getattr(original, "_kd_locked", False):
+        return
+
+    @functools.wraps(original)
+    def build(self):
+        Path(cache).mkdir(parents=True, exist_ok=True)
+        with open(Path(cache) / ".kdlaunch.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                return original(self)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    build._kd_locked = True
+    BlendedMegatronDatasetBuilder.build = build

@@ -56,8 +56,8 @@ def test_unknown_key_lists_valid_ones(make_experiment):
 
 
 def test_unknown_top_level_key(make_experiment):
-    with pytest.raises(ConfigError, match=r"unknown key\(s\) optimizer; valid keys: data, eval"):
-        cfg.load_experiment(str(make_experiment(optimizer={"lr": 1})))
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) optimiser; valid keys: checkpoint, "):
+        cfg.load_experiment(str(make_experiment(optimiser={"lr": 1})))
 
 
 def test_wrong_type_names_field(make_experiment):

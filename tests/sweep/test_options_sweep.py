@@ -1,0 +1,22 @@
+"""Sweeps and the anchor's options (issue 15): members with one blend share Megatron's index
+cache; checkpoint candidates are protected from checkpoint.keep_last."""
+
+from __future__ import annotations
+
+from launch import config as cfg
+from launch import sweep_plan as sp
+from tests.sweep.conftest import MEMBERS
+
+
+def test_sweep_members_share_the_index_cache_and_keep_candidates(sweep_yaml):
+    sweep = sp.load_sweep(str(sweep_yaml(select={"iterations": [10]},
+                                         overrides=["checkpoint.keep_last=1"])))
+    plans = sp.plan_sweep(sweep, cfg.load_cluster("ci"), "2026-01-01")
+    assert [p.name for p in plans] == list(MEMBERS)
+    cache = {p.name: p.graph.job("distill").spec.index_cache for p in plans}
+    # members with the same blend (one prepare_data owner) share one index cache
+    assert cache["a-hi"] == cache["a-lo"] == str(plans[0].run_dir / "data" / "index_cache")
+    assert cache["b-hi"] == cache["b-lo"] == str(plans[2].run_dir / "data" / "index_cache")
+    for p in plans:  # the checkpoint candidate's iteration is never pruned before its export
+        assert p.graph.job("distill").spec.keep_iterations == (10,)
+        assert [c.job("export_hf").spec.export.iteration for c in p.candidates] == [10]
