@@ -8,8 +8,9 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
+import gen_task
 import pytest
-from always_c import expected_acc
+from always_c import ANSWERS, expected_acc
 
 from kd import evaluate, results
 from kd.specs import EvalSpec
@@ -73,11 +74,33 @@ def test_mmlu_groups_schema_and_lm_eval_file(
     assert theirs["task_versions"] == record["task_versions"]
 
 
-def test_hand_count_of_an_always_c_model(always_c_model, mmlu_tasks, tmp_path):
-    record = evaluate.run(spec_for(always_c_model, mmlu_tasks, tmp_path / "c.json"))
+def test_hand_count_of_an_always_c_model(always_c_model, mmlu_and_gen_tasks, tmp_path):
+    """MMLU (multiple choice) and kd_gen (generate_until) in one eval, with their samples."""
+    out = tmp_path / "c.json"
+    record = evaluate.run(spec_for(always_c_model, mmlu_and_gen_tasks, out,
+                                   tasks=("mmlu", gen_task.TASK)))
     got = {k: g["acc"] for k, g in record["groups"].items()}
-    assert got == pytest.approx(expected_acc())
-    assert got["mmlu"] == pytest.approx(7 / 16)
+    assert got == pytest.approx({**expected_acc(), "kd_gen": gen_task.EXPECTED_ALWAYS_C})
+    assert got["mmlu"] == pytest.approx(7 / 16) and got["kd_gen"] == 3 / 6
+    # the generative task reports its primary metric: exact_match under its first filter
+    assert record["groups"]["kd_gen"]["metric"] == "exact_match,strict-match"
+    assert record["groups"]["kd_gen"]["n"] == 6
+    # lm-eval's stderr of a mean: sqrt(p (1 - p) / (n - 1)) = sqrt(0.25 / 5)
+    assert record["groups"]["kd_gen"]["acc_stderr"] == pytest.approx((0.25 / 5) ** 0.5)
+    assert record["groups"]["mmlu"]["metric"] == "acc,none"
+    # per-question outcomes beside the results file: one row per question, the hand count
+    ref = record["samples"]
+    assert ref["file"] == "c.samples.jsonl.gz" and ref["questions"] == 16 + 6
+    assert ref["members"]["mmlu_stem"] == ["mmlu_abstract_algebra"]
+    assert len(ref["members"]["mmlu"]) == 4 and ref["members"]["kd_gen"] == ["kd_gen"]
+    samples = results.load_samples(out, results.load(out))
+    by_task = {}
+    for (task, _doc), (doc_hash, score) in sorted(samples["scores"].items()):
+        by_task.setdefault(task, []).append(score)
+        assert len(doc_hash) == results.HASH_CHARS
+    assert by_task["kd_gen"] == [float(t == "C") for t in gen_task.TARGETS]
+    for subject, answers in ANSWERS.items():
+        assert by_task[f"mmlu_{subject}"] == [float(a == 2) for a in answers]
 
 
 def test_anymodel_checkpoint_loads_and_evaluates(always_c_anymodel, mmlu_tasks, tmp_path):
@@ -120,7 +143,7 @@ def test_teacher_cache_hit_and_miss(tiny_teacher, mmlu_tasks, tmp_path, monkeypa
 
     calls = []
 
-    def counting_eval(spec, device, dtype, key):
+    def counting_eval(spec, device, dtype, key, processes=1):
         calls.append(spec)
         return {**computed, "fingerprint": key, "cache": None}
 
@@ -133,6 +156,10 @@ def test_teacher_cache_hit_and_miss(tiny_teacher, mmlu_tasks, tmp_path, monkeypa
     )
     assert calls == [] and hit["cache"]["hit"] is True
     assert hit["groups"] == computed["groups"] and hit["model"] == str(copy)
+    # the per-question samples travel with the cached numbers
+    assert hit["samples"]["file"] == "t.samples.jsonl.gz"
+    assert (results.load_samples(tmp_path / "run2" / "t.json", hit)["scores"]
+            == results.load_samples(first.out_file, computed)["scores"])
     assert results.load(tmp_path / "run2" / "t.json")["cache"]["hit"] is True
     # the same out_file again: reused as is
     evaluate.run(first)
