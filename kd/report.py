@@ -70,7 +70,7 @@ class Verdict:
             return (text + f"; paired z = {p.z:+.1f} over {p.n} shared questions ({p.gained} "
                     f"gained, {p.lost} lost; stderr {p.stderr_points:.2f} points), "
                     f"independent {independent}; {noise}")
-        why = f"independent test only ({self.fallback}, no paired test)"
+        why = f"independent test only, no paired test: {self.fallback}"
         if self.z is None:
             return text + f"; stderrs missing, noise not assessed (sign only); {why}"
         return text + f", {independent}; {noise}; {why}"

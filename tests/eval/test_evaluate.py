@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import json
 import shutil
 from dataclasses import replace
@@ -12,27 +13,28 @@ import gen_task
 import pytest
 from always_c import ANSWERS, expected_acc
 
-from kd import evaluate, results
+from kd import eval_shards, evaluate, results
 from kd.specs import EvalSpec
 
 GROUP_KEYS = ["mmlu", "mmlu_humanities", "mmlu_other", "mmlu_social_sciences", "mmlu_stem"]
 
 
-def spec_for(model: Path, tasks: Path, out: Path, **kw) -> EvalSpec:
+def spec_for(model: Path, task_dir: Path, out: Path, **kw) -> EvalSpec:
     base = dict(
         role="student_before",
         model=str(model),
         out_file=str(out),
-        include_path=str(tasks),
+        include_path=str(task_dir),
         batch_size=8,
         device="auto",
     )
     return EvalSpec(**{**base, **kw})
 
 
-def test_mmlu_groups_schema_and_lm_eval_file(
-    tiny_teacher, mmlu_tasks, mmlu_dataset, tmp_path, monkeypatch
-):
+@pytest.fixture(scope="module")
+def teacher_run(tiny_teacher, mmlu_and_gen_tasks, tmp_path_factory):
+    """One single-process eval of the tiny teacher (MMLU + kd_gen), with lm-eval's raw dict;
+    shared by the schema test and the data-parallel comparison."""
     import lm_eval
 
     raw = {}
@@ -42,25 +44,28 @@ def test_mmlu_groups_schema_and_lm_eval_file(
         raw.update(real(*args, **kwargs))
         return raw
 
-    monkeypatch.setattr(lm_eval, "simple_evaluate", keep_raw)
-    spec = spec_for(
-        tiny_teacher,
-        mmlu_tasks,
-        tmp_path / "eval" / "student_before.json",
-        done_marker=str(tmp_path / "stages" / "eval_student_before.done"),
-    )
-    record = evaluate.run(spec)
+    tmp = tmp_path_factory.mktemp("teacher-run")
+    spec = spec_for(tiny_teacher, mmlu_and_gen_tasks, tmp / "eval" / "student_before.json",
+                    tasks=("mmlu", gen_task.TASK),
+                    done_marker=str(tmp / "stages" / "eval_student_before.done"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(lm_eval, "simple_evaluate", keep_raw)
+        record = evaluate.run(spec, processes=1)
+    return spec, record, raw
 
+
+def test_mmlu_groups_schema_and_lm_eval_file(teacher_run, mmlu_dataset, tmp_path):
+    spec, record, raw = teacher_run
     assert record["schema"] == results.SCHEMA and record["source"] == "kdlaunch"
-    assert list(record["groups"]) == GROUP_KEYS
+    assert list(record["groups"]) == [*GROUP_KEYS, gen_task.TASK]
     for group in record["groups"].values():
         assert 0 <= group["acc"] <= 1 and isinstance(group["acc_stderr"], float)
-    assert [g["n"] for g in record["groups"].values()] == [16, 4, 4, 4, 4]
+    assert [g["n"] for g in record["groups"].values()] == [16, 4, 4, 4, 4, 6]
     s = record["settings"]
     assert (s["num_fewshot"], s["limit"], s["device"], s["dtype"]) == (5, None, "cpu", "float32")
     assert s["dataset_path"] == str(mmlu_dataset)
     assert record["model_kind"] == "hf" and record["role"] == "student_before"
-    assert {"mmlu", "mmlu_stem", "mmlu_philosophy"} <= set(record["task_versions"])
+    assert {"mmlu", "mmlu_stem", "mmlu_philosophy", "kd_gen"} <= set(record["task_versions"])
     assert record["versions"]["lm_eval"] == "0.4.13" and record["versions"]["transformers"]
     assert record["timestamp"].endswith("Z") and len(record["fingerprint"]) == 64
     assert results.load(spec.out_file) == record
@@ -72,6 +77,33 @@ def test_mmlu_groups_schema_and_lm_eval_file(
     assert theirs["source"] == "lm-eval" and theirs["groups"] == record["groups"]
     assert theirs["settings"]["num_fewshot"] == 5
     assert theirs["task_versions"] == record["task_versions"]
+
+
+def test_two_processes_merge_to_the_single_process_results(teacher_run, tmp_path):
+    """Data parallel (kd/eval_shards.py): the tiny teacher (not the always-C model, whose
+    answers would survive requests swapped between questions) over two CPU processes gives the
+    single-process record: the same questions, scores, aggregates, stderrs and samples."""
+    spec, one, _ = teacher_run
+    out = tmp_path / "student_before.json"
+    two = evaluate.run(replace(spec, out_file=str(out), done_marker=None), processes=2)
+    assert (one["settings"]["processes"], two["settings"]["processes"]) == (1, 2)
+    assert two["groups"] == one["groups"] and two["fingerprint"] == one["fingerprint"]
+    assert two["samples"] == one["samples"] and one["samples"]["questions"] == 16 + 6
+    assert (gzip.decompress(results.samples_file(out).read_bytes())
+            == gzip.decompress(results.samples_file(spec.out_file).read_bytes()))
+
+
+def test_process_count_comes_from_the_environment(monkeypatch):
+    monkeypatch.delenv("KD_EVAL_PROCESSES", raising=False)
+    assert eval_shards.processes_for("cpu") == 1
+    assert eval_shards.processes_for("cpu", 3) == 3
+    monkeypatch.setenv("KD_EVAL_PROCESSES", "2")
+    assert eval_shards.processes_for("cuda") == 2
+    assert eval_shards.worker_devices("cuda", 2) == ["cuda:0", "cuda:1"]
+    assert eval_shards.worker_devices("cpu", 2) == ["cpu", "cpu"]
+    monkeypatch.setenv("KD_EVAL_PROCESSES", "two")
+    with pytest.raises(ValueError, match="KD_EVAL_PROCESSES"):
+        eval_shards.processes_for("cuda")
 
 
 def test_hand_count_of_an_always_c_model(always_c_model, mmlu_and_gen_tasks, tmp_path):

@@ -150,8 +150,8 @@ def test_seed_tables_without_samples_keep_their_verdicts_and_say_so(tmp_path):
                                samples=samples)
         line = next(ln for ln in text.splitlines() if ln.startswith("**Verdict"))
         assert line.startswith(f"**Verdict: {outcome}**")
-        assert line.endswith("independent test only (no per-question samples (before and "
-                             "after), no paired test)")
+        assert line.endswith("independent test only, no paired test: no per-question samples "
+                             "(before and after)")
 
 
 def test_paired_test_needs_the_same_questions_on_both_sides(tmp_path):
@@ -160,11 +160,11 @@ def test_paired_test_needs_the_same_questions_on_both_sides(tmp_path):
     # samples on one side only
     text = report_for(tmp_path / "one", before, after, teacher,
                       {"after": {"with_samples": False}})
-    assert "independent test only (no per-question samples (after), no paired test)" in text
+    assert "independent test only, no paired test: no per-question samples (after)" in text
     # a different number of questions (the limit changed): no pairing
     shorter = {leaf: s[:40] for leaf, s in after.items()}
     text = report_for(tmp_path / "limit", before, shorter, teacher)
-    assert "(before and after were not asked the same MMLU questions, no paired test)" in text
+    assert "no paired test: before and after were not asked the same MMLU questions" in text
     # a samples file that went missing is named
     files = tmp_path / "gone"
     report_for(files, before, after, teacher)
