@@ -328,7 +328,9 @@ def _num_fewshot(res: dict) -> int | list[int] | None:
 
 
 def _dataset_path(res: dict) -> str | None:
-    paths = {c.get("dataset_path") for c in (res.get("configs") or {}).values()}
+    # the MMLU subjects' data (extra tasks read their own)
+    paths = {c.get("dataset_path") for k, c in (res.get("configs") or {}).items()
+             if k.startswith("mmlu")}
     paths.discard(None)
     if not paths:
         return None

@@ -141,7 +141,7 @@ class Cluster:
     max_requeues: int = 5  # timeouts a distill job may be requeued for
     signal_delay_s: int = 300  # USR2 this long before the time limit: time to save a checkpoint
     save_time_s: int = 120  # how long one checkpoint save takes here (checked against the limit)
-    gpu_eval: bool = True  # evals ask for one GPU (false: CPU evals)
+    gpu_eval: bool = True  # evals ask for every GPU of a node (false: CPU evals)
     gpu_memory_gib: float | None = None  # per GPU; when set, pre-flight checks the KD estimate
     stages: StageResources = field(default_factory=StageResources)
     container: Container = field(default_factory=Container)
