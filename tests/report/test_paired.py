@@ -62,8 +62,9 @@ def write_result(path: Path, outcomes: dict[str, list[float]], *, with_samples=T
     return path
 
 
-def split(flat: list[float], per_leaf: int) -> dict[str, list[float]]:
-    return {leaf: flat[i * per_leaf:(i + 1) * per_leaf] for i, leaf in enumerate(LEAVES.values())}
+def split(flat: list[float]) -> dict[str, list[float]]:
+    """Question i goes to subject i % 4."""
+    return {leaf: flat[i::len(LEAVES)] for i, leaf in enumerate(LEAVES.values())}
 
 
 def small_case() -> tuple[dict, dict]:
@@ -131,8 +132,7 @@ def test_seed_sized_regression_is_significant_when_paired(tmp_path):
     before_flat = [float(i < 3777) for i in range(5700)]  # 3777 / 5700 = 0.6626
     after_flat = [float(200 <= i < 3777 + 126) for i in range(5700)]  # 3703 / 5700 = 0.6496
     teacher_flat = [float(i < 3898) for i in range(5700)]  # 0.6839
-    text = report_for(tmp_path, split(before_flat, 1425), split(after_flat, 1425),
-                      split(teacher_flat, 1425))
+    text = report_for(tmp_path, split(before_flat), split(after_flat), split(teacher_flat))
     # By hand: mean d = -74/5700; var = (326 - 74**2/5700) / 5699 = 0.0570345;
     # z = (-74/5700) / sqrt(0.0570345 / 5700) = -4.10 (McNemar: -74 / sqrt(326) = -4.10);
     # independent: -0.012982 / sqrt(.6626*.3374/5699 + .6496*.3504/5699) = -1.46.
