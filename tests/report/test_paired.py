@@ -52,8 +52,35 @@ def lm_eval_with_samples(outcomes: dict[str, list[float]], model: str) -> dict:
     }
 
 
-def write_result(path: Path, outcomes: dict[str, list[float]], *, with_samples=True) -> Path:
+def add_generative(res: dict, strict: list[float], flexible: list[float]) -> dict:
+    """Add ``kd_gen``, a generate_until task scored by exact_match under two filters (gsm8k's
+    shape): the first filter, strict-match, is its primary score."""
+    n = len(strict)
+    p, q = sum(strict) / n, sum(flexible) / n
+    res["results"]["kd_gen"] = {
+        "exact_match,strict-match": p,
+        "exact_match_stderr,strict-match": math.sqrt(p * (1 - p) / (n - 1)),
+        "exact_match,flexible-extract": q,
+        "exact_match_stderr,flexible-extract": math.sqrt(q * (1 - q) / (n - 1))}
+    res["configs"]["kd_gen"] = {"output_type": "generate_until",
+                                "metric_list": [{"metric": "exact_match"}],
+                                "filter_list": [{"name": "strict-match"},
+                                                {"name": "flexible-extract"}]}
+    res["group_subtasks"]["kd_gen"] = []
+    res["n-samples"] = {"kd_gen": {"original": n, "effective": n}}
+    res["samples"]["kd_gen"] = [
+        {"doc_id": i, "filter": f, "metrics": ["exact_match"], "exact_match": v,
+         "doc_hash": hashlib.sha256(f"kd_gen/{i}".encode()).hexdigest()}
+        for i in range(n) for f, v in (("strict-match", strict[i]), ("flexible-extract",
+                                                                     flexible[i]))]
+    return res
+
+
+def write_result(path: Path, outcomes: dict[str, list[float]], *, with_samples=True,
+                 generative: tuple | None = None) -> Path:
     res = lm_eval_with_samples(outcomes, f"/ckpt/{path.stem}")
+    if generative:
+        add_generative(res, *generative)
     record = results.from_lm_eval(res)
     if with_samples:
         record["samples"] = results.write_samples(path, *results.sample_rows(res,
@@ -210,3 +237,30 @@ def test_v1_results_files_still_load_and_newer_ones_are_refused(tmp_path):
     path.write_text(json.dumps({**v1, "schema": "kdlaunch.results/v9"}))
     with pytest.raises(ValueError, match="newer than this kdlaunch reads"):
         results.load(path)
+
+
+def test_generative_task_is_reported_by_its_primary_metric(tmp_path):
+    """kd_gen: exact_match under its first filter (strict-match), its stderr, its own paired
+    verdict; the flexible-extract numbers are not what the report reads."""
+    before, after = small_case()
+    gen = {  # 10 questions; strict: before 2/10 right, after 7/10; flexible: everything right
+        "before": ([1.0] * 2 + [0.0] * 8, [1.0] * 10),
+        "after": ([1.0] * 7 + [0.0] * 3, [1.0] * 10),
+        "teacher": ([1.0] * 9 + [0.0], [1.0] * 10)}
+    files = {role: write_result(tmp_path / f"{role}.json", outcomes, generative=gen[role])
+             for role, outcomes in (("before", before), ("after", after), ("teacher", before))}
+    records = {role: results.load(path) for role, path in files.items()}
+    g = records["after"]["groups"]["kd_gen"]
+    assert g["metric"] == "exact_match,strict-match" and g["acc"] == 0.7 and g["n"] == 10
+    assert g["acc_stderr"] == pytest.approx(math.sqrt(0.7 * 0.3 / 9))
+    assert records["after"]["samples"]["metrics"]["kd_gen"] == "exact_match,strict-match"
+    samples = tuple(results.load_samples(files[r], records[r]) for r in ("before", "after"))
+    assert [samples[1]["scores"][("kd_gen", i)][1] for i in range(10)] == gen["after"][0]
+    text = report.markdown(records["before"], records["after"], records["teacher"],
+                           samples=samples)
+    assert "| Model | MMLU | Humanities | Other | Social Sciences | STEM | kd_gen |" in text
+    assert "Scores are accuracy (acc) except kd_gen: exact_match (strict-match filter)." in text
+    # By hand: d = +1 on questions 2-6 (5 gained), 0 elsewhere; mean 0.5, sum d^2 = 5,
+    # var = (5 - 10 * 0.25) / 9 = 0.27778, se = sqrt(0.27778 / 10) = 0.16667, z = +3.0.
+    assert ("**Verdict on kd_gen: improved**: kd_gen +50.00 points (after − before); paired "
+            "z = +3.0 over 10 shared questions (5 gained, 0 lost; stderr 16.67 points)") in text
