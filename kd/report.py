@@ -44,6 +44,7 @@ class Paired:
     n: int  # questions
     gained: int  # questions scored higher after (for 0/1 scores: wrong -> right)
     lost: int  # questions scored lower after (right -> wrong)
+    delta_points: float = math.nan  # mean(d) in points: the group's delta when it is a plain mean
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,8 @@ def paired_test(before: dict | str | None, after: dict | str | None, key: str) -
     var = math.fsum((d - mean) ** 2 for d in diffs) / (n - 1) if n > 1 else 0.0
     se = math.sqrt(var / n)
     z = mean / se if se > 0 else math.copysign(math.inf, mean) if mean else 0.0
-    return Paired(z, 100 * se, n, sum(d > 0 for d in diffs), sum(d < 0 for d in diffs))
+    return Paired(z, 100 * se, n, sum(d > 0 for d in diffs), sum(d < 0 for d in diffs),
+                  100 * mean)
 
 
 def teacher_label(teacher: dict) -> str:
@@ -164,6 +166,9 @@ def verdict(before: dict, after: dict, noise_z: float = NOISE_Z, key: str = "mml
                          f"(before {b.get('acc')!r}, after {a.get('acc')!r}); no verdict")
     delta = a["acc"] - b["acc"]
     pair = paired_test(*(samples or ("no per-question samples",) * 2), key)
+    if not isinstance(pair, str) and abs(pair.delta_points - 100 * delta) > 1e-6:
+        # e.g. a group averaged over its tasks (weight_by_size: false), not over its questions
+        pair = f"the {task} score is not the mean over its questions"
     fallback = pair if isinstance(pair, str) else None
     pair = None if fallback else pair
     if b["acc_stderr"] is None or a["acc_stderr"] is None:

@@ -199,6 +199,11 @@ def test_paired_test_needs_the_same_questions_on_both_sides(tmp_path):
     b, a = (results.load(files / f"{r}.json") for r in ("before", "after"))
     reason = results.load_samples(files / "after.json", a)
     assert reason == f"samples file {files / 'after.samples.jsonl.gz'} is missing"
+    # a group score that is not the plain mean of its questions (a macro average) is not paired
+    samples = (results.load_samples(files / "before.json", b),) * 2
+    macro = {**b, "groups": {**b["groups"], "mmlu": {**b["groups"]["mmlu"], "acc": 0.55}}}
+    v = report.verdict(b, macro, samples=samples)
+    assert v.paired is None and v.fallback == "the MMLU score is not the mean over its questions"
 
 
 def test_damaged_samples_are_refused_naming_the_file(tmp_path):
