@@ -31,9 +31,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def build_questions(root: Path, n_test: int, seed: int = 0) -> tuple[Path, int]:
-    """All 57 subjects, MMLU-length questions; returns (lm-eval include_path, questions)."""
-    from kd.mmlu_local import mmlu_subjects, write_dataset, write_task_overrides
+def build_questions(root: Path, n_test: int, seed: int = 0,
+                    few: bool = False) -> tuple[Path, int]:
+    """All 57 subjects (``few``: one per category), MMLU-length questions; returns
+    (lm-eval include_path, questions)."""
+    from kd.mmlu_local import DEFAULT_SUBJECTS, mmlu_subjects, write_dataset, write_task_overrides
 
     rng = random.Random(seed)
 
@@ -44,8 +46,8 @@ def build_questions(root: Path, n_test: int, seed: int = 0) -> tuple[Path, int]:
         return {"question": words(30, 90), "subject": subject,
                 "choices": [words(2, 12) for _ in range(4)], "answer": rng.randrange(4)}
 
-    subjects = sorted(mmlu_subjects())
-    data = root / f"mmlu_n{n_test}"
+    subjects = sorted(DEFAULT_SUBJECTS if few else mmlu_subjects())
+    data = root / f"mmlu_n{n_test}_s{len(subjects)}"
     if not (data / "README.md").is_file():
         rows = {}
         for s in subjects:
@@ -53,7 +55,8 @@ def build_questions(root: Path, n_test: int, seed: int = 0) -> tuple[Path, int]:
             rows[s] = {"test": [question(s) for _ in range(n_test)], "validation": dev[:1],
                        "dev": dev}
         write_dataset(data, rows)
-    tasks = write_task_overrides(root / f"tasks_n{n_test}", data)
+    tasks = write_task_overrides(root / f"tasks_n{n_test}_s{len(subjects)}", data,
+                                 tuple(subjects) if few else None)
     return tasks, n_test * len(subjects)
 
 
@@ -64,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--processes", default="1",
                    help="comma-separated data-parallel process counts (one GPU each), e.g. 1,4")
     p.add_argument("--n-test", type=int, default=10, help="test questions per subject")
+    p.add_argument("--few-subjects", action="store_true",
+                   help="4 subjects (one per category) instead of 57: a quick check, not a measure")
     p.add_argument("--fewshot", type=int, default=5)
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="bfloat16")
@@ -78,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     from kd.specs import EvalSpec
 
     args.work.mkdir(parents=True, exist_ok=True)
-    tasks, questions = build_questions(args.work, args.n_test)
+    tasks, questions = build_questions(args.work, args.n_test, few=args.few_subjects)
     result = {"model": str(args.model), "questions": questions, "num_fewshot": args.fewshot,
               "device": device_name(), "runs": {}}
     processes = [int(p) for p in args.processes.split(",")]

@@ -132,8 +132,12 @@ def start(build, devices: list[str]):
                     conn.send(None)
                 except (BrokenPipeError, OSError):
                     pass
+            # the workers are idle now; their interpreter shutdown (torch) takes seconds and
+            # holds nothing worth waiting for
             for proc in self.procs:
-                proc.join(timeout=60)
+                proc.terminate()
+            for proc in self.procs:
+                proc.join(timeout=30)
                 if proc.is_alive():
                     proc.kill()
                     proc.join()
