@@ -8,7 +8,7 @@ group and writes ``spec.out_file`` in the schema of ``kd/results.py``.
   lm-eval's ``HFLM`` as a model object.
 * Device and dtype: ``device="auto"`` picks CUDA when present. On CPU a half-precision dtype
   is replaced by float32 (CPU bf16 matmuls are slow and not what GPUs compute).
-* Offline: ``spec.include_path`` is passed to lm-eval's ``TaskManager`` (see
+* Offline: ``spec.eval.include_path`` is passed to lm-eval's ``TaskManager`` (see
   ``kd/mmlu_local.py`` for overrides that point ``mmlu`` at a local copy of cais/mmlu);
   without it lm-eval reads ``cais/mmlu`` from the Hub or a warm ``HF_DATASETS_CACHE``.
 * Data parallel: with ``device="cuda"`` the questions are shared out over one model process
@@ -57,7 +57,7 @@ def run(spec: EvalSpec, processes: int | None = None) -> dict:
     """
     check(spec)
     device = resolve_device(spec.device)
-    dtype = resolve_dtype(spec.dtype, device)
+    dtype = resolve_dtype(spec.eval.dtype, device)
     key = fingerprint(spec, dtype)
     out = Path(spec.out_file)
     record = _reusable(out, key)
@@ -83,27 +83,27 @@ def check(spec: EvalSpec) -> None:
     """Fail early, with the fix, on settings lm-eval would reject later (or silently ignore)."""
     if spec.role not in results.ROLES:
         raise ValueError(f"EvalSpec.role {spec.role!r} is unknown: use one of {results.ROLES}")
-    if not spec.tasks or spec.tasks[0] != "mmlu" or len(set(spec.tasks)) != len(spec.tasks):
+    if not spec.eval.tasks or spec.eval.tasks[0] != "mmlu" or len(set(spec.eval.tasks)) != len(spec.eval.tasks):
         raise ValueError(
-            f"EvalSpec.tasks {spec.tasks!r}: start with 'mmlu' (the report reads the mmlu "
+            f"EvalSpec.tasks {spec.eval.tasks!r}: start with 'mmlu' (the report reads the mmlu "
             "group and its 4 categories); extra tasks (multiple-choice or generative) may "
             "follow, once each"
         )
-    if spec.dtype not in DTYPES:
-        raise ValueError(f"EvalSpec.dtype {spec.dtype!r}: use one of {DTYPES}")
-    if not 0 <= spec.num_fewshot <= 5:
+    if spec.eval.dtype not in DTYPES:
+        raise ValueError(f"EvalSpec.dtype {spec.eval.dtype!r}: use one of {DTYPES}")
+    if not 0 <= spec.eval.num_fewshot <= 5:
         raise ValueError(
-            f"EvalSpec.num_fewshot {spec.num_fewshot}: MMLU has 5 dev examples "
+            f"EvalSpec.num_fewshot {spec.eval.num_fewshot}: MMLU has 5 dev examples "
             "per subject, use 0..5"
         )
-    if spec.limit is not None and spec.limit <= 0:
+    if spec.eval.limit is not None and spec.eval.limit <= 0:
         raise ValueError(
-            f"EvalSpec.limit {spec.limit}: use None (all questions), an int N "
+            f"EvalSpec.limit {spec.eval.limit}: use None (all questions), an int N "
             "(first N per subject) or a fraction in (0, 1)"
         )
-    if spec.include_path and not Path(spec.include_path).is_dir():
+    if spec.eval.include_path and not Path(spec.eval.include_path).is_dir():
         raise ValueError(
-            f"EvalSpec.include_path {spec.include_path} is not a directory "
+            f"EvalSpec.include_path {spec.eval.include_path} is not a directory "
             "(write one with `python -m kd.mmlu_local tasks`)"
         )
     model = Path(spec.model)
@@ -147,12 +147,12 @@ def fingerprint(spec: EvalSpec, dtype: str) -> str:
     """sha256 of what determines the numbers: weights, tasks, shots, limit, data, versions."""
     material = {
         "model": model_fingerprint(spec.model),
-        "tasks": list(spec.tasks),
-        "num_fewshot": spec.num_fewshot,
-        "limit": spec.limit,
+        "tasks": list(spec.eval.tasks),
+        "num_fewshot": spec.eval.num_fewshot,
+        "limit": spec.eval.limit,
         "dtype": dtype,
         "seed": spec.seed,
-        "task_overrides": _tree_digest(spec.include_path, ("*.yaml", "*.yml")),
+        "task_overrides": _tree_digest(spec.eval.include_path, ("*.yaml", "*.yml")),
         "lm_eval": _version("lm_eval"),
         "transformers": _version("transformers"),
     }
@@ -288,21 +288,21 @@ def _evaluate(spec: EvalSpec, device: str, dtype: str, key: str, processes: int 
         spec.model,
         device,
         dtype,
-        ",".join(spec.tasks),
-        spec.num_fewshot,
-        spec.limit,
+        ",".join(spec.eval.tasks),
+        spec.eval.num_fewshot,
+        spec.eval.limit,
         processes,
     )
     start = time.time()
-    build = partial(build_language_model, str(spec.model), kind, dtype, spec.batch_size)
+    build = partial(build_language_model, str(spec.model), kind, dtype, spec.eval.batch_size)
     if processes > 1:
         lm = eval_shards.start(build, eval_shards.worker_devices(device, processes))
     else:
         lm = build(device)
     try:
-        manager = (TaskManager(include_path=spec.include_path) if spec.include_path
+        manager = (TaskManager(include_path=spec.eval.include_path) if spec.eval.include_path
                    else TaskManager())
-        with compat.scoped.private_datasets_cache(bool(spec.include_path)):
+        with compat.scoped.private_datasets_cache(bool(spec.eval.include_path)):
             res = _simple_evaluate(lm_eval, lm, spec, manager)
     finally:
         if processes > 1:
@@ -313,9 +313,9 @@ def _evaluate(spec: EvalSpec, device: str, dtype: str, key: str, processes: int 
 def _simple_evaluate(lm_eval, lm, spec: EvalSpec, manager) -> dict:
     return lm_eval.simple_evaluate(
         model=lm,
-        tasks=list(spec.tasks),
-        num_fewshot=spec.num_fewshot,
-        limit=spec.limit,
+        tasks=list(spec.eval.tasks),
+        num_fewshot=spec.eval.num_fewshot,
+        limit=spec.eval.limit,
         task_manager=manager,
         log_samples=True,
         random_seed=spec.seed,
@@ -328,12 +328,12 @@ def _simple_evaluate(lm_eval, lm, spec: EvalSpec, manager) -> dict:
 def _record(spec: EvalSpec, res: dict, kind: str, device: str, dtype: str, key: str,
             start: float, processes: int = 1) -> dict:
     settings = {
-        "tasks": list(spec.tasks),
-        "limit": spec.limit,
-        "batch_size": str(spec.batch_size),
+        "tasks": list(spec.eval.tasks),
+        "limit": spec.eval.limit,
+        "batch_size": str(spec.eval.batch_size),
         "dtype": dtype,
         "device": device,
-        "include_path": spec.include_path,
+        "include_path": spec.eval.include_path,
         "seed": spec.seed,
         "processes": processes,
     }
