@@ -90,6 +90,10 @@ def paired_test(before: dict | str | None, after: dict | str | None, key: str) -
     leaves = before["members"].get(key)
     if not leaves or leaves != after["members"].get(key):
         return f"the {task} tasks differ between before and after"
+    unscored = [t for t in leaves if before["metrics"].get(t) is None
+                or after["metrics"].get(t) is None]
+    if unscored:
+        return f"no per-question scores for {', '.join(unscored)}"
     if any(before["metrics"].get(t) != after["metrics"].get(t) for t in leaves):
         return f"the {task} metrics differ between before and after"
     wanted = set(leaves)

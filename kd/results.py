@@ -396,7 +396,8 @@ def sample_rows(res: dict, keys: list[str]) -> tuple[list[dict], dict, dict]:
 
     Returns (rows sorted by task and doc id, metrics per leaf, members per key). Each row is
     ``{"task", "doc_id", "hash", "score"}``; ``hash`` is lm-eval's ``doc_hash`` (shortened), so
-    two files can be checked to hold the same questions.
+    two files can be checked to hold the same questions. A leaf whose samples carry no finite
+    per-question score (none logged, or a corpus-level metric) has no rows and metric null.
     """
     groups = members(res, keys)
     logged = res.get("samples") or {}
@@ -404,19 +405,20 @@ def sample_rows(res: dict, keys: list[str]) -> tuple[list[dict], dict, dict]:
     for leaf in sorted({leaf for leaves in groups.values() for leaf in leaves}):
         metric = primary_metric(res, leaf)
         name, _, filt = metric.partition(",")
-        metrics[leaf] = metric
-        if leaf not in logged:
-            raise ValueError(f"lm-eval returned no samples for task {leaf!r}: evaluate with "
-                             "log_samples=True")
-        for s in logged[leaf]:
+        mine = []
+        for s in logged.get(leaf) or []:
             if s.get("filter", "none") != filt:
                 continue
-            score = _number(s.get(name))
+            value = s.get(name)
+            score = None if isinstance(value, bool) else _number(value)
             if score is None or not math.isfinite(score):
-                raise ValueError(f"task {leaf!r} doc {s.get('doc_id')}: {name} = "
-                                 f"{s.get(name)!r} is not a finite number")
-            rows.append({"task": leaf, "doc_id": int(s["doc_id"]),
+                mine = None  # e.g. a corpus-level metric (bleu, f1): no per-question score
+                break
+            mine.append({"task": leaf, "doc_id": int(s["doc_id"]),
                          "hash": str(s.get("doc_hash", ""))[:HASH_CHARS], "score": score})
+        # a leaf without per-question scores is recorded as null: the paired test skips it
+        metrics[leaf] = metric if mine else None
+        rows += mine or []
     rows.sort(key=lambda r: (r["task"], r["doc_id"]))
     return rows, metrics, groups
 

@@ -269,3 +269,20 @@ def test_generative_task_is_reported_by_its_primary_metric(tmp_path):
     # var = (5 - 10 * 0.25) / 9 = 0.27778, se = sqrt(0.27778 / 10) = 0.16667, z = +3.0.
     assert ("**Verdict on kd_gen: improved**: kd_gen +50.00 points (after − before); paired "
             "z = +3.0 over 10 shared questions (5 gained, 0 lost; stderr 16.67 points)") in text
+
+
+def test_a_task_without_per_question_scores_is_not_paired(tmp_path):
+    """A corpus-level metric (per-sample values are tuples, as for bleu or f1) gives no rows for
+    its task: the eval still writes its samples, that task's verdict falls back."""
+    before, after = small_case()
+    res = add_generative(lm_eval_with_samples(before, "/ckpt/b"), [1.0] * 5, [1.0] * 5)
+    for row in res["samples"]["kd_gen"]:
+        row["exact_match"] = ("prediction", "reference")
+    record = results.from_lm_eval(res)
+    rows, metrics, groups = results.sample_rows(res, list(record["groups"]))
+    assert metrics["kd_gen"] is None and metrics["mmlu_nutrition"] == "acc,none"
+    assert {r["task"] for r in rows} == set(LEAVES.values()) and len(rows) == 200
+    samples = {"scores": {(r["task"], r["doc_id"]): (r["hash"], r["score"]) for r in rows},
+               "metrics": metrics, "members": groups}
+    assert report.paired_test(samples, samples, "kd_gen") == "no per-question scores for kd_gen"
+    assert isinstance(report.paired_test(samples, samples, "mmlu"), report.Paired)
