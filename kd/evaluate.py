@@ -11,6 +11,13 @@ group and writes ``spec.out_file`` in the schema of ``kd/results.py``.
 * Offline: ``spec.eval.include_path`` is passed to lm-eval's ``TaskManager`` (see
   ``kd/mmlu_local.py`` for overrides that point ``mmlu`` at a local copy of cais/mmlu);
   without it lm-eval reads ``cais/mmlu`` from the Hub or a warm ``HF_DATASETS_CACHE``.
+* Data parallel: with ``device="cuda"`` the questions are shared out over one model process
+  per visible GPU (``kd/eval_shards.py``; ``$KD_EVAL_PROCESSES`` or ``run(spec, processes=N)``
+  overrides the count). lm-eval itself runs once, in this process, so the merged results are
+  those of a single-process run.
+* Per-question outcomes: the primary score of every question is kept beside the results file
+  (``<role>.samples.jsonl.gz``, referenced by the record's ``samples``) for the report's paired
+  test.
 * Idempotent: every result carries a fingerprint of what determines its numbers (see
   ``fingerprint``). A finished ``out_file`` with the same fingerprint is reused ("skipping");
   with ``spec.cache_dir`` set (the teacher), results are also kept in
@@ -26,7 +33,10 @@ import hashlib
 import importlib.metadata
 import json
 import logging
+import os
+import shutil
 import time
+from functools import partial
 from pathlib import Path
 
 from kd import compat, results
@@ -40,8 +50,11 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
 _SAMPLE = 1 << 20  # bytes hashed at the start, middle and end of each weight file
 
 
-def run(spec: EvalSpec) -> dict:
-    """Evaluate (or reuse) and write ``spec.out_file``; return the results record."""
+def run(spec: EvalSpec, processes: int | None = None) -> dict:
+    """Evaluate (or reuse) and write ``spec.out_file``; return the results record.
+
+    ``processes``: data-parallel model processes (default: see ``eval_shards.processes_for``).
+    """
     check(spec)
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.eval.dtype, device)
@@ -53,7 +66,10 @@ def run(spec: EvalSpec) -> dict:
     else:
         record = _cached(spec, key)
         if record is None:
-            record = _evaluate(spec, device, dtype, key)
+            from kd import eval_shards
+
+            record = _evaluate(spec, device, dtype, key,
+                               eval_shards.processes_for(device, processes))
             _store(spec, key, record)
         results.write_json_atomic(out, record)
         log.info("%s results written to %s", spec.role, out)
@@ -70,7 +86,8 @@ def check(spec: EvalSpec) -> None:
     if not spec.eval.tasks or spec.eval.tasks[0] != "mmlu" or len(set(spec.eval.tasks)) != len(spec.eval.tasks):
         raise ValueError(
             f"EvalSpec.tasks {spec.eval.tasks!r}: start with 'mmlu' (the report reads the mmlu "
-            "group and its 4 categories); extra multiple-choice tasks may follow, once each"
+            "group and its 4 categories); extra tasks (multiple-choice or generative) may "
+            "follow, once each"
         )
     if spec.eval.dtype not in DTYPES:
         raise ValueError(f"EvalSpec.dtype {spec.eval.dtype!r}: use one of {DTYPES}")
@@ -226,25 +243,46 @@ def _cached(spec: EvalSpec, key: str) -> dict | None:
         "role": spec.role,
         "model": str(spec.model),
         "cache": {"hit": True, "file": str(path)},
+        "samples": _copy_samples(path, record.get("samples"), spec.out_file),
     }
 
 
 def _store(spec: EvalSpec, key: str, record: dict) -> None:
     if spec.cache_dir:
-        path = results.write_json_atomic(_cache_file(spec.cache_dir, key), record)
+        path = _cache_file(spec.cache_dir, key)
+        samples = _copy_samples(spec.out_file, record.get("samples"), path)
+        results.write_json_atomic(path, {**record, "samples": samples})
         record["cache"] = {"hit": False, "file": str(path)}
+
+
+def _copy_samples(src_results: str | Path, ref: dict | None, dst_results: str | Path):
+    """Copy a samples file to sit beside another results file; its reference there."""
+    if not ref:
+        return ref
+    src = Path(src_results).parent / ref["file"]
+    if not src.is_file():
+        return None
+    dst = results.samples_file(dst_results)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+    return {**ref, "file": dst.name}
 
 
 # --- the evaluation itself --------------------------------------------------------------------
 
 
-def _evaluate(spec: EvalSpec, device: str, dtype: str, key: str) -> dict:
+def _evaluate(spec: EvalSpec, device: str, dtype: str, key: str, processes: int = 1) -> dict:
     import lm_eval
     from lm_eval.tasks import TaskManager
 
+    from kd import eval_shards
+
     kind = "anymodel" if is_anymodel(spec.model) else "hf"
     log.info(
-        "evaluating %s (%s checkpoint %s) on %s in %s: tasks %s, %d-shot, limit %s",
+        "evaluating %s (%s checkpoint %s) on %s in %s: tasks %s, %d-shot, limit %s, "
+        "%d process(es)",
         spec.role,
         kind,
         spec.model,
@@ -253,14 +291,24 @@ def _evaluate(spec: EvalSpec, device: str, dtype: str, key: str) -> dict:
         ",".join(spec.eval.tasks),
         spec.eval.num_fewshot,
         spec.eval.limit,
+        processes,
     )
     start = time.time()
-    lm = _language_model(spec.model, kind, device, dtype, spec.eval.batch_size,
-                         trust_remote_code=spec.trust_remote_code)
-    manager = TaskManager(include_path=spec.eval.include_path) if spec.eval.include_path else TaskManager()
-    with compat.scoped.private_datasets_cache(bool(spec.eval.include_path)):
-        res = _simple_evaluate(lm_eval, lm, spec, manager)
-    return _record(spec, res, kind, device, dtype, key, start)
+    build = partial(build_language_model, str(spec.model), kind, dtype, spec.eval.batch_size,
+                    trust_remote_code=spec.trust_remote_code)
+    if processes > 1:
+        lm = eval_shards.start(build, eval_shards.worker_devices(device, processes))
+    else:
+        lm = build(device)
+    try:
+        manager = (TaskManager(include_path=spec.eval.include_path) if spec.eval.include_path
+                   else TaskManager())
+        with compat.scoped.private_datasets_cache(bool(spec.eval.include_path)):
+            res = _simple_evaluate(lm_eval, lm, spec, manager)
+    finally:
+        if processes > 1:
+            lm.close()
+    return _record(spec, res, kind, device, dtype, key, start, processes)
 
 
 def _simple_evaluate(lm_eval, lm, spec: EvalSpec, manager) -> dict:
@@ -270,7 +318,7 @@ def _simple_evaluate(lm_eval, lm, spec: EvalSpec, manager) -> dict:
         num_fewshot=spec.eval.num_fewshot,
         limit=spec.eval.limit,
         task_manager=manager,
-        log_samples=False,
+        log_samples=True,
         random_seed=spec.seed,
         numpy_random_seed=spec.seed,
         torch_random_seed=spec.seed,
@@ -279,7 +327,7 @@ def _simple_evaluate(lm_eval, lm, spec: EvalSpec, manager) -> dict:
 
 
 def _record(spec: EvalSpec, res: dict, kind: str, device: str, dtype: str, key: str,
-            start: float) -> dict:
+            start: float, processes: int = 1) -> dict:
     settings = {
         "tasks": list(spec.eval.tasks),
         "limit": spec.eval.limit,
@@ -288,6 +336,7 @@ def _record(spec: EvalSpec, res: dict, kind: str, device: str, dtype: str, key: 
         "device": device,
         "include_path": spec.eval.include_path,
         "seed": spec.seed,
+        "processes": processes,
     }
     record = results.from_lm_eval(
         res,
@@ -304,13 +353,17 @@ def _record(spec: EvalSpec, res: dict, kind: str, device: str, dtype: str, key: 
     )
     record["source"] = "kdlaunch"
     record["fingerprint"] = key
+    rows, metrics, groups = results.sample_rows(res, list(record["groups"]))
+    record["samples"] = results.write_samples(spec.out_file, rows, metrics, groups)
     record["eval_seconds"] = round(time.time() - start, 1)
     return record
 
 
-def _language_model(model: str, kind: str, device: str, dtype: str, batch_size: int | str,
-                    trust_remote_code: bool = False):
-    """lm-eval's HFLM (``trust_remote_code`` reaches its model_args and every HF load)."""
+def build_language_model(model: str, kind: str, dtype: str, batch_size: int | str,
+                         device: str, trust_remote_code: bool = False):
+    """lm-eval's HFLM for a checkpoint on ``device`` (picklable through ``partial``: the
+    data-parallel workers call it in their own process; ``trust_remote_code`` reaches its
+    model_args and every HF load)."""
     from lm_eval.models.huggingface import HFLM
 
     if kind == "hf":

@@ -5,10 +5,17 @@ The pure functions (``table``, ``deltas``, ``gap_closed``, ``verdict``, ``incomp
 ``markdown``) take records as read by ``kd.results.load``; ``run`` reads the three files and
 writes ``report.md``, ``report.csv`` and ``report.png`` under ``spec.out_dir``.
 
-The verdict compares the overall MMLU change with its noise: ``z = delta / sqrt(se_before**2 +
-se_after**2)`` from lm-eval's stderrs. ``|z| < NOISE_Z`` is "within noise". The stderrs treat
-the two evaluations as independent samples; both ask the same questions, so this is a
-conservative test (a paired test on per-question results would be sharper).
+The verdict compares the overall MMLU change (and each extra task's) with its noise.
+``|z| < NOISE_Z`` is "within noise".
+
+* Paired (when both results files keep per-question samples of the same questions): the
+  per-question differences ``d_i = after_i - before_i`` of the primary score,
+  ``z = mean(d) / (sd(d) / sqrt(n))`` (for 0/1 scores this is McNemar's test in its z form:
+  only the questions that changed answer carry signal). Before and after are the same
+  questions, so this is the test that fits; the line shows the independent z beside it.
+* Independent (fallback, said so in the line): ``z = delta / sqrt(se_before**2 + se_after**2)``
+  from lm-eval's stderrs, as if the two evaluations had asked different questions; it ignores
+  the positive correlation of the two models' answers and is therefore conservative.
 """
 
 from __future__ import annotations
@@ -29,25 +36,79 @@ ROW_DELTA, ROW_GAP = "Δ after − before (points)", "Teacher gap closed"
 
 
 @dataclass(frozen=True)
+class Paired:
+    """Paired test over the questions both evaluations share."""
+
+    z: float
+    stderr_points: float  # sd(d) / sqrt(n), in points
+    n: int  # questions
+    gained: int  # questions scored higher after (for 0/1 scores: wrong -> right)
+    lost: int  # questions scored lower after (right -> wrong)
+    delta_points: float = math.nan  # mean(d) in points: the group's delta when it is a plain mean
+
+
+@dataclass(frozen=True)
 class Verdict:
     outcome: str  # "improved" | "regressed" | "within noise"
     delta_points: float  # overall MMLU, after - before, in accuracy points
     stderr_points: float | None  # combined stderr of the difference, points (None: unknown)
-    z: float | None
+    z: float | None  # independent z
     noise_z: float = NOISE_Z
 
     task: str = "MMLU"
+    paired: Paired | None = None  # decides the outcome when present
+    fallback: str | None = None  # why there is no paired test
 
     def line(self) -> str:
         head = "Verdict" if self.task == "MMLU" else f"Verdict on {self.task}"
         text = (f"**{head}: {self.outcome}**: {self.task} {self.delta_points:+.2f} points "
                 f"(after − before)")
+        noise = f"|z| < {self.noise_z:.1f} is within noise"
+        independent = ("stderrs missing" if self.z is None else
+                       f"z = {self.z:+.1f} (combined stderr {self.stderr_points:.2f} points)")
+        if self.paired is not None:
+            p = self.paired
+            return (text + f"; paired z = {p.z:+.1f} over {p.n} shared questions ({p.gained} "
+                    f"gained, {p.lost} lost; stderr {p.stderr_points:.2f} points), "
+                    f"independent {independent}; {noise}")
+        why = f"independent test only, no paired test: {self.fallback}"
         if self.z is None:
-            return text + "; stderrs missing, noise not assessed (sign only)"
-        return (
-            text + f", z = {self.z:+.1f} (combined stderr {self.stderr_points:.2f} points; "
-            f"|z| < {self.noise_z:.1f} is within noise)"
-        )
+            return text + f"; stderrs missing, noise not assessed (sign only); {why}"
+        return text + f", {independent}; {noise}; {why}"
+
+
+def paired_test(before: dict | str | None, after: dict | str | None, key: str) -> Paired | str:
+    """The paired test of group ``key`` from two ``results.load_samples`` answers, or a
+    sentence saying why it cannot be done."""
+    reasons: dict[str, list[str]] = {}
+    for name, s in (("before", before), ("after", after)):
+        if not isinstance(s, dict):
+            reasons.setdefault(s or "no per-question samples", []).append(name)
+    if reasons:
+        return "; ".join(f"{why} ({' and '.join(names)})" for why, names in reasons.items())
+    task = results.label(key)
+    leaves = before["members"].get(key)
+    if not leaves or leaves != after["members"].get(key):
+        return f"the {task} tasks differ between before and after"
+    unscored = [t for t in leaves if before["metrics"].get(t) is None
+                or after["metrics"].get(t) is None]
+    if unscored:
+        return f"no per-question scores for {', '.join(unscored)}"
+    if any(before["metrics"].get(t) != after["metrics"].get(t) for t in leaves):
+        return f"the {task} metrics differ between before and after"
+    wanted = set(leaves)
+    b = {k: v for k, v in before["scores"].items() if k[0] in wanted}
+    a = {k: v for k, v in after["scores"].items() if k[0] in wanted}
+    if not b or b.keys() != a.keys() or any(b[k][0] != a[k][0] for k in b):
+        return f"before and after were not asked the same {task} questions"
+    diffs = [a[k][1] - b[k][1] for k in sorted(b)]
+    n = len(diffs)
+    mean = math.fsum(diffs) / n
+    var = math.fsum((d - mean) ** 2 for d in diffs) / (n - 1) if n > 1 else 0.0
+    se = math.sqrt(var / n)
+    z = mean / se if se > 0 else math.copysign(math.inf, mean) if mean else 0.0
+    return Paired(z, 100 * se, n, sum(d > 0 for d in diffs), sum(d < 0 for d in diffs),
+                  100 * mean)
 
 
 def teacher_label(teacher: dict) -> str:
@@ -96,9 +157,11 @@ def gap_closed(before: dict, after: dict, teacher: dict) -> pd.Series:
     return pd.Series(out, name=ROW_GAP)
 
 
-def verdict(before: dict, after: dict, noise_z: float = NOISE_Z, key: str = "mmlu") -> Verdict:
-    """Improved / regressed / within noise, from one group's change (default overall MMLU)
-    and its stderr."""
+def verdict(before: dict, after: dict, noise_z: float = NOISE_Z, key: str = "mmlu",
+            samples: tuple | None = None) -> Verdict:
+    """Improved / regressed / within noise, from one group's change (default overall MMLU):
+    paired when ``samples`` (before's and after's ``results.load_samples``) cover the same
+    questions, else from the two stderrs as independent samples."""
     b, a = before["groups"][key], after["groups"][key]
     task = results.label(key)
     if not all(_finite(x) for x in (b.get("acc"), a.get("acc"))):
@@ -106,13 +169,25 @@ def verdict(before: dict, after: dict, noise_z: float = NOISE_Z, key: str = "mml
         raise ValueError(f"{task}: a score is missing or not a finite number "
                          f"(before {b.get('acc')!r}, after {a.get('acc')!r}); no verdict")
     delta = a["acc"] - b["acc"]
+    pair = paired_test(*(samples or ("no per-question samples",) * 2), key)
+    if not isinstance(pair, str) and abs(pair.delta_points - 100 * delta) > 1e-6:
+        # e.g. a group averaged over its tasks (weight_by_size: false), not over its questions
+        pair = f"the {task} score is not the mean over its questions"
+    fallback = pair if isinstance(pair, str) else None
+    pair = None if fallback else pair
     if b["acc_stderr"] is None or a["acc_stderr"] is None:
+        stderr = z = None
+    else:
+        stderr = math.hypot(b["acc_stderr"], a["acc_stderr"])
+        z = delta / stderr if stderr > 0 else math.copysign(math.inf, delta) if delta else 0.0
+    decisive = pair.z if pair else z
+    if decisive is None:
         outcome = "improved" if delta > 0 else "regressed" if delta < 0 else "within noise"
-        return Verdict(outcome, 100 * delta, None, None, noise_z, task)
-    stderr = math.hypot(b["acc_stderr"], a["acc_stderr"])
-    z = delta / stderr if stderr > 0 else math.copysign(math.inf, delta) if delta else 0.0
-    outcome = "improved" if z >= noise_z else "regressed" if z <= -noise_z else "within noise"
-    return Verdict(outcome, 100 * delta, 100 * stderr, z, noise_z, task)
+    else:
+        outcome = ("improved" if decisive >= noise_z else "regressed" if decisive <= -noise_z
+                   else "within noise")
+    return Verdict(outcome, 100 * delta, None if stderr is None else 100 * stderr, z, noise_z,
+                   task, pair, fallback)
 
 
 def incomparable(records: dict[str, dict]) -> list[str]:
@@ -158,7 +233,9 @@ def frame(before: dict, after: dict, teacher: dict) -> pd.DataFrame:
     return full
 
 
-def markdown(before: dict, after: dict, teacher: dict, title: str = ReportSpec.title) -> str:
+def markdown(before: dict, after: dict, teacher: dict, title: str = ReportSpec.title,
+             samples: tuple | None = None) -> str:
+    """The report; ``samples``: before's and after's ``results.load_samples`` (paired test)."""
     scores = table(before, after, teacher)
     rows = [[f"{v:.4f}" for v in scores.loc[label]] for label in scores.index]
     rows.append([f"{v:+.2f}" for v in deltas(before, after)])
@@ -178,8 +255,11 @@ def markdown(before: dict, after: dict, teacher: dict, title: str = ReportSpec.t
         for label, cells in zip(labels, rows, strict=True)
     ]
     extra = [k for k in results.columns(before, after, teacher) if k not in results.GROUPS]
-    for v in [verdict(before, after)] + [verdict(before, after, key=k) for k in extra]:
-        lines += ["", v.line()]
+    metrics = _metrics_line(before, extra)
+    if metrics:
+        lines += ["", metrics]
+    for key in ["mmlu", *extra]:
+        lines += ["", verdict(before, after, key=key, samples=samples).line()]
     lines += [""]
     problems = incomparable({"before": before, "after": after, "teacher": teacher})
     if problems:
@@ -225,7 +305,9 @@ def run(spec: ReportSpec) -> str:
                          f"directory") from e
     if not os.access(out, os.W_OK | os.X_OK):
         raise ValueError(f"--out {out}: not writable by you; pass a writable directory")
-    text = markdown(before, after, teacher, spec.title)
+    samples = (results.load_samples(spec.before, before),
+               results.load_samples(spec.after, after))
+    text = markdown(before, after, teacher, spec.title, samples)
     _write_text(out / "report.md", text)
     _write_text(out / "report.csv", frame(before, after, teacher).to_csv(float_format="%.6g"))
     plot(before, after, teacher, out / "report.png", spec.title)
@@ -238,6 +320,17 @@ def _write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     tmp.replace(path)
+
+
+def _metrics_line(rec: dict, extra: list[str]) -> str:
+    """Which score each extra task reports, when it is not plain accuracy."""
+    named = []
+    for key in extra:
+        metric = rec["groups"][key].get("metric", results.PRIMARY_MC)
+        if metric != results.PRIMARY_MC:
+            name, _, filt = metric.partition(",")
+            named.append(f"{key}: {name}" + (f" ({filt} filter)" if filt != "none" else ""))
+    return ("Scores are accuracy (acc) except " + "; ".join(named) + ".") if named else ""
 
 
 def _settings_line(rec: dict) -> str:

@@ -1,9 +1,10 @@
 """The one results-file shape: written by the eval stage, read by the report (stdlib only).
 
-Every eval job writes ``RUN/eval/<role>.json`` with this schema (``SCHEMA`` = "kdlaunch.results/v1")::
+Every eval job writes ``RUN/eval/<role>.json`` with this schema (``SCHEMA`` = "kdlaunch.results/v2";
+v1 files, which lack ``samples`` and ``metric``, still load)::
 
     {
-      "schema": "kdlaunch.results/v1",
+      "schema": "kdlaunch.results/v2",
       "source": "kdlaunch",              # "lm-eval" when converted from an lm-eval results_*.json
       "role": "teacher",                 # student_before | student_after | teacher | null (unknown)
       "model": "/ckpt/Llama-3.1-8B",     # checkpoint path (or hub id) that was evaluated
@@ -17,13 +18,24 @@ Every eval job writes ``RUN/eval/<role>.json`` with this schema (``SCHEMA`` = "k
         "device": "cuda",
         "dataset_path": "cais/mmlu",     # where the subject tasks read their data
         "include_path": null,            # lm-eval task overrides in use (see kd/mmlu_local.py)
-        "seed": 1234
+        "seed": 1234,
+        "processes": 4                   # data-parallel eval processes (one per GPU)
       },
       "groups": {                        # the five MMLU groups, always all five,
-        "mmlu":                 {"acc": 0.6839, "acc_stderr": 0.0061, "n": 5700},
+        "mmlu":                 {"acc": 0.6839, "acc_stderr": 0.0061, "n": 5700,
+                                 "metric": "acc,none"},
         "mmlu_humanities":      {...}, "mmlu_other": {...},
         "mmlu_social_sciences": {...}, "mmlu_stem":  {...},
-        "kd_synth":             {...}    # then one entry per extra task of settings.tasks
+        "kd_synth":             {...},   # then one entry per extra task of settings.tasks:
+        "gsm8k":                {"acc": 0.41, "acc_stderr": 0.0135, "n": 1319,
+                                 "metric": "exact_match,strict-match"}
+      },
+      "samples": {                       # per-question outcomes (null: none were kept)
+        "file": "teacher.samples.jsonl.gz",   # beside this file; one JSON line per question:
+                                         # {"task": leaf, "doc_id": 3, "hash": "<16 hex>", "score": 1.0}
+        "sha256": "<of that file>", "questions": 7019,
+        "metrics": {"mmlu_anatomy": "acc,none", "gsm8k": "exact_match,strict-match", ...},
+        "members": {"mmlu": ["mmlu_abstract_algebra", ...], "mmlu_stem": [...], "gsm8k": ["gsm8k"]}
       },
       "task_versions": {"mmlu": 2, "mmlu_stem": 2, "mmlu_anatomy": 1.0, ...},
       "versions": {"lm_eval": "0.4.13", "transformers": "4.57.6", "torch": "2.13.0"},
@@ -33,9 +45,13 @@ Every eval job writes ``RUN/eval/<role>.json`` with this schema (``SCHEMA`` = "k
       "cache": {"hit": false, "file": "/cache/<fingerprint>.json"}   # null when not cached
     }
 
-``acc`` and ``acc_stderr`` are fractions (lm-eval's ``acc,none`` / ``acc_stderr,none``; the
-group numbers are lm-eval's size-weighted micro averages), ``n`` is the number of test questions
-behind the number (lm-eval's ``sample_len``). ``acc_stderr`` is null when lm-eval had none
+``acc`` and ``acc_stderr`` are the group's or task's primary score and its stderr, as fractions:
+``metric`` names it as lm-eval keys it (``acc,none`` for multiple choice, the MMLU groups being
+lm-eval's size-weighted micro averages; for a generative task the first metric of its
+``metric_list`` under its first filter, e.g. ``exact_match,strict-match`` for gsm8k; absent in v1
+files = ``acc,none``). ``n`` is the number of test questions behind the number (lm-eval's
+``sample_len``). ``samples.members`` lists the leaf tasks whose questions make up each group, so
+a paired test can pool exactly the questions behind a group's score. ``acc_stderr`` is null when lm-eval had none
 (``bootstrap_iters=0``). ``load`` reads both this shape and lm-eval's own ``results_*.json``
 (or the dict ``simple_evaluate`` returns), so the report takes either.
 """
@@ -50,7 +66,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-SCHEMA = "kdlaunch.results/v1"
+SCHEMA = "kdlaunch.results/v2"
+SCHEMAS = ("kdlaunch.results/v1", SCHEMA)  # what ``load`` reads
+PRIMARY_MC = "acc,none"
+HASH_CHARS = 16  # of lm-eval's doc_hash kept per question: enough to tell two questions apart
 # lm-eval group key -> report column, in report order.
 GROUPS = {
     "mmlu": "MMLU",
@@ -140,6 +159,7 @@ def from_lm_eval(
         "eval_seconds": _number(res.get("total_evaluation_time_seconds")),
         "fingerprint": None,
         "cache": cache,
+        "samples": None,
     }
 
 
@@ -157,8 +177,11 @@ def load(path: str | Path) -> dict:
         raise ValueError(f"{path} is not valid JSON ({e}); re-run the eval that wrote it") from e
     except OSError as e:
         raise ValueError(f"cannot read results file {path}: {e.strerror}") from e
-    if isinstance(data, dict) and data.get("schema") == SCHEMA:
+    if isinstance(data, dict) and data.get("schema") in SCHEMAS:
         return validate(data, path)
+    if isinstance(data, dict) and str(data.get("schema", "")).startswith("kdlaunch.results/"):
+        raise ValueError(f"{path}: schema {data['schema']!r} is newer than this kdlaunch reads "
+                         f"({', '.join(SCHEMAS)}); update kdlaunch to read it")
     if isinstance(data, dict) and ("groups" in data or "results" in data):
         try:
             return validate(from_lm_eval(data), path)
@@ -199,6 +222,14 @@ def validate(record: dict, path: str | Path) -> dict:
         if se is not None and se < 0:
             raise ValueError(f"{path}: groups.{key}.acc_stderr={se!r} is negative; a standard "
                              f"error is >= 0: re-run the eval that wrote it")
+        if not isinstance(entry.get("metric", PRIMARY_MC), str):
+            raise ValueError(f"{path}: groups.{key}.metric is not a string (an lm-eval metric "
+                             f"key such as 'acc,none')")
+    ref = record.get("samples")
+    if ref is not None and not (isinstance(ref, dict) and isinstance(ref.get("file"), str)
+                                and "/" not in ref["file"] and ref["file"] not in ("", ".", "..")):
+        raise ValueError(f"{path}: samples must be null or a mapping whose 'file' names a file "
+                         f"beside the results file; re-run the eval that wrote it")
     return record
 
 
@@ -228,6 +259,7 @@ def _groups(res: dict) -> dict:
             "acc": _number(entry["acc,none"]),
             "acc_stderr": _number(entry.get("acc_stderr,none")),
             "n": _group_size(entry),
+            "metric": PRIMARY_MC,
         }
     return out
 
@@ -237,19 +269,45 @@ def _extra_tasks(res: dict) -> list[str]:
     return [k for k in (res.get("results") or {}) if not k.startswith("mmlu")]
 
 
+def primary_metric(res: dict, task: str) -> str:
+    """lm-eval's key of a task's primary score: ``acc,none`` for multiple choice; otherwise the
+    first metric of the task's ``metric_list`` under its first filter (``exact_match,strict-match``
+    for gsm8k). A group without a config of its own: ``acc,none``, else its first scored key."""
+    config = (res.get("configs") or {}).get(task)
+    if config and config.get("metric_list"):
+        metric = config["metric_list"][0]["metric"]
+        filters = config.get("filter_list") or [{"name": "none"}]
+        name = filters[0].get("name", "none") if isinstance(filters[0], dict) else "none"
+        return f"{metric},{name}"
+    entry = (res.get("results") or {}).get(task) or {}
+    if PRIMARY_MC in entry:
+        return PRIMARY_MC
+    scored = [k for k in entry if "," in k and "_stderr," not in k]
+    return scored[0] if scored else PRIMARY_MC
+
+
 def _extras(res: dict, tasks: list[str]) -> dict:
     table = res.get("results") or {}
     out = {}
     for task in tasks:
         entry = table.get(task)
-        if entry is None or "acc,none" not in entry:
-            raise ValueError(f"lm-eval results have no acc for task {task!r}: only "
-                             "multiple-choice tasks with an `acc` metric can be reported")
+        metric = primary_metric(res, task)
+        if entry is None or metric not in entry:
+            raise ValueError(f"lm-eval results have no {metric!r} for task {task!r}: the report "
+                             "reads each task's primary metric (acc for multiple choice, the "
+                             "first metric_list entry under the first filter otherwise)")
+        value = _number(entry[metric])
+        if value is not None and not 0 <= value <= 1:
+            raise ValueError(f"task {task!r}: primary metric {metric} = {value!r} is not a "
+                             "fraction in [0, 1]; only accuracy-like tasks (acc, exact_match) "
+                             "can be reported")
+        name, _, filt = metric.partition(",")
         n = ((res.get("n-samples") or {}).get(task) or {}).get("effective")
         out[task] = {
-            "acc": _number(entry["acc,none"]),
-            "acc_stderr": _number(entry.get("acc_stderr,none")),
+            "acc": value,
+            "acc_stderr": _number(entry.get(f"{name}_stderr,{filt}")),
             "n": int(n) if n is not None else _group_size(entry),
+            "metric": metric,
         }
     return out
 
@@ -270,7 +328,9 @@ def _num_fewshot(res: dict) -> int | list[int] | None:
 
 
 def _dataset_path(res: dict) -> str | None:
-    paths = {c.get("dataset_path") for c in (res.get("configs") or {}).values()}
+    # the MMLU subjects' data (extra tasks read their own)
+    paths = {c.get("dataset_path") for k, c in (res.get("configs") or {}).items()
+             if k.startswith("mmlu")}
     paths.discard(None)
     if not paths:
         return None
@@ -309,3 +369,110 @@ def _number(value: Any) -> float | int | None:
 
 def _str_or_none(value: Any) -> str | None:
     return None if value is None else str(value)
+
+
+# --- per-question outcomes (the samples file beside a results file) --------------------------
+
+
+def samples_file(results_file: str | Path) -> Path:
+    """``RUN/eval/<role>.json`` -> ``RUN/eval/<role>.samples.jsonl.gz``."""
+    path = Path(results_file)
+    return path.with_name(f"{path.stem}.samples.jsonl.gz")
+
+
+def members(res: dict, keys: list[str]) -> dict[str, list[str]]:
+    """The leaf tasks behind each reported key, from lm-eval's ``group_subtasks``."""
+    children = res.get("group_subtasks") or {}
+
+    def leaves(name: str) -> list[str]:
+        kids = children.get(name) or []
+        return [leaf for kid in kids for leaf in leaves(kid)] if kids else [name]
+
+    return {key: sorted(leaves(key)) for key in keys}
+
+
+def sample_rows(res: dict, keys: list[str]) -> tuple[list[dict], dict, dict]:
+    """Per-question primary scores from lm-eval's ``samples`` (``log_samples=True``).
+
+    Returns (rows sorted by task and doc id, metrics per leaf, members per key). Each row is
+    ``{"task", "doc_id", "hash", "score"}``; ``hash`` is lm-eval's ``doc_hash`` (shortened), so
+    two files can be checked to hold the same questions. A leaf whose samples carry no finite
+    per-question score (none logged, or a corpus-level metric) has no rows and metric null.
+    """
+    groups = members(res, keys)
+    logged = res.get("samples") or {}
+    rows, metrics = [], {}
+    for leaf in sorted({leaf for leaves in groups.values() for leaf in leaves}):
+        metric = primary_metric(res, leaf)
+        name, _, filt = metric.partition(",")
+        mine = []
+        for s in logged.get(leaf) or []:
+            if s.get("filter", "none") != filt:
+                continue
+            value = s.get(name)
+            score = None if isinstance(value, bool) else _number(value)
+            if score is None or not math.isfinite(score):
+                mine = None  # e.g. a corpus-level metric (bleu, f1): no per-question score
+                break
+            mine.append({"task": leaf, "doc_id": int(s["doc_id"]),
+                         "hash": str(s.get("doc_hash", ""))[:HASH_CHARS], "score": score})
+        # a leaf without per-question scores is recorded as null: the paired test skips it
+        metrics[leaf] = metric if mine else None
+        rows += mine or []
+    rows.sort(key=lambda r: (r["task"], r["doc_id"]))
+    return rows, metrics, groups
+
+
+def write_samples(results_file: str | Path, rows: list[dict], metrics: dict,
+                  groups: dict) -> dict:
+    """Write the gzipped JSONL samples file beside ``results_file``; return its reference."""
+    import gzip
+    import hashlib
+
+    path = samples_file(results_file)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as f:
+            for row in rows:
+                f.write((json.dumps(row, sort_keys=True) + "\n").encode())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return {"file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+            "questions": len(rows), "metrics": metrics, "members": groups}
+
+
+def load_samples(results_file: str | Path, record: dict) -> dict | str:
+    """Per-question outcomes of a loaded record: ``{"scores": {(task, doc_id): (hash, score)},
+    "metrics": ..., "members": ...}``, or a sentence saying why there are none (the report then
+    falls back to the independent test). A damaged samples file is a ``ValueError``."""
+    import gzip
+    import hashlib
+
+    ref = record.get("samples")
+    if not ref:
+        return "no per-question samples"
+    path = Path(results_file).parent / ref["file"]
+    if not path.is_file():
+        return f"samples file {path} is missing"
+    data = path.read_bytes()
+    if ref.get("sha256") and hashlib.sha256(data).hexdigest() != ref["sha256"]:
+        raise ValueError(f"{path}: its sha256 differs from the one in {results_file}; the file "
+                         "was changed after the eval: re-run the eval that wrote it")
+    scores = {}
+    try:
+        lines = gzip.decompress(data).decode().splitlines()
+    except (OSError, EOFError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not a gzipped JSONL samples file ({e})") from e
+    for i, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+            key, value = (str(row["task"]), int(row["doc_id"])), (str(row["hash"]), row["score"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{path} line {i}: not a samples row ({e!r}); re-run the eval") from e
+        _score(value[1], f"{path} line {i}: score", optional=False)
+        scores[key] = value
+    return {"scores": scores, "metrics": ref.get("metrics") or {},
+            "members": ref.get("members") or {}}

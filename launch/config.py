@@ -98,7 +98,7 @@ class Cluster(Section):
     max_requeues: int = knob(5, at_least(0))  # timeouts a distill job may be requeued for
     signal_delay_s: int = knob(300, positive)  # USR2 this long before the limit: time to save
     save_time_s: int = knob(120, at_least(0))  # one checkpoint save here (checked against it)
-    gpu_eval: bool = True  # evals ask for one GPU (false: CPU evals)
+    gpu_eval: bool = True  # evals ask for every GPU of a node (false: CPU evals)
     gpu_memory_gib: float | None = knob(None, positive)  # per GPU; pre-flight checks the estimate
     stages: StageResources = knob(factory=StageResources)
     container: Container = knob(factory=Container)

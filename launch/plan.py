@@ -108,7 +108,7 @@ def plan(exp: Experiment, cluster: Cluster, run_dir: str | Path,
     owner = {stage: RunPaths(Path(d)) for stage, d in (shared or {}).items()}
     res = cluster.stages
     gpus = cluster.gpus_per_node
-    eval_gpus = 1 if (gpus and cluster.gpu_eval) else 0
+    eval_gpus = gpus if (gpus and cluster.gpu_eval) else 0  # data-parallel eval: all of them
     device = "cuda" if gpus else "cpu"
     jobs: list[Job] = []
 

@@ -5,8 +5,11 @@
         --after RUN/eval/student_after.json --teacher RUN/eval/teacher.json --out RUN/report
 
 Each file is either kdlaunch's results schema (kd/results.py) or lm-eval's own
-``results_*.json``. Writes report.md, report.csv and report.png under --out and prints the
-Markdown. Login-node safe: no torch, transformers or lm-eval is imported.
+``results_*.json``. When the before and after files reference per-question samples
+(``<role>.samples.jsonl.gz`` beside them, written by the eval stage) of the same questions, the
+verdict is a paired test and shows the independent z beside it; otherwise it is the independent
+test, and the verdict line says why. Writes report.md, report.csv and report.png under --out and
+prints the Markdown. Login-node safe: no torch, transformers or lm-eval is imported.
 """
 
 from __future__ import annotations

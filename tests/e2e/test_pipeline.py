@@ -44,6 +44,8 @@ def check_finished_run(run_dir: Path, out: str) -> dict:
     assert synth["teacher"] > synth["student_before"] + 0.2, synth
     assert synth["student_after"] > synth["student_before"] + 0.1, synth
     assert "Verdict on kd_synth: improved" in report
+    # every eval kept its per-question samples, so the verdicts are paired
+    assert "paired z =" in report and "no paired test" not in report
     assert evals["student_before"]["model_kind"] == "anymodel"
     assert (run_dir / "export" / "hf" / "config.json").exists()
     ckpt = run_dir / "distill" / "checkpoints"

@@ -66,3 +66,15 @@ def always_c_anymodel(fixture_cache: Path, always_c_model: Path) -> Path:
     from kd.tiny import build_pruned_anymodel
 
     return build_pruned_anymodel(always_c_model, fixture_cache / "always-c-anymodel")
+
+
+@pytest.fixture(scope="session")
+def mmlu_and_gen_tasks(tmp_path_factory, mmlu_dataset: Path) -> Path:
+    """The local MMLU overrides plus ``kd_gen``, the tiny generative task (gen_task.py)."""
+    from gen_task import write_gen_task
+
+    from kd.mmlu_local import write_task_overrides
+
+    root = tmp_path_factory.mktemp("mmlu-gen-tasks")
+    tasks = write_task_overrides(root / "tasks", mmlu_dataset, tuple(ANSWERS))
+    return write_gen_task(tasks, root / "data")

@@ -2,25 +2,27 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import shutil
 from pathlib import Path
 
+import gen_task
 import pytest
-from always_c import expected_acc
+from always_c import ANSWERS, expected_acc
 
-from kd import evaluate, results
+from kd import eval_shards, evaluate, results
 from kd.specs import EvalSpec, replace_fields
 
 GROUP_KEYS = ["mmlu", "mmlu_humanities", "mmlu_other", "mmlu_social_sciences", "mmlu_stem"]
 
 
-def spec_for(model: Path, tasks: Path, out: Path, **kw) -> EvalSpec:
+def spec_for(model: Path, task_dir: Path, out: Path, **kw) -> EvalSpec:
     base = dict(
         role="student_before",
         model=str(model),
         out_file=str(out),
-        include_path=str(tasks),
+        include_path=str(task_dir),
         batch_size=8,
         device="auto",
     )
@@ -28,9 +30,10 @@ def spec_for(model: Path, tasks: Path, out: Path, **kw) -> EvalSpec:
                           **{**base, **kw})
 
 
-def test_mmlu_groups_schema_and_lm_eval_file(
-    tiny_teacher, mmlu_tasks, mmlu_dataset, tmp_path, monkeypatch
-):
+@pytest.fixture(scope="module")
+def teacher_run(tiny_teacher, mmlu_and_gen_tasks, tmp_path_factory):
+    """One single-process eval of the tiny teacher (MMLU + kd_gen), with lm-eval's raw dict;
+    shared by the schema test and the data-parallel comparison."""
     import lm_eval
 
     raw = {}
@@ -40,25 +43,28 @@ def test_mmlu_groups_schema_and_lm_eval_file(
         raw.update(real(*args, **kwargs))
         return raw
 
-    monkeypatch.setattr(lm_eval, "simple_evaluate", keep_raw)
-    spec = spec_for(
-        tiny_teacher,
-        mmlu_tasks,
-        tmp_path / "eval" / "student_before.json",
-        done_marker=str(tmp_path / "stages" / "eval_student_before.done"),
-    )
-    record = evaluate.run(spec)
+    tmp = tmp_path_factory.mktemp("teacher-run")
+    spec = spec_for(tiny_teacher, mmlu_and_gen_tasks, tmp / "eval" / "student_before.json",
+                    tasks=("mmlu", gen_task.TASK),
+                    done_marker=str(tmp / "stages" / "eval_student_before.done"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(lm_eval, "simple_evaluate", keep_raw)
+        record = evaluate.run(spec, processes=1)
+    return spec, record, raw
 
+
+def test_mmlu_groups_schema_and_lm_eval_file(teacher_run, mmlu_dataset, tmp_path):
+    spec, record, raw = teacher_run
     assert record["schema"] == results.SCHEMA and record["source"] == "kdlaunch"
-    assert list(record["groups"]) == GROUP_KEYS
+    assert list(record["groups"]) == [*GROUP_KEYS, gen_task.TASK]
     for group in record["groups"].values():
         assert 0 <= group["acc"] <= 1 and isinstance(group["acc_stderr"], float)
-    assert [g["n"] for g in record["groups"].values()] == [16, 4, 4, 4, 4]
+    assert [g["n"] for g in record["groups"].values()] == [16, 4, 4, 4, 4, 6]
     s = record["settings"]
     assert (s["num_fewshot"], s["limit"], s["device"], s["dtype"]) == (5, None, "cpu", "float32")
     assert s["dataset_path"] == str(mmlu_dataset)
     assert record["model_kind"] == "hf" and record["role"] == "student_before"
-    assert {"mmlu", "mmlu_stem", "mmlu_philosophy"} <= set(record["task_versions"])
+    assert {"mmlu", "mmlu_stem", "mmlu_philosophy", "kd_gen"} <= set(record["task_versions"])
     assert record["versions"]["lm_eval"] == "0.4.13" and record["versions"]["transformers"]
     assert record["timestamp"].endswith("Z") and len(record["fingerprint"]) == 64
     assert results.load(spec.out_file) == record
@@ -72,11 +78,60 @@ def test_mmlu_groups_schema_and_lm_eval_file(
     assert theirs["task_versions"] == record["task_versions"]
 
 
-def test_hand_count_of_an_always_c_model(always_c_model, mmlu_tasks, tmp_path):
-    record = evaluate.run(spec_for(always_c_model, mmlu_tasks, tmp_path / "c.json"))
+def test_two_processes_merge_to_the_single_process_results(teacher_run, tmp_path):
+    """Data parallel (kd/eval_shards.py): the tiny teacher (not the always-C model, whose
+    answers would survive requests swapped between questions) over two CPU processes gives the
+    single-process record: the same questions, scores, aggregates, stderrs and samples."""
+    spec, one, _ = teacher_run
+    out = tmp_path / "student_before.json"
+    two = evaluate.run(replace_fields(spec, out_file=str(out), done_marker=None), processes=2)
+    assert (one["settings"]["processes"], two["settings"]["processes"]) == (1, 2)
+    assert two["groups"] == one["groups"] and two["fingerprint"] == one["fingerprint"]
+    assert two["samples"] == one["samples"] and one["samples"]["questions"] == 16 + 6
+    assert (gzip.decompress(results.samples_file(out).read_bytes())
+            == gzip.decompress(results.samples_file(spec.out_file).read_bytes()))
+
+
+def test_process_count_comes_from_the_environment(monkeypatch):
+    monkeypatch.delenv("KD_EVAL_PROCESSES", raising=False)
+    assert eval_shards.processes_for("cpu") == 1
+    assert eval_shards.processes_for("cpu", 3) == 3
+    monkeypatch.setenv("KD_EVAL_PROCESSES", "2")
+    assert eval_shards.processes_for("cuda") == 2
+    assert eval_shards.worker_devices("cuda", 2) == ["cuda:0", "cuda:1"]
+    assert eval_shards.worker_devices("cpu", 2) == ["cpu", "cpu"]
+    monkeypatch.setenv("KD_EVAL_PROCESSES", "two")
+    with pytest.raises(ValueError, match="KD_EVAL_PROCESSES"):
+        eval_shards.processes_for("cuda")
+
+
+def test_hand_count_of_an_always_c_model(always_c_model, mmlu_and_gen_tasks, tmp_path):
+    """MMLU (multiple choice) and kd_gen (generate_until) in one eval, with their samples."""
+    out = tmp_path / "c.json"
+    record = evaluate.run(spec_for(always_c_model, mmlu_and_gen_tasks, out,
+                                   tasks=("mmlu", gen_task.TASK)))
     got = {k: g["acc"] for k, g in record["groups"].items()}
-    assert got == pytest.approx(expected_acc())
-    assert got["mmlu"] == pytest.approx(7 / 16)
+    assert got == pytest.approx({**expected_acc(), "kd_gen": gen_task.EXPECTED_ALWAYS_C})
+    assert got["mmlu"] == pytest.approx(7 / 16) and got["kd_gen"] == 3 / 6
+    # the generative task reports its primary metric: exact_match under its first filter
+    assert record["groups"]["kd_gen"]["metric"] == "exact_match,strict-match"
+    assert record["groups"]["kd_gen"]["n"] == 6
+    # lm-eval's stderr of a mean: sqrt(p (1 - p) / (n - 1)) = sqrt(0.25 / 5)
+    assert record["groups"]["kd_gen"]["acc_stderr"] == pytest.approx((0.25 / 5) ** 0.5)
+    assert record["groups"]["mmlu"]["metric"] == "acc,none"
+    # per-question outcomes beside the results file: one row per question, the hand count
+    ref = record["samples"]
+    assert ref["file"] == "c.samples.jsonl.gz" and ref["questions"] == 16 + 6
+    assert ref["members"]["mmlu_stem"] == ["mmlu_abstract_algebra"]
+    assert len(ref["members"]["mmlu"]) == 4 and ref["members"]["kd_gen"] == ["kd_gen"]
+    samples = results.load_samples(out, results.load(out))
+    by_task = {}
+    for (task, _doc), (doc_hash, score) in sorted(samples["scores"].items()):
+        by_task.setdefault(task, []).append(score)
+        assert len(doc_hash) == results.HASH_CHARS
+    assert by_task["kd_gen"] == [float(t == "C") for t in gen_task.TARGETS]
+    for subject, answers in ANSWERS.items():
+        assert by_task[f"mmlu_{subject}"] == [float(a == 2) for a in answers]
 
 
 def test_anymodel_checkpoint_loads_and_evaluates(always_c_anymodel, mmlu_tasks, tmp_path):
@@ -119,7 +174,7 @@ def test_teacher_cache_hit_and_miss(tiny_teacher, mmlu_tasks, tmp_path, monkeypa
 
     calls = []
 
-    def counting_eval(spec, device, dtype, key):
+    def counting_eval(spec, device, dtype, key, processes=1):
         calls.append(spec)
         return {**computed, "fingerprint": key, "cache": None}
 
@@ -132,6 +187,10 @@ def test_teacher_cache_hit_and_miss(tiny_teacher, mmlu_tasks, tmp_path, monkeypa
     )
     assert calls == [] and hit["cache"]["hit"] is True
     assert hit["groups"] == computed["groups"] and hit["model"] == str(copy)
+    # the per-question samples travel with the cached numbers
+    assert hit["samples"]["file"] == "t.samples.jsonl.gz"
+    assert (results.load_samples(tmp_path / "run2" / "t.json", hit)["scores"]
+            == results.load_samples(first.out_file, computed)["scores"])
     assert results.load(tmp_path / "run2" / "t.json")["cache"]["hit"] is True
     # the same out_file again: reused as is
     evaluate.run(first)

@@ -13,6 +13,6 @@ def test_trust_remote_code_reaches_lm_eval(monkeypatch, tmp_path):
     seen = []
     monkeypatch.setattr(hf, "HFLM", lambda **kwargs: seen.append(kwargs) or "lm")
     for trust in (True, False):
-        assert evaluate._language_model(str(tmp_path), "hf", "cpu", "float32", 1,
-                                        trust_remote_code=trust) == "lm"
+        assert evaluate.build_language_model(str(tmp_path), "hf", "float32", 1, "cpu",
+                                              trust_remote_code=trust) == "lm"
     assert [k["trust_remote_code"] for k in seen] == [True, False]
