@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from kd import results
+from kd.select import pick_best
 from kd.paths import RunPaths
 
 KEY = ("date", "sweep", "member", "config_hash", "task")
@@ -91,8 +92,7 @@ def select_best(files: dict[int, Path], task: str) -> tuple[int, dict[int, float
             raise ValueError(f"{path} has no {task!r} score (it has {', '.join(groups)}): set "
                              f"select.task to one of those")
         scores[it] = groups[task]["acc"]
-    best = max(scores, key=lambda it: (scores[it], it))
-    return best, scores
+    return pick_best(scores), scores
 
 
 def write_selection(run_dir: Path, task: str, best: int, scores: dict[int, float]) -> Path:

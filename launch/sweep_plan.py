@@ -229,7 +229,7 @@ def candidates(exp: Experiment, graph: JobGraph, iterations: tuple[int, ...]) ->
 
 
 def candidate_dir(run_dir: Path, iteration: int) -> Path:
-    return Path(run_dir) / "select" / f"iter_{iteration:07d}"
+    return RunPaths(Path(run_dir)).candidate_dir(iteration)
 
 
 def candidate_graph(graph: JobGraph, iteration: int) -> JobGraph:
