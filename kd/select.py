@@ -220,7 +220,8 @@ def materialise(source: Path, out: Path, iteration: int, keep: bool) -> None:
     if have == iteration:
         return
     if have is not None or out.exists():
-        raise ValueError(f"{out} already holds {'iteration %d' % have if have else 'files'}, "
+        what = f"iteration {have}" if have is not None else "files"
+        raise ValueError(f"{out} already holds {what}, "
                          f"not the selected iteration {iteration}: move it away and run the "
                          f"select stage again")
     if _export_iteration(source) != iteration:

@@ -15,8 +15,8 @@ from pathlib import Path
 import pandas as pd
 
 from kd import results
-from kd.select import pick_best
 from kd.paths import RunPaths
+from kd.select import pick_best
 
 KEY = ("date", "sweep", "member", "config_hash", "task")
 COLUMNS = (*KEY, "label", "acc", "acc_stderr", "n", "iteration", "candidates", "results_file",

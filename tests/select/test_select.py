@@ -83,7 +83,7 @@ def test_select_materialises_the_best_and_flags_overfitting(tmp_path):
     hf = Path(s.out_dir)
     assert (hf / "model.safetensors").read_text() == "weights of 20"
     assert json.loads((hf / sel.EXPORT_MARKER).read_text())["iteration"] == 20
-    for it, cdir in cands:  # kept: every candidate's export still there
+    for _it, cdir in cands:  # kept: every candidate's export still there
         assert (sel.candidate_paths(cdir)[0] / "model.safetensors").is_file()
     on_disk = sel.load(RunPaths(run).selection)
     assert on_disk["selected"] == 20 and [r["iteration"] for r in on_disk["candidates"]] == [10, 20, 30]
