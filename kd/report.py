@@ -226,12 +226,25 @@ def run(spec: ReportSpec) -> str:
     if not os.access(out, os.W_OK | os.X_OK):
         raise ValueError(f"--out {out}: not writable by you; pass a writable directory")
     text = markdown(before, after, teacher, spec.title)
+    if getattr(spec, "selection", None):
+        text += "\n" + selection_section(spec.selection, out)
     _write_text(out / "report.md", text)
     _write_text(out / "report.csv", frame(before, after, teacher).to_csv(float_format="%.6g"))
     plot(before, after, teacher, out / "report.png", spec.title)
     if spec.done_marker:
         results.write_json_atomic(spec.done_marker, {"report": str(out / "report.md")})
     return text
+
+
+def selection_section(selection_file: str | Path, out: Path) -> str:
+    """The checkpoint-selection section (kd/select.py): table and plot of score against
+    iteration, the chosen iteration, the overfitting flag; the plot goes to
+    ``out/selection.png``."""
+    from kd import select
+
+    selection = select.load(selection_file)
+    select.plot(selection, out / "selection.png")
+    return select.markdown_section(selection, "selection.png")
 
 
 def _write_text(path: Path, text: str) -> None:
