@@ -143,3 +143,19 @@ def test_bad_task_names_the_field(tmp_path):
         sel.decide(spec(run, cands, by="gsm8k"))
     with pytest.raises(ValueError, match="select.by=val_loss: no 'lm loss validation'"):
         sel.decide(spec(run, cands, by="val_loss", tensorboard=str(tmp_path / "nope")))
+
+
+def test_sweep_history_reads_a_runs_own_selection(tmp_path):
+    """A sweep member that selected its checkpoint itself: the history records its full eval of
+    the chosen iteration, never the candidates' limited quick evals."""
+    run = tmp_path / "member"
+    cands = make_candidates(run, {10: 0.50, 20: 0.90, 30: 0.45})
+    assert history.exported_iteration(run, 30) == 30  # nothing selected yet
+    sel.run(spec(run, cands))
+    assert history.candidate_results(run, 30) == {}  # eval_student_after has not run yet
+    after = RunPaths(run).eval_result("student_after")
+    results.write_json_atomic(after, record(0.70))
+    assert history.exported_iteration(run, 30) == 20
+    assert history.candidate_results(run, 30) == {20: after}
+    best, scores = history.select_best(history.candidate_results(run, 30), "kd_synth")
+    assert (best, scores) == (20, {20: 0.70})
