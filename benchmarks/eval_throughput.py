@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
 
     compat.activate(compat.resolve_device(args.device))
     from kd import evaluate
-    from kd.specs import EvalSpec
+    from kd.specs import EvalSpec, replace_fields
 
     args.work.mkdir(parents=True, exist_ok=True)
     tasks, questions = build_questions(args.work, args.n_test)
@@ -77,10 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         batch = int(bs) if bs.isdigit() else bs
         out = args.work / f"bs_{bs}.json"
         out.unlink(missing_ok=True)  # measure, never reuse
-        spec = EvalSpec(role="student_before", model=str(args.model.absolute()),
-                        out_file=str(out), tasks=("mmlu",), num_fewshot=args.fewshot,
-                        batch_size=batch, dtype=args.dtype, device=args.device,
-                        include_path=str(tasks.absolute()))
+        spec = replace_fields(
+            EvalSpec(role="student_before", model=str(args.model.absolute()), out_file=str(out)),
+            tasks=("mmlu",), num_fewshot=args.fewshot, batch_size=batch, dtype=args.dtype,
+            device=args.device, include_path=str(tasks.absolute()))
         t0 = time.time()
         record = evaluate.run(spec)
         wall = time.time() - t0

@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         return worker(args.worker, args.attention)
 
     from kd.distill import spec_to_json
-    from kd.specs import DistillSpec
+    from kd.specs import DistillSpec, replace_fields
 
     flops = kd_flops_per_token(args.student, args.teacher, args.seq)
     tokens = args.gbs * args.seq
@@ -318,11 +318,11 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.variants.split(","):
         attention, tp_mode, mbs_mode, overlap, sharded = VARIANTS[name]
         lay = layout_of(tp_mode, mbs_mode, sharded)
-        spec = DistillSpec(
-            student=str(args.student.absolute()),
-            teacher=str(args.teacher.absolute()),
-            data_blend=((1.0, str(Path(args.data).absolute())),),
-            output_dir=str((args.work / name).absolute()),
+        spec = replace_fields(
+            DistillSpec(student=str(args.student.absolute()),
+                        teacher=str(args.teacher.absolute()),
+                        data_blend=((1.0, str(Path(args.data).absolute())),),
+                        output_dir=str((args.work / name).absolute())),
             tp=lay.tp,
             seq_length=args.seq,
             micro_batch_size=lay.micro_batch_size,
@@ -338,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
             split="100,0,0",
             recompute=lay.recompute,
             overlap_grad_reduce=overlap,
-            distributed_optimizer=sharded,
+            distributed_optimizer={"true": True, "false": False}.get(sharded, sharded),
         )
         args.work.mkdir(parents=True, exist_ok=True)
         spec_file = spec_to_json(spec, args.work / f"{name}.json")

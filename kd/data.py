@@ -1,9 +1,9 @@
 """Data-prep stage: text sources -> Megatron indexed datasets -> the weighted blend.
 
-For each ``DataSource`` of ``spec.sources``:
+For each ``DataSource`` of ``spec.data.sources``:
 
 1. raw text to ``RUN/data/<name>.jsonl``: a local JSONL is copied (checked, reduced to
-   ``spec.json_keys``, capped at ``max_documents``); a Hugging Face dataset is read with
+   ``spec.data.json_keys``, capped at ``max_documents``); a Hugging Face dataset is read with
    ``datasets.load_dataset(hf_name, hf_config, split=hf_split)`` (offline clusters: set
    ``HF_DATASETS_OFFLINE=1`` and a warm ``HF_HOME``/``HF_DATASETS_CACHE``);
 2. tokenized with ModelOpt's ``megatron_preprocess_data`` into
@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
 import time
 from collections.abc import Iterable, Iterator
@@ -35,7 +34,6 @@ from kd.specs import DataSource, DataSpec
 
 log = logging.getLogger("kdlaunch.data")
 BLEND_FILE = "blend.json"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 def run(spec: DataSpec) -> dict:
@@ -43,7 +41,7 @@ def run(spec: DataSpec) -> dict:
     check(spec)
     out = Path(spec.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    blend = [(source.weight, prepare_source(source, spec)) for source in spec.sources]
+    blend = [(source.weight, prepare_source(source, spec)) for source in spec.data.sources]
     result = {"blend": blend, "data_paths": data_paths(blend)}
     write_json_atomic(out / BLEND_FILE, result)
     log.info("blend written to %s: %s", out / BLEND_FILE, " ".join(result["data_paths"]))
@@ -53,39 +51,14 @@ def run(spec: DataSpec) -> dict:
 
 
 def check(spec: DataSpec) -> None:
-    """Fail early, with the fix, on a spec that cannot be prepared."""
-    if not spec.sources:
-        raise ValueError("data: no sources; add at least one (jsonl:, hf_name: or prefix:)")
-    if len(spec.json_keys) != 1:
-        raise ValueError(
-            f"data.json_keys={list(spec.json_keys)}: use exactly one key (the "
-            "document text, or a chat 'messages' list); each key would be a "
-            "separate dataset"
-        )
-    names = [s.name for s in spec.sources]
-    duplicated = sorted({n for n in names if names.count(n) > 1})
-    if duplicated:
-        raise ValueError(f"data source names must be unique; repeated: {duplicated}")
-    for source in spec.sources:
+    """Fail early, with the fix, on what only this machine can see: the input files. The values
+    themselves (names, weights, one input per source, one json key) are checked where they are
+    declared, in ``kd.sections`` (``Data``, ``Source``), whenever a spec is built."""
+    for source in spec.data.sources:
         check_source(source)
 
 
 def check_source(source: DataSource) -> None:
-    if not _NAME.match(source.name):
-        raise ValueError(
-            f"data source name {source.name!r}: use letters, digits, '.', '_' "
-            "or '-' (it names files under RUN/data/)"
-        )
-    given = [k for k in ("jsonl", "hf_name", "prefix") if getattr(source, k)]
-    if len(given) != 1:
-        raise ValueError(
-            f"data source {source.name!r}: set exactly one of jsonl, hf_name or "
-            f"prefix (got {given or 'none'})"
-        )
-    if not source.weight > 0:
-        raise ValueError(f"data source {source.name!r}: weight {source.weight} must be > 0")
-    if source.max_documents is not None and source.max_documents < 1:
-        raise ValueError(f"data source {source.name!r}: max_documents must be >= 1 or unset")
     if source.jsonl and not Path(source.jsonl).is_file():
         raise ValueError(f"data source {source.name!r}: JSONL file {source.jsonl} not found")
     if source.prefix:
@@ -124,7 +97,7 @@ def prepare_source(source: DataSource, spec: DataSpec) -> str:
         log.info("source %s: using the tokenized dataset %s as is", source.name, source.prefix)
         return source.prefix
     out = Path(spec.out_dir)
-    key = spec.json_keys[0]
+    key = spec.data.json_keys[0]
     prefix = prefix_for(out, source.name, key)
     done = out / f"{source.name}.done.json"
     recipe = _recipe(source, spec)
@@ -134,7 +107,7 @@ def prepare_source(source: DataSource, spec: DataSpec) -> str:
     done.unlink(missing_ok=True)
     start = time.time()
     jsonl = out / f"{source.name}.jsonl"
-    count = write_jsonl(jsonl, _documents(source, key), key, spec.log_interval, source.name)
+    count = write_jsonl(jsonl, _documents(source, key), key, spec.data.log_interval, source.name)
     tokenize(jsonl, prefix, spec)
     write_json_atomic(
         done,
@@ -159,9 +132,9 @@ def _recipe(source: DataSource, spec: DataSpec) -> dict:
     """What decides the tokenized output; a finished source is reused only if it matches."""
     return {
         "source": asdict(source),
-        "tokenizer": spec.tokenizer,
-        "json_keys": list(spec.json_keys),
-        "append_eod": spec.append_eod,
+        "tokenizer": spec.data.tokenizer,
+        "json_keys": list(spec.data.json_keys),
+        "append_eod": spec.data.append_eod,
     }
 
 
@@ -260,11 +233,11 @@ def tokenize(jsonl: Path, prefix: Path, spec: DataSpec) -> None:
         (made,) = megatron_preprocess_data(
             jsonl_paths=[str(jsonl)],
             output_dir=str(work),
-            tokenizer_name_or_path=spec.tokenizer,
-            json_keys=list(spec.json_keys),
-            append_eod=spec.append_eod,
-            workers=spec.workers,
-            log_interval=spec.log_interval,
+            tokenizer_name_or_path=spec.data.tokenizer,
+            json_keys=list(spec.data.json_keys),
+            append_eod=spec.data.append_eod,
+            workers=spec.data.workers,
+            log_interval=spec.data.log_interval,
         )
         for suffix in (".bin", ".idx"):  # .idx last: both present means complete
             os.replace(f"{made}{suffix}", f"{prefix}{suffix}")

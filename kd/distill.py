@@ -16,6 +16,7 @@ CLI (one process of a job; tests and manual runs)::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -77,24 +78,24 @@ def run(spec: DistillSpec, exit_signal: int | None = None) -> dict:
 
 def validate(spec: DistillSpec, world_size: int) -> None:
     """Raise ValueError (with the fix) for settings that cannot work."""
-    if spec.precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {spec.precision!r}")
-    model_parallel = spec.tp * spec.pp * spec.cp
+    if spec.train.precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {spec.train.precision!r}")
+    model_parallel = spec.train.tp * spec.train.pp * spec.train.cp
     if world_size % model_parallel:
         raise ValueError(
             f"world size {world_size} is not a multiple of tp*pp*cp={model_parallel}:"
             " change the number of GPUs or the parallel sizes"
         )
     dp = world_size // model_parallel
-    if spec.global_batch_size % (spec.micro_batch_size * dp):
+    if spec.train.global_batch_size % (spec.train.micro_batch_size * dp):
         raise ValueError(
-            f"global_batch_size={spec.global_batch_size} must be a multiple of "
-            f"micro_batch_size*data_parallel={spec.micro_batch_size * dp}"
+            f"global_batch_size={spec.train.global_batch_size} must be a multiple of "
+            f"micro_batch_size*data_parallel={spec.train.micro_batch_size * dp}"
         )
-    if spec.train_iters < 1 or not 0 <= spec.lr_warmup_iters < spec.train_iters:
+    if spec.train.train_iters < 1 or not 0 <= spec.train.lr_warmup_iters < spec.train.train_iters:
         raise ValueError(
             "need train_iters >= 1 and 0 <= lr_warmup_iters < train_iters, got "
-            f"{spec.train_iters} and {spec.lr_warmup_iters}"
+            f"{spec.train.train_iters} and {spec.train.lr_warmup_iters}"
         )
     for role, path in (("student", spec.student), ("teacher", spec.teacher)):
         if not (Path(path) / "config.json").is_file():
@@ -114,8 +115,8 @@ def completed_iteration(spec: DistillSpec) -> int | None:
     """The finished iteration when the done marker or the final checkpoint exists, else None."""
     latest = ckpts.latest_complete(checkpoints_dir(spec))
     if spec.done_marker and Path(spec.done_marker).is_file():
-        return latest if latest is not None else spec.train_iters
-    if latest is not None and latest >= spec.train_iters:
+        return latest if latest is not None else spec.train.train_iters
+    if latest is not None and latest >= spec.train.train_iters:
         return latest
     return None
 
@@ -125,13 +126,13 @@ def _train(spec: DistillSpec, env, exit_signal: int | None) -> dict:
 
     device = compat.resolve_device(spec.device)
     compat.activate(device)
-    log.info("%s", compat.summary())
-    _init_process_group(device, env)
+    compat.scoped.start_cpu_process_group(device, env.rank, env.world_size)
     quarantine_incomplete_checkpoints(spec, env.rank)
     config = build_config(spec, device, exit_signal=exit_signal)
     if exit_signal is not None:
-        shield_checkpoint_writer(exit_signal)
+        compat.scoped.shield_checkpoint_writer(exit_signal)
     guard_saves_against_termination(signal.SIGTERM)
+    log.info("%s", compat.summary())  # after the scoped workarounds above were decided
     from megatron.bridge.training.distill import distill
 
     start = latest_iteration(checkpoints_dir(spec)) or 0
@@ -141,11 +142,11 @@ def _train(spec: DistillSpec, env, exit_signal: int | None) -> dict:
         "recompute %s, overlap grad reduce %s, distributed optimizer %s, device %s)",
         "resuming" if start else "starting",
         start,
-        spec.train_iters,
+        spec.train.train_iters,
         env.world_size,
-        spec.tp,
-        spec.pp,
-        spec.micro_batch_size,
+        spec.train.tp,
+        spec.train.pp,
+        spec.train.micro_batch_size,
         getattr(student, "recompute_granularity", None) or "none",
         config.ddp.overlap_grad_reduce,
         config.ddp.use_distributed_optimizer,
@@ -163,8 +164,8 @@ def _train(spec: DistillSpec, env, exit_signal: int | None) -> dict:
         _log_rank_memory(env.rank, peak)
     _barrier()
     iteration = latest_iteration(checkpoints_dir(spec))
-    if iteration is None or iteration < spec.train_iters:
-        raise DistillInterrupted(iteration, spec.train_iters)
+    if iteration is None or iteration < spec.train.train_iters:
+        raise DistillInterrupted(iteration, spec.train.train_iters)
     summary = _summary(
         spec,
         env,
@@ -199,15 +200,15 @@ def build_config(spec: DistillSpec, device: str, exit_signal: int | None = None)
     from megatron.bridge.training.tokenizers.config import TokenizerConfig
 
     on_gpu = device == "cuda"
-    bf16 = on_gpu and spec.precision == "bf16"
+    bf16 = on_gpu and spec.train.precision == "bf16"
     sharded = uses_distributed_optimizer(spec)
     student = build_provider(spec.student, spec, device)
-    if spec.recompute == "full":  # the teacher runs without autograd: nothing to recompute
+    if spec.train.recompute == "full":  # the teacher runs without autograd: nothing to recompute
         student.recompute_granularity = "full"
         student.recompute_method = "uniform"
         student.recompute_num_layers = 1
-    elif spec.recompute != "none":
-        raise ValueError(f"recompute={spec.recompute!r}: choose none or full")
+    elif spec.train.recompute != "none":
+        raise ValueError(f"recompute={spec.train.recompute!r}: choose none or full")
     teacher = build_provider(spec.teacher, spec, device)
     if student.vocab_size != teacher.vocab_size:
         raise ValueError(
@@ -218,11 +219,11 @@ def build_config(spec: DistillSpec, device: str, exit_signal: int | None = None)
     ckpt = checkpoints_dir(spec)
     resume = latest_iteration(ckpt) is not None
     train = TrainingConfig(
-        train_iters=spec.train_iters,
-        global_batch_size=spec.global_batch_size,
-        micro_batch_size=spec.micro_batch_size,
-        eval_interval=spec.eval_interval,
-        eval_iters=spec.eval_iters,
+        train_iters=spec.train.train_iters,
+        global_batch_size=spec.train.global_batch_size,
+        micro_batch_size=spec.train.micro_batch_size,
+        eval_interval=spec.train.eval_interval,
+        eval_iters=spec.train.eval_iters,
         manual_gc=True,
         manual_gc_interval=100,
     )
@@ -233,8 +234,8 @@ def build_config(spec: DistillSpec, device: str, exit_signal: int | None = None)
         train=train,
         optimizer=OptimizerConfig(
             optimizer="adam",
-            lr=spec.lr,
-            min_lr=spec.min_lr,
+            lr=spec.train.lr,
+            min_lr=spec.train.min_lr,
             weight_decay=0.01,
             adam_beta1=0.9,
             adam_beta2=0.95,
@@ -246,8 +247,8 @@ def build_config(spec: DistillSpec, device: str, exit_signal: int | None = None)
         ),
         scheduler=SchedulerConfig(
             lr_decay_style="cosine",
-            lr_warmup_iters=spec.lr_warmup_iters,
-            lr_decay_iters=spec.train_iters,
+            lr_warmup_iters=spec.train.lr_warmup_iters,
+            lr_decay_iters=spec.train.train_iters,
             start_weight_decay=0.01,
             end_weight_decay=0.01,
             weight_decay_incr_style="constant",
@@ -256,18 +257,18 @@ def build_config(spec: DistillSpec, device: str, exit_signal: int | None = None)
         ddp=ddp_config(spec, on_gpu, sharded),
         dataset=dataset_config(spec, on_gpu),
         logger=LoggerConfig(
-            log_interval=spec.log_interval, tensorboard_dir=str(tensorboard_dir(spec))
+            log_interval=spec.train.log_interval, tensorboard_dir=str(tensorboard_dir(spec))
         ),
         tokenizer=TokenizerConfig(tokenizer_type="NullTokenizer", vocab_size=student.vocab_size),
         checkpoint=CheckpointConfig(
             save=str(ckpt),
             load=str(ckpt) if resume else None,
-            save_interval=spec.save_interval,
+            save_interval=spec.train.save_interval,
             ckpt_format="torch_dist",
             async_save=False,
             fully_parallel_save=on_gpu,
         ),
-        rng=RNGConfig(seed=spec.seed),
+        rng=RNGConfig(seed=spec.train.seed),
         dist=DistributedInitConfig(distributed_backend="nccl" if on_gpu else "gloo"),
         mixed_precision="bf16_mixed" if bf16 else None,
     )
@@ -305,27 +306,25 @@ def _on_termination(signum, frame) -> None:  # noqa: ARG001
 
 
 def guard_saves_against_termination(sig: int = signal.SIGTERM) -> None:
-    """Trap ``sig`` (main thread) and wrap Megatron-Bridge's save so none starts after it."""
-    import megatron.bridge.training.train as train_module
+    """Trap ``sig`` (main thread) and run Megatron-Bridge's saves so that none starts after it
+    (the save hook itself is a compat workaround: ``bridge-save-hook``)."""
+    from kd import compat
 
     signal.signal(sig, _on_termination)
-    original = train_module.save_checkpoint_and_time
-    if getattr(original, "_kd_guarded", False):
-        return
+    compat.scoped.around_bridge_saves(lambda: _no_save_after_termination(sig))
 
-    def guarded_save(*args, **kwargs):
+
+@contextlib.contextmanager
+def _no_save_after_termination(sig: int):
+    if _kill["terminating"]:
+        _terminate_now(sig)
+    _kill["saving"] = True
+    try:
+        yield
+    finally:
+        _kill["saving"] = False
         if _kill["terminating"]:
             _terminate_now(sig)
-        _kill["saving"] = True
-        try:
-            return original(*args, **kwargs)
-        finally:
-            _kill["saving"] = False
-            if _kill["terminating"]:
-                _terminate_now(sig)
-
-    guarded_save._kd_guarded = True
-    train_module.save_checkpoint_and_time = guarded_save
 
 
 def data_parallel_size(spec: DistillSpec, world_size: int | None = None) -> int:
@@ -335,14 +334,14 @@ def data_parallel_size(spec: DistillSpec, world_size: int | None = None) -> int:
 
         world_size = dist.get_world_size() if dist.is_initialized() else 1
     world = world_size
-    return max(1, world // (int(spec.tp) * int(spec.pp) * int(spec.cp)))
+    return max(1, world // (int(spec.train.tp) * int(spec.train.pp) * int(spec.train.cp)))
 
 
 def uses_distributed_optimizer(spec: DistillSpec, world_size: int | None = None) -> bool:
     """Megatron's distributed optimizer (Adam states sharded over DP): on by default when DP > 1."""
     from launch.memory import distributed_optimizer
 
-    return distributed_optimizer(spec.distributed_optimizer, data_parallel_size(spec, world_size))
+    return distributed_optimizer(spec.train.distributed_optimizer, data_parallel_size(spec, world_size))
 
 
 def ddp_config(spec: DistillSpec, on_gpu: bool, sharded: bool):
@@ -351,7 +350,7 @@ def ddp_config(spec: DistillSpec, on_gpu: bool, sharded: bool):
     the parameter all-gather overlap only together with the distributed optimizer."""
     from megatron.bridge.training.config import DistributedDataParallelConfig
 
-    overlap = on_gpu and spec.overlap_grad_reduce
+    overlap = on_gpu and spec.train.overlap_grad_reduce
     return DistributedDataParallelConfig(
         use_distributed_optimizer=sharded,
         grad_reduce_in_fp32=on_gpu,
@@ -360,25 +359,6 @@ def ddp_config(spec: DistillSpec, on_gpu: bool, sharded: bool):
         average_in_collective=sharded,
         check_for_nan_in_grad=True,
     )
-
-
-def shield_checkpoint_writer(sig: int) -> None:
-    """Start megatron-core's checkpoint-writer results queue with ``sig`` ignored.
-
-    torch_dist saves report back through a ``multiprocessing.Manager`` process started with the
-    *spawn* method on the first save. A spawned process has default signal dispositions, and
-    SLURM signals every process of the step: the exit signal that asks Megatron to save would
-    kill that manager, and the very save it asked for then fails with BrokenPipeError (seen on
-    the SLURM test cluster). An ignored signal stays ignored across exec, so the manager is
-    created once here, before training, with ``sig`` set to SIG_IGN.
-    """
-    from megatron.core.dist_checkpointing.strategies import filesystem_async
-
-    previous = signal.signal(sig, signal.SIG_IGN)
-    try:
-        filesystem_async._get_write_results_queue()
-    finally:
-        signal.signal(sig, previous)
 
 
 def set_exit_signal(train_config, sig: int = signal.SIGUSR2) -> None:
@@ -393,12 +373,12 @@ def build_provider(hf_dir: str, spec: DistillSpec, device: str):
     import torch
     from megatron.bridge import AutoBridge
 
-    bf16 = device == "cuda" and spec.precision == "bf16"
+    bf16 = device == "cuda" and spec.train.precision == "bf16"
     dtype = torch.bfloat16 if bf16 else torch.float32
     provider = AutoBridge.from_hf_pretrained(hf_dir, torch_dtype=dtype).to_megatron_provider(
         load_weights=True
     )
-    configure_provider(provider, spec.tp, spec.pp, spec.cp, spec.seq_length, device, bf16)
+    configure_provider(provider, spec.train.tp, spec.train.pp, spec.train.cp, spec.train.seq_length, device, bf16)
     return provider
 
 
@@ -468,10 +448,10 @@ def dataset_config(spec: DistillSpec, on_gpu: bool):
     weights = [float(weight) for weight, _ in spec.data_blend]
     return GPTDatasetConfig(
         blend=(prefixes, weights if len(weights) > 1 else None),
-        split=spec.split,
-        seq_length=spec.seq_length,
+        split=spec.train.split,
+        seq_length=spec.train.seq_length,
         path_to_cache=str(Path(spec.output_dir) / "dataset_cache"),
-        random_seed=spec.seed,
+        random_seed=spec.train.seed,
         reset_attention_mask=False,
         reset_position_ids=False,
         eod_mask_loss=False,
@@ -486,14 +466,6 @@ def dataset_config(spec: DistillSpec, on_gpu: bool):
 def _disable(provider, *names: str) -> None:
     for name in names:
         setattr(provider, name, False)
-
-
-def _init_process_group(device: str, env) -> None:
-    """On CPU, start gloo ourselves (Bridge would pass CUDA device ids to its barrier)."""
-    import torch.distributed as dist
-
-    if device == "cpu" and not dist.is_initialized():
-        dist.init_process_group("gloo", rank=env.rank, world_size=env.world_size)
 
 
 def _destroy_process_group(device: str) -> None:
@@ -535,11 +507,11 @@ def _summary(spec: DistillSpec, env, status: str, iteration: int, **extra) -> di
         "checkpoints": str(checkpoints_dir(spec)),
         "tensorboard": str(tensorboard_dir(spec)),
         "world_size": env.world_size,
-        "tp": spec.tp,
-        "pp": spec.pp,
-        "micro_batch_size": spec.micro_batch_size,
-        "recompute": spec.recompute,
-        "tokens_per_iteration": spec.global_batch_size * spec.seq_length,
+        "tp": spec.train.tp,
+        "pp": spec.train.pp,
+        "micro_batch_size": spec.train.micro_batch_size,
+        "recompute": spec.train.recompute,
+        "tokens_per_iteration": spec.train.global_batch_size * spec.train.seq_length,
         **extra,
     }
 

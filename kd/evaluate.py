@@ -8,7 +8,7 @@ group and writes ``spec.out_file`` in the schema of ``kd/results.py``.
   lm-eval's ``HFLM`` as a model object.
 * Device and dtype: ``device="auto"`` picks CUDA when present. On CPU a half-precision dtype
   is replaced by float32 (CPU bf16 matmuls are slow and not what GPUs compute).
-* Offline: ``spec.include_path`` is passed to lm-eval's ``TaskManager`` (see
+* Offline: ``spec.eval.include_path`` is passed to lm-eval's ``TaskManager`` (see
   ``kd/mmlu_local.py`` for overrides that point ``mmlu`` at a local copy of cais/mmlu);
   without it lm-eval reads ``cais/mmlu`` from the Hub or a warm ``HF_DATASETS_CACHE``.
 * Idempotent: every result carries a fingerprint of what determines its numbers (see
@@ -44,7 +44,7 @@ def run(spec: EvalSpec) -> dict:
     """Evaluate (or reuse) and write ``spec.out_file``; return the results record."""
     check(spec)
     device = resolve_device(spec.device)
-    dtype = resolve_dtype(spec.dtype, device)
+    dtype = resolve_dtype(spec.eval.dtype, device)
     key = fingerprint(spec, dtype)
     out = Path(spec.out_file)
     record = _reusable(out, key)
@@ -67,26 +67,26 @@ def check(spec: EvalSpec) -> None:
     """Fail early, with the fix, on settings lm-eval would reject later (or silently ignore)."""
     if spec.role not in results.ROLES:
         raise ValueError(f"EvalSpec.role {spec.role!r} is unknown: use one of {results.ROLES}")
-    if not spec.tasks or spec.tasks[0] != "mmlu" or len(set(spec.tasks)) != len(spec.tasks):
+    if not spec.eval.tasks or spec.eval.tasks[0] != "mmlu" or len(set(spec.eval.tasks)) != len(spec.eval.tasks):
         raise ValueError(
-            f"EvalSpec.tasks {spec.tasks!r}: start with 'mmlu' (the report reads the mmlu "
+            f"EvalSpec.tasks {spec.eval.tasks!r}: start with 'mmlu' (the report reads the mmlu "
             "group and its 4 categories); extra multiple-choice tasks may follow, once each"
         )
-    if spec.dtype not in DTYPES:
-        raise ValueError(f"EvalSpec.dtype {spec.dtype!r}: use one of {DTYPES}")
-    if not 0 <= spec.num_fewshot <= 5:
+    if spec.eval.dtype not in DTYPES:
+        raise ValueError(f"EvalSpec.dtype {spec.eval.dtype!r}: use one of {DTYPES}")
+    if not 0 <= spec.eval.num_fewshot <= 5:
         raise ValueError(
-            f"EvalSpec.num_fewshot {spec.num_fewshot}: MMLU has 5 dev examples "
+            f"EvalSpec.num_fewshot {spec.eval.num_fewshot}: MMLU has 5 dev examples "
             "per subject, use 0..5"
         )
-    if spec.limit is not None and spec.limit <= 0:
+    if spec.eval.limit is not None and spec.eval.limit <= 0:
         raise ValueError(
-            f"EvalSpec.limit {spec.limit}: use None (all questions), an int N "
+            f"EvalSpec.limit {spec.eval.limit}: use None (all questions), an int N "
             "(first N per subject) or a fraction in (0, 1)"
         )
-    if spec.include_path and not Path(spec.include_path).is_dir():
+    if spec.eval.include_path and not Path(spec.eval.include_path).is_dir():
         raise ValueError(
-            f"EvalSpec.include_path {spec.include_path} is not a directory "
+            f"EvalSpec.include_path {spec.eval.include_path} is not a directory "
             "(write one with `python -m kd.mmlu_local tasks`)"
         )
     model = Path(spec.model)
@@ -130,12 +130,12 @@ def fingerprint(spec: EvalSpec, dtype: str) -> str:
     """sha256 of what determines the numbers: weights, tasks, shots, limit, data, versions."""
     material = {
         "model": model_fingerprint(spec.model),
-        "tasks": list(spec.tasks),
-        "num_fewshot": spec.num_fewshot,
-        "limit": spec.limit,
+        "tasks": list(spec.eval.tasks),
+        "num_fewshot": spec.eval.num_fewshot,
+        "limit": spec.eval.limit,
         "dtype": dtype,
         "seed": spec.seed,
-        "task_overrides": _tree_digest(spec.include_path, ("*.yaml", "*.yml")),
+        "task_overrides": _tree_digest(spec.eval.include_path, ("*.yaml", "*.yml")),
         "lm_eval": _version("lm_eval"),
         "transformers": _version("transformers"),
     }
@@ -250,14 +250,14 @@ def _evaluate(spec: EvalSpec, device: str, dtype: str, key: str) -> dict:
         spec.model,
         device,
         dtype,
-        ",".join(spec.tasks),
-        spec.num_fewshot,
-        spec.limit,
+        ",".join(spec.eval.tasks),
+        spec.eval.num_fewshot,
+        spec.eval.limit,
     )
     start = time.time()
-    lm = _language_model(spec.model, kind, device, dtype, spec.batch_size)
-    manager = TaskManager(include_path=spec.include_path) if spec.include_path else TaskManager()
-    with compat.scoped.private_datasets_cache(bool(spec.include_path)):
+    lm = _language_model(spec.model, kind, device, dtype, spec.eval.batch_size)
+    manager = TaskManager(include_path=spec.eval.include_path) if spec.eval.include_path else TaskManager()
+    with compat.scoped.private_datasets_cache(bool(spec.eval.include_path)):
         res = _simple_evaluate(lm_eval, lm, spec, manager)
     return _record(spec, res, kind, device, dtype, key, start)
 
@@ -265,9 +265,9 @@ def _evaluate(spec: EvalSpec, device: str, dtype: str, key: str) -> dict:
 def _simple_evaluate(lm_eval, lm, spec: EvalSpec, manager) -> dict:
     return lm_eval.simple_evaluate(
         model=lm,
-        tasks=list(spec.tasks),
-        num_fewshot=spec.num_fewshot,
-        limit=spec.limit,
+        tasks=list(spec.eval.tasks),
+        num_fewshot=spec.eval.num_fewshot,
+        limit=spec.eval.limit,
         task_manager=manager,
         log_samples=False,
         random_seed=spec.seed,
@@ -280,12 +280,12 @@ def _simple_evaluate(lm_eval, lm, spec: EvalSpec, manager) -> dict:
 def _record(spec: EvalSpec, res: dict, kind: str, device: str, dtype: str, key: str,
             start: float) -> dict:
     settings = {
-        "tasks": list(spec.tasks),
-        "limit": spec.limit,
-        "batch_size": str(spec.batch_size),
+        "tasks": list(spec.eval.tasks),
+        "limit": spec.eval.limit,
+        "batch_size": str(spec.eval.batch_size),
         "dtype": dtype,
         "device": device,
-        "include_path": spec.include_path,
+        "include_path": spec.eval.include_path,
         "seed": spec.seed,
     }
     record = results.from_lm_eval(

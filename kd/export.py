@@ -32,7 +32,7 @@ from kd import checkpoints as ckpts
 from kd.job import console_logger
 from kd.paths import iteration_dir
 from kd.results import write_json_atomic
-from kd.specs import ExportSpec
+from kd.specs import ExportSpec, spec_from_dict
 
 log = logging.getLogger("kd.export")
 FINISHED = ".kdlaunch-export.json"
@@ -71,7 +71,7 @@ def run(spec: ExportSpec) -> Path:
 
 def resolve_iteration(spec: ExportSpec) -> int:
     checkpoints = Path(spec.checkpoints)
-    iteration = spec.iteration if spec.iteration is not None else ckpts.latest_complete(checkpoints)
+    iteration = spec.export.iteration if spec.export.iteration is not None else ckpts.latest_complete(checkpoints)
     if iteration is None:
         raise ValueError(f"no complete checkpoint in {checkpoints}: run the distill stage first")
     if not ckpts.is_complete(checkpoints, iteration):
@@ -104,7 +104,7 @@ def _export(spec: ExportSpec, iteration: int, out: Path) -> None:
     from megatron.bridge import AutoBridge
 
     hetero = is_heterogeneous(spec.student)
-    source = spec.student if hetero else spec.hf_template
+    source = spec.student if hetero else spec.export.hf_template
     ckpt = iteration_dir(Path(spec.checkpoints), iteration)
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -121,7 +121,7 @@ def _export(spec: ExportSpec, iteration: int, out: Path) -> None:
     with compat.scoped.single_process_rendezvous():
         bridge.export_ckpt(str(ckpt), str(tmp), show_progress=False, strict=True)
     shutil.copyfile(Path(spec.student) / "config.json", tmp / "config.json")
-    _copy_missing_tokenizer(spec.hf_template, tmp)
+    _copy_missing_tokenizer(spec.export.hf_template, tmp)
     meta = {
         "iteration": iteration,
         "checkpoint": str(ckpt),
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kd.export", description=__doc__.split("\n")[0])
     parser.add_argument("--spec", required=True, help="ExportSpec as JSON (dataclasses.asdict)")
     args = parser.parse_args(argv)
-    out = run(ExportSpec(**json.loads(Path(args.spec).read_text())))
+    out = run(spec_from_dict(ExportSpec, json.loads(Path(args.spec).read_text())))
     print(f"KD_EXPORT {out}", flush=True)
     return 0
 

@@ -1,80 +1,28 @@
 """Stage specs: what crosses the login-node -> compute-node boundary (stdlib only).
 
-The launcher builds one spec per job from the validated experiment + cluster config and
-pickles it (through submitit) together with a reference to ``kd.<stage>.run``. Specs hold
-plain values only (str paths, numbers, tuples), so they pickle without torch and read well
-in ``manifest.json`` (``dataclasses.asdict``).
+Each spec is a thin envelope: the config sections it needs (declared once, with their checks,
+in ``kd/sections.py``) plus the run's paths and what the launcher decided for this job (device,
+role). The launcher builds one spec per job and pickles it (through submitit) together with a
+reference to ``kd.<stage>.run``. Specs hold plain values only, so they pickle without torch and
+read well in ``manifest.json`` (``dataclasses.asdict``); ``spec_from_dict`` reads that form back.
 """
 
 from __future__ import annotations
 
-import math
+import dataclasses
 from dataclasses import dataclass, field
 
+from kd.sections import KD, Data, DataSource, Eval, Export, FieldError, KDOptions, Train
 
-class FieldError(ValueError):
-    """A bad value in one field of a spec/config section; the converter (``launch.schema.build``)
-    prefixes the section's path, so the message names e.g. ``kd.logit_kl_temperature``."""
-
-    def __init__(self, field_name: str, value: object, fix: str):
-        super().__init__(f"{field_name}={value!r}: {fix}")
-        self.field, self.value, self.fix = field_name, value, fix
-
-
-def _require(ok: bool, name: str, value: object, fix: str) -> None:
-    if not ok:
-        raise FieldError(name, value, fix)
-
-
-def _finite_positive(value: float, name: str) -> None:
-    _require(isinstance(value, (int, float)) and math.isfinite(value) and value > 0, name, value,
-             "must be a finite number > 0")
-
-
-@dataclass(frozen=True)
-class DataSource:
-    """One dataset of a blend: a local JSONL file or a Hugging Face dataset."""
-
-    name: str  # short name, used for file names under RUN/data/ (unique within a blend)
-    weight: float = 1.0
-    jsonl: str | None = None  # local JSONL file (one JSON object per line)
-    hf_name: str | None = None  # e.g. "wikitext"
-    hf_config: str | None = None  # e.g. "wikitext-103-v1"
-    hf_split: str = "train"
-    max_documents: int | None = None  # cap (None = all), handy for smoke runs
-    prefix: str | None = None  # an already tokenized Megatron prefix (<prefix>.bin/.idx): used as is
-
-    def __post_init__(self) -> None:
-        _finite_positive(self.weight, "weight")
-        _require(self.max_documents is None or self.max_documents > 0, "max_documents",
-                 self.max_documents, "must be > 0 (or null for all documents)")
+__all__ = ["STAGE_SPECS", "DataSource", "DataSpec", "DistillSpec", "EvalSpec", "ExportSpec",
+           "FieldError", "KDOptions", "ReportSpec", "replace_fields", "spec_from_dict"]
 
 
 @dataclass(frozen=True)
 class DataSpec:
-    sources: tuple[DataSource, ...]
-    tokenizer: str  # HF tokenizer dir or name
+    data: Data  # sources with absolute paths, tokenizer resolved, workers capped at the job's CPUs
     out_dir: str  # RUN/data
-    json_keys: tuple[str, ...] = ("text",)
-    append_eod: bool = True
-    workers: int = 1
-    log_interval: int = 1000
     done_marker: str | None = None
-
-
-@dataclass(frozen=True)
-class KDOptions:
-    logit_kl_temperature: float = 1.0
-    logit_kl_topk: int | None = None
-    intermediate_layer_pairs: tuple[tuple[str, str], ...] = ()
-    skip_lm_loss: bool = True  # False mixes the student's CE loss in
-    kd_loss_scale: float = 1.0
-
-    def __post_init__(self) -> None:
-        _finite_positive(self.logit_kl_temperature, "logit_kl_temperature")
-        _require(self.logit_kl_topk is None or self.logit_kl_topk > 0, "logit_kl_topk",
-                 self.logit_kl_topk, "must be > 0 (or null for the full vocabulary)")
-        _finite_positive(self.kd_loss_scale, "kd_loss_scale")
 
 
 @dataclass(frozen=True)
@@ -83,38 +31,19 @@ class DistillSpec:
     teacher: str  # HF checkpoint dir
     data_blend: tuple[tuple[float, str], ...]  # ((weight, megatron_prefix), ...)
     output_dir: str  # RUN/distill ; checkpoints under output_dir/checkpoints
-    tp: int = 1
-    pp: int = 1
-    cp: int = 1
-    seq_length: int = 4096
-    micro_batch_size: int = 1
-    global_batch_size: int = 4
-    train_iters: int = 100
-    lr: float = 1e-4
-    min_lr: float = 1e-5
-    lr_warmup_iters: int = 10
-    eval_interval: int = 10
-    eval_iters: int = 10
-    log_interval: int = 1
-    save_interval: int | None = None  # None: only at the end (and on exit signals)
-    seed: int = 1234
-    precision: str = "bf16"  # "bf16" | "fp32"
+    train: Train = field(default_factory=lambda: Train(tp=1, pp=1, micro_batch_size=1,
+                                                       recompute="none"))  # resolved: no "auto"
+    kd: KD = field(default_factory=KD)
     device: str = "auto"  # "auto" | "cuda" | "cpu"
-    kd: KDOptions = field(default_factory=KDOptions)
-    split: str = "99,1,0"  # train/valid/test split of the blend
     done_marker: str | None = None
-    recompute: str = "none"  # "none" | "full": activation recomputation of the student
-    overlap_grad_reduce: bool = False  # overlap the DP gradient all-reduce with backward (GPU)
-    distributed_optimizer: str = "auto"  # auto (= on when DP > 1) | true | false
 
 
 @dataclass(frozen=True)
 class ExportSpec:
     checkpoints: str  # RUN/distill/checkpoints
     out_dir: str  # RUN/export/hf
-    hf_template: str  # the `--hf-model` of the seed: HF model dir/name whose config/tokenizer shape the export
     student: str  # the original student HF dir (its config keeps AnyModel block_configs)
-    iteration: int | None = None  # None = latest
+    export: Export  # export.hf_template set (absolute when local); iteration None = latest
     done_marker: str | None = None
 
 
@@ -123,13 +52,8 @@ class EvalSpec:
     role: str  # "student_before" | "student_after" | "teacher"
     model: str  # HF checkpoint dir (AnyModel or standard)
     out_file: str  # RUN/eval/<role>.json
-    tasks: tuple[str, ...] = ("mmlu",)
-    num_fewshot: int = 5
-    limit: int | float | None = None  # per subject task, as lm-eval defines it
-    batch_size: int | str = 1
-    dtype: str = "bfloat16"
+    eval: Eval = field(default_factory=Eval)  # dtype float32 on CPU; include_path absolute
     device: str = "auto"
-    include_path: str | None = None  # lm-eval --include_path (task overrides, e.g. a local MMLU copy)
     cache_dir: str | None = None  # teacher results cache (shared filesystem); None = no caching
     seed: int = 1234
     done_marker: str | None = None
@@ -160,10 +84,35 @@ STAGE_SPECS = {
 def spec_from_dict(cls: type, data: dict):
     """Rebuild a spec dataclass from its JSON form (``--spec`` files of ``kd.job``, manifests).
 
-    The one dict -> dataclass converter of the project (``launch.schema.build``, stdlib only at
-    import): lists come back as tuples, unknown keys and wrong types are refused naming the
-    field, and NaN/inf never pass as a number.
+    The project's one dict -> dataclass converter (``kd.sections.build``): lists come back as
+    tuples, unknown keys and wrong types are refused naming the field, NaN/inf never pass as a
+    number, and every section's checks run again.
     """
-    from launch.schema import build
+    from kd.sections import build
 
     return build(cls, data, cls.__name__)
+
+
+def replace_fields(spec, **changes):
+    """``dataclasses.replace`` that also reaches into the spec's sections, found by introspection:
+    ``replace_fields(distill_spec, tp=2, device="cpu")`` sets ``spec.train.tp`` and ``spec.device``.
+    For tests and benchmarks that think in flat knobs. A name that is neither a field of the
+    envelope nor of exactly one of its sections is refused."""
+    top = {f.name for f in dataclasses.fields(spec)}
+    sections = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)
+                if dataclasses.is_dataclass(getattr(spec, f.name))}
+    direct, nested = {}, {name: {} for name in sections}
+    for key, value in changes.items():
+        owners = [name for name, sec in sections.items()
+                  if key in {f.name for f in dataclasses.fields(sec)}]
+        if key in top:
+            direct[key] = value
+        elif len(owners) == 1:
+            nested[owners[0]][key] = value
+        else:
+            raise TypeError(f"{type(spec).__name__}: {key!r} is "
+                            f"{'ambiguous' if owners else 'not a field of it or its sections'}")
+    for name, kw in nested.items():
+        if kw:
+            direct[name] = dataclasses.replace(direct.get(name, sections[name]), **kw)
+    return dataclasses.replace(spec, **direct)

@@ -22,9 +22,9 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from launch import backends, cli, shell  # noqa: E402
 from launch import config as cfg  # noqa: E402
 from launch import manifest as mf  # noqa: E402
-from launch import shell  # noqa: E402
 from launch.schema import ConfigError, to_dict  # noqa: E402
 
 DEFAULT_CLUSTER = "local"
@@ -32,16 +32,12 @@ DEFAULT_CONFIG = "tiny_demo"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("--cluster", default=DEFAULT_CLUSTER,
-                   help="cluster profile name (configs/clusters/NAME.yaml) or path; default local")
-    p.add_argument("--config", default=DEFAULT_CONFIG,
-                   help="experiment YAML (path or name in configs/experiments); default tiny_demo")
-    p.add_argument("--run-dir", type=str, help="run directory (default runs/<name>-<timestamp>)")
-    p.add_argument("--dry-run", action="store_true",
-                   help="print the job graph and every sbatch script; submit nothing")
+    p = cli.parser(__doc__)
+    cli.add_cluster(p, DEFAULT_CLUSTER, help="cluster profile name (configs/clusters/NAME.yaml) "
+                                              "or path; default local")
+    cli.add_config(p, DEFAULT_CONFIG)
+    cli.add_run_dir(p, "run directory (default runs/<name>-<timestamp>)")
+    cli.add_dry_run(p, "print the job graph and every sbatch script; submit nothing")
     p.add_argument("--emit-sbatch", type=str, metavar="DIR",
                    help="write the run as standalone sbatch scripts + submit.sh to DIR (for "
                         "hand submission); submit nothing")
@@ -50,8 +46,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "RUN_DIR-2 (-3, ...) instead of refusing")
     p.add_argument("--wait", action="store_true",
                    help="(SLURM) wait for the run to end and print its status and report")
-    p.add_argument("overrides", nargs="*", metavar="key=value")
-    return p.parse_args(argv)
+    cli.add_overrides(p, "overrides", "experiment overrides; cluster.KEY=VALUE for the cluster")
+    return cli.parse(p, argv, "overrides")
 
 
 def split_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
@@ -151,27 +147,21 @@ def main(argv: list[str] | None = None) -> int:
             except ConfigError as e:
                 # exit 2 so that `--dry-run` can serve as a check in scripts
                 print(f"\npre-flight: a real launch would stop here: {e}")
-                print(f"error: {e}", file=sys.stderr)
-                print("nothing was queued.", file=sys.stderr)
-                return 2
+                return cli.input_error(str(e), queued_note=True)
             return 0
         preflight.check(experiment, cluster)
         preflight.check_live(graph, cluster)
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        print("nothing was queued.", file=sys.stderr)
-        return 2
+        return cli.input_error(str(e), queued_note=True)
     except UnicodeDecodeError as e:  # a config read as text before the schema could say which
-        print(f"error: --config {args.config} or --cluster {args.cluster}: not UTF-8 text "
-              f"({e.reason} at byte {e.start}); save it as UTF-8\nnothing was queued.",
-              file=sys.stderr)
-        return 2
+        return cli.input_error(f"--config {args.config} or --cluster {args.cluster}: not UTF-8 "
+                               f"text ({e.reason} at byte {e.start}); save it as UTF-8",
+                               queued_note=True)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)  # default mode: the user's umask decides
     except OSError as e:
-        print(f"error: --run-dir {run_dir}: cannot create it ({e.strerror}); choose a writable "
-              f"path\nnothing was queued.", file=sys.stderr)
-        return 2
+        return cli.input_error(f"--run-dir {run_dir}: cannot create it ({e.strerror}); choose "
+                               f"a writable path", queued_note=True)
     try:
         with submit.run_lock(run_dir):
             # read under the lock: a launch that held it before us recorded its job ids, which
@@ -184,15 +174,15 @@ def main(argv: list[str] | None = None) -> int:
             manifest["cluster"] = cluster_resolved
             mf.write(run_dir / "manifest.json", manifest)
             print(submit.describe(graph))
-            code = submit.launch(graph, cluster, manifest, experiment.name, wait=False)
+            backend = backends.for_cluster(cluster, run_dir, experiment.name)
+            code = submit.launch(graph, cluster, manifest, experiment.name, backend=backend)
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if args.wait and cluster.executor == "slurm" and code == 0:
+        return cli.input_error(str(e))
+    if args.wait and not backend.runs_here and code == 0:
         from launch.status import wait_for_run
 
         code = wait_for_run(run_dir)
-    if cluster.executor == "local":
+    if backend.runs_here:  # the run has ended: show its report
         _print_report(run_dir)
     print(f"run directory: {run_dir}")
     return code

@@ -163,7 +163,10 @@ def slurm_executor(job: Job, cluster: Cluster, run_dir: Path, run_name: str,
     return ex
 
 
-def local_executor(job: Job, cluster: Cluster, run_dir: Path):
+def local_executor(job: Job, cluster: Cluster, run_dir: Path,
+                   visible_gpus: tuple[int, ...] = ()):
+    """submitit's LocalExecutor for one stage; ``visible_gpus``: the GPUs the local backend
+    gave it (jobs running side by side never share one)."""
     from submitit import LocalExecutor
 
     ex = LocalExecutor(folder=job_folder(run_dir, job.stage),
@@ -171,6 +174,7 @@ def local_executor(job: Job, cluster: Cluster, run_dir: Path):
     shell.check("run directory", job_folder(run_dir, job.stage))
     ex.update_parameters(timeout_min=job.time_min, tasks_per_node=job.tasks_per_node,
                          gpus_per_node=job.gpus_per_node * job.nodes,
+                         visible_gpus=tuple(visible_gpus),
                          signal_delay_s=min(cluster.signal_delay_s, job.time_min * 30),
                          setup=setup_lines(cluster, job), stderr_to_stdout=True)
     return ex

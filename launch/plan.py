@@ -9,10 +9,9 @@ The graph of the seed pipeline::
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -113,17 +112,17 @@ def plan(exp: Experiment, cluster: Cluster, run_dir: str | Path,
 
     student, teacher = _abs(exp.student.path), _abs(exp.teacher.path)
     needs_data = any(not s.prefix for s in exp.data.sources)
+    # Specs hold the experiment's own section objects; only what this job decides (absolute
+    # paths, the device, CPU fallbacks, resolved layout) is replaced here. A new knob needs no
+    # line in this file.
     if needs_data and "prepare_data" not in owner:
-        sources = tuple(
-            dataclasses.replace(s, jsonl=_abs(s.jsonl), prefix=_abs(s.prefix))
-            for s in exp.data.sources
-        )
+        d = exp.data
+        data = replace(d, sources=tuple(replace(s, jsonl=_abs(s.jsonl), prefix=_abs(s.prefix))
+                                        for s in d.sources),
+                       tokenizer=_abs(d.tokenizer) or student,
+                       workers=min(d.workers, res.cpus_per_task))  # the CPUs the job gets
         add("prepare_data", "kd.data",
-            DataSpec(sources=sources, tokenizer=_abs(exp.data.tokenizer) or student,
-                     out_dir=str(paths.data), json_keys=exp.data.json_keys,
-                     append_eod=exp.data.append_eod,
-                     workers=min(exp.data.workers, res.cpus_per_task),  # the CPUs the job gets
-                     log_interval=exp.data.log_interval,
+            DataSpec(data=data, out_dir=str(paths.data),
                      done_marker=str(paths.stage_done("prepare_data"))),
             time_min=res.prepare_data_min)
 
@@ -131,17 +130,11 @@ def plan(exp: Experiment, cluster: Cluster, run_dir: str | Path,
     t = exp.train
     add("distill", "kd.distill",
         DistillSpec(
-            student=student, teacher=teacher, data_blend=data_blend(exp, owner.get("prepare_data", paths)),
-            output_dir=str(paths.distill), tp=t.tp, pp=t.pp, cp=t.cp, seq_length=t.seq_length,
-            micro_batch_size=t.micro_batch_size, global_batch_size=t.global_batch_size,
-            train_iters=t.train_iters, lr=t.lr, min_lr=t.min_lr, lr_warmup_iters=t.lr_warmup_iters,
-            eval_interval=t.eval_interval, eval_iters=t.eval_iters, log_interval=t.log_interval,
-            save_interval=t.save_interval, seed=t.seed,
-            precision=t.precision if gpus else "fp32", device=device,
-            kd=exp.kd, split=t.split, recompute=t.recompute,
-            overlap_grad_reduce=t.overlap_grad_reduce,
-            distributed_optimizer=str(t.distributed_optimizer).lower(),
-            done_marker=str(paths.stage_done("distill"))),
+            student=student, teacher=teacher,
+            data_blend=data_blend(exp, owner.get("prepare_data", paths)),
+            output_dir=str(paths.distill),
+            train=t if gpus else replace(t, precision="fp32"),
+            kd=exp.kd, device=device, done_marker=str(paths.stage_done("distill"))),
         deps=("prepare_data",) if needs_data else (),
         nodes=cluster.nodes, tasks_per_node=tasks_per_node(cluster), gpus_per_node=gpus,
         cpus_per_task=cluster.cpus_per_task, mem_gb=cluster.mem_gb, time_min=cluster.time_min,
@@ -150,13 +143,15 @@ def plan(exp: Experiment, cluster: Cluster, run_dir: str | Path,
     if exp.export.enabled:
         add("export_hf", "kd.export",
             ExportSpec(checkpoints=str(paths.checkpoints), out_dir=str(paths.hf_export),
-                       hf_template=_abs(exp.export.hf_template), student=student,
-                       iteration=exp.export.iteration,
+                       student=student,
+                       export=replace(exp.export, hf_template=_abs(exp.export.hf_template)),
                        done_marker=str(paths.stage_done("export_hf"))),
             deps=("distill",), time_min=res.export_min)
 
     if exp.eval.enabled:
         e = exp.eval
+        ev = replace(e, limit=int(e.limit) if e.limit and e.limit >= 1 else e.limit,
+                     dtype=e.dtype if eval_gpus else "float32", include_path=_abs(e.include_path))
         evals = (("eval_student_before", "student_before", student, ()),
                  ("eval_teacher", "teacher", teacher, ()),
                  ("eval_student_after", "student_after", str(paths.hf_export), ("export_hf",)))
@@ -165,10 +160,7 @@ def plan(exp: Experiment, cluster: Cluster, run_dir: str | Path,
                 continue
             add(stage, "kd.evaluate",
                 EvalSpec(role=role, model=model, out_file=str(paths.eval_result(role)),
-                         tasks=e.tasks, num_fewshot=e.num_fewshot,
-                         limit=int(e.limit) if e.limit and e.limit >= 1 else e.limit,
-                         batch_size=e.batch_size, dtype=e.dtype if eval_gpus else "float32",
-                         device="cuda" if eval_gpus else "cpu", include_path=_abs(e.include_path),
+                         eval=ev, device="cuda" if eval_gpus else "cpu",
                          cache_dir=_abs(cluster.eval_cache_dir) if role == "teacher" else None,
                          seed=t.seed, done_marker=str(paths.stage_done(stage))),
                 deps=deps, gpus_per_node=eval_gpus, time_min=res.eval_min)

@@ -2,7 +2,8 @@
 
 ``check(exp, cluster, run_dir)`` raises ``ConfigError`` naming the field, the bad value and
 the fix. It reads small files only (``config.json``, tokenizer files, file existence) and asks
-``sinfo`` for a default partition on the generic SLURM profile — never imports torch.
+the SLURM backend for a default partition on the generic SLURM profile and for the live
+partitions and nodes (``check_live``) — never imports torch.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 from launch.config import Cluster, Experiment, tasks_per_node
@@ -307,21 +307,11 @@ def check_models(exp: Experiment) -> None:
 
 # ---------------------------------------------------------------- cluster
 def default_partition() -> str | None:
-    """The partition sbatch would pick: $SBATCH_PARTITION, else sinfo's default (marked '*')."""
-    env = os.environ.get("SBATCH_PARTITION") or os.environ.get("SLURM_PARTITION")
-    if env:
-        return env
-    if not shutil.which("sinfo"):
-        return None
-    try:
-        out = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True,
-                             timeout=15).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    for name in out.split():
-        if name.endswith("*"):
-            return name[:-1]
-    return None
+    """The partition sbatch would pick ($SBATCH_PARTITION, else sinfo's default), asked
+    through the SLURM backend."""
+    from launch import backends
+
+    return backends.get("slurm").default_partition()
 
 
 def check_cluster(cluster: Cluster) -> None:
@@ -346,8 +336,9 @@ def check_live(graph, cluster: Cluster, echo=print) -> None:
     When the cluster cannot be asked, says so in one line and returns."""
     if cluster.executor != "slurm":
         return
-    from launch import slurm_info
+    from launch import backends
 
+    slurm_info = backends.for_cluster(cluster).cluster_info()  # launch.slurm_info's queries
     why = slurm_info.reachable()
     parts = nodes = None
     if why is None:
@@ -369,13 +360,85 @@ def check_live(graph, cluster: Cluster, echo=print) -> None:
     for job in graph.jobs:
         where = "cluster" if job.stage == "distill" else "cluster.stages"
         _check_job_fits(job, name, part, members, where)
+    acct, why = slurm_info.accounting()
+    if acct is None:
+        echo(f"pre-flight: accounting was not asked ({why}); account and QOS are checked by "
+             f"sbatch at submission")
+        return
+    check_account_qos(graph, cluster, acct, name, part, echo)
+
+
+def time_field(stage: str) -> str:
+    """The cluster profile field that sets ``stage``'s time limit."""
+    if stage == "distill":
+        return "cluster.time_min"
+    short = {"export_hf": "export", "report": "report", "prepare_data": "prepare_data"}
+    return f"cluster.stages.{short.get(stage, 'eval')}_min"
+
+
+def check_account_qos(graph, cluster: Cluster, acct, partition: str, part: dict,
+                      echo=print) -> None:
+    """The account and QOS (of the profile, else the user's defaults) are allowed for this user
+    on this partition, and every stage's time limit is within the QOS's MaxWall."""
+    if not acct.associations:
+        echo(f"pre-flight: accounting lists no association for user {acct.user} on cluster "
+             f"{acct.cluster}; account and QOS are checked by sbatch at submission")
+        return
+    accounts = sorted({a.account for a in acct.associations})
+    account = cluster.account or os.environ.get("SBATCH_ACCOUNT") or acct.default_account
+    src = "cluster.account" if cluster.account else "the default account"
+    if account is None:
+        return
+    rows = [a for a in acct.associations if a.account == account]
+    if not rows:
+        raise ConfigError(f"{src}={account!r}: user {acct.user} has no association with this "
+                          f"account on cluster {acct.cluster} (sacctmgr lists: "
+                          f"{', '.join(accounts)}); set cluster.account to one of them")
+    rows = [a for a in rows if a.partition in ("", partition)]
+    if not rows:
+        raise ConfigError(f"{src}={account!r} is not associated with partition {partition} "
+                          f"for user {acct.user}; set cluster.partition or cluster.account")
+    if part.get("allow_accounts") is not None and account not in part["allow_accounts"]:
+        raise ConfigError(f"{src}={account!r}: partition {partition} allows only accounts "
+                          f"{', '.join(part['allow_accounts'])}; set cluster.account")
+    allowed = sorted({q for a in rows for q in a.qos})
+    qos = cluster.qos or os.environ.get("SBATCH_QOS")
+    qsrc = "cluster.qos"
+    if qos is None:
+        defaults = {a.default_qos for a in rows if a.default_qos}
+        qos = next(iter(defaults)) if len(defaults) == 1 else (
+            allowed[0] if len(allowed) == 1 else None)
+        qsrc = "the default QOS"
+    if qos is None:
+        return
+    if qos not in acct.qos_max_wall_min:
+        raise ConfigError(f"{qsrc}={qos!r}: no such QOS on cluster {acct.cluster} (sacctmgr "
+                          f"lists: {', '.join(sorted(acct.qos_max_wall_min)) or 'none'}); set "
+                          f"cluster.qos to one allowed for account {account}: "
+                          f"{', '.join(allowed) or 'none'}")
+    if allowed and qos not in allowed:
+        raise ConfigError(f"{qsrc}={qos!r} is not allowed for user {acct.user} with account "
+                          f"{account} (allowed: {', '.join(allowed)}); set cluster.qos to one "
+                          f"of them or remove it")
+    if part.get("allow_qos") is not None and qos not in part["allow_qos"]:
+        raise ConfigError(f"{qsrc}={qos!r}: partition {partition} allows only QOS "
+                          f"{', '.join(part['allow_qos'])}; set cluster.qos")
+    wall = acct.qos_max_wall_min.get(qos)
+    for job in graph.jobs:
+        if wall is not None and job.time_min > wall:
+            field = time_field(job.stage)
+            raise ConfigError(f"stage {job.stage}: {field}={job.time_min} min is over QOS "
+                              f"{qos}'s MaxWall of {wall:.0f} min (sbatch would refuse it or "
+                              f"leave it pending); lower {field} or use another cluster.qos")
 
 
 def _check_job_fits(job, name: str, part: dict, members: dict[str, dict], where: str) -> None:
     stage = f"stage {job.stage}"
     if part["max_time_min"] is not None and job.time_min > part["max_time_min"]:
-        raise ConfigError(f"{stage}: time {job.time_min} min is over partition {name}'s limit "
-                          f"of {part['max_time_min']:.0f} min; lower the stage time in {where}")
+        field = time_field(job.stage)
+        raise ConfigError(f"{stage}: {field}={job.time_min} min is over partition {name}'s "
+                          f"MaxTime of {part['max_time_min']:.0f} min; lower {field} or choose "
+                          f"another cluster.partition")
     if part["max_nodes"] is not None and job.nodes > part["max_nodes"]:
         raise ConfigError(f"{stage}: {job.nodes} nodes, partition {name} allows "
                           f"{part['max_nodes']}; lower cluster.nodes")

@@ -1,16 +1,22 @@
-"""What the live cluster offers, from ``scontrol`` (login-node safe, stdlib only).
+"""What the live cluster offers, from ``scontrol`` and ``sacctmgr`` (login-node safe, stdlib only).
 
 ``reachable()`` says whether the controller answers; ``partitions()`` and ``nodes()`` parse
-``scontrol show partition|node -o`` (one record per line, ``Key=value`` fields). Used by
-``launch.preflight.check_live`` so a request no node can satisfy is refused before the first
-job is queued (sbatch would refuse it only after earlier stages were submitted).
+``scontrol show partition|node -o`` (one record per line, ``Key=value`` fields);
+``accounting()`` asks ``sacctmgr`` (where slurmdbd runs) for the user's associations (accounts,
+partitions, allowed and default QOS) and each QOS's MaxWall. Used by
+``launch.preflight.check_live`` so a request the cluster would refuse (or leave pending
+forever) is refused before the first job is queued (sbatch would refuse it only after earlier
+stages were submitted).
 """
 
 from __future__ import annotations
 
+import os
+import pwd
 import re
 import shutil
 import subprocess
+from dataclasses import dataclass, field
 
 _FIELD = re.compile(r"(\w+)=(\S*)")
 
@@ -72,8 +78,17 @@ def partitions() -> dict[str, dict] | None:
     return {r["PartitionName"]: {"max_time_min": time_minutes(r.get("MaxTime", "")),
                                  "max_nodes": _int(r.get("MaxNodes")),
                                  "state": r.get("State", ""),
-                                 "default": r.get("Default") == "YES"}
+                                 "default": r.get("Default") == "YES",
+                                 "allow_accounts": _allow_list(r.get("AllowAccounts")),
+                                 "allow_qos": _allow_list(r.get("AllowQos"))}
             for r in rows if "PartitionName" in r}
+
+
+def _allow_list(text: str | None) -> list[str] | None:
+    """``AllowAccounts``/``AllowQos`` of a partition: None = all."""
+    if not text or text.upper() == "ALL":
+        return None
+    return [x for x in text.split(",") if x]
 
 
 def _gpus(gres: str) -> int:
@@ -96,3 +111,70 @@ def nodes() -> dict[str, dict] | None:
                             "partitions": [p for p in r.get("Partitions", "").split(",") if p],
                             "state": r.get("State", "")}
             for r in rows if "NodeName" in r}
+
+
+# ---------------------------------------------------------------- accounting (sacctmgr)
+@dataclass
+class Association:
+    account: str
+    partition: str  # "" = every partition
+    qos: list[str]
+    default_qos: str
+
+
+@dataclass
+class Accounting:
+    user: str
+    cluster: str
+    default_account: str | None
+    associations: list[Association] = field(default_factory=list)
+    qos_max_wall_min: dict[str, float | None] = field(default_factory=dict)  # every QOS
+
+
+def _sacctmgr(*args: str) -> list[list[str]] | None:
+    try:
+        proc = subprocess.run(["sacctmgr", "-n", "-P", *args], capture_output=True, text=True,
+                              timeout=15)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if proc.returncode != 0:
+        return None
+    return [line.split("|") for line in proc.stdout.splitlines() if line.strip()]
+
+
+def user_name() -> str:
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return os.environ.get("USER", "")
+
+
+def cluster_name() -> str | None:
+    try:
+        proc = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True,
+                              timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    m = re.search(r"^ClusterName\s*=\s*(\S+)", proc.stdout, re.M)
+    return m.group(1) if proc.returncode == 0 and m else None
+
+
+def accounting() -> tuple[Accounting | None, str | None]:
+    """(what accounting says about this user, None) or (None, why it was not asked)."""
+    if not shutil.which("sacctmgr"):
+        return None, "sacctmgr is not on PATH"
+    cluster = cluster_name()
+    if not cluster:
+        return None, "scontrol show config names no ClusterName"
+    user = user_name()
+    rows = _sacctmgr("show", "assoc", "where", f"user={user}", f"cluster={cluster}",
+                     "format=Account,Partition,QOS,DefaultQOS")
+    users = _sacctmgr("show", "user", user, "format=DefaultAccount")
+    qos = _sacctmgr("show", "qos", "format=Name,MaxWall")
+    if rows is None or users is None or qos is None:
+        return None, "sacctmgr did not answer (no slurmdbd?)"
+    assocs = [Association(r[0], r[1], [q for q in r[2].split(",") if q], r[3])
+              for r in rows if len(r) >= 4]
+    walls = {r[0]: time_minutes(r[1]) for r in qos if len(r) >= 2 and r[0]}
+    default = users[0][0] if users and users[0] and users[0][0] else None
+    return Accounting(user, cluster, default, assocs, walls), None

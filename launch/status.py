@@ -17,7 +17,6 @@ rank and host.
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 import time
@@ -28,15 +27,11 @@ if __package__ in (None, ""):
 
 from kd import checkpoints as ckpts  # noqa: E402
 from kd.paths import RunPaths  # noqa: E402
+from launch import backends, cli  # noqa: E402
 from launch import manifest as mf  # noqa: E402
-from launch import slurm_state  # noqa: E402
+from launch.backends import FAILED  # noqa: E402
 from launch.schema import ConfigError  # noqa: E402
 
-FAILED = {"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE"}
-ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING",
-          "COMPLETING", "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT", "SUBMITTED"}
-REQUEUE_CAUSE = {"NODE_FAIL": "node failure", "PREEMPTED": "preemption",
-                 "TIMEOUT": "time limit", "REQUEUED": "requeue"}
 ERROR_WORDS = ("Error", "error:", "Traceback", "Killed", "CANCELLED", "DUE TO TIME LIMIT",
                "Exception", "FAILED")
 # lines that are consequences of another rank's failure, not causes
@@ -48,8 +43,15 @@ EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupted|Exit)
 EXIT_SLURM_UNREACHABLE = 3  # neither squeue nor sacct answered: the table is the manifest's
 
 
+def backend_of(manifest: dict) -> backends.Backend:
+    """The backend the run was launched with (a local run's jobs ended with their launch, so
+    its backend knows none of them: the manifest's states stand)."""
+    executor = (manifest.get("cluster") or {}).get("executor")
+    return backends.get("slurm" if executor == "slurm" else "local")
+
+
 def stage_states(run_dir: Path) -> tuple[dict, dict[str, dict]]:
-    """Manifest + per-stage state merged from done markers, the manifest, sacct and squeue.
+    """Manifest + per-stage state merged from done markers, the manifest and the backend.
 
     The manifest gets a ``_slurm`` entry: {"accounting": error|None, "controller": error|None}.
     """
@@ -60,48 +62,23 @@ def stage_states(run_dir: Path) -> tuple[dict, dict[str, dict]]:
                                f"pass the directory the launcher printed")
     stages = manifest.get("stages", {})
     ids = [str(s["job_id"]) for s in stages.values() if s.get("job_id")]
-    is_slurm = manifest.get("cluster", {}).get("executor") == "slurm"
-    acct, acct_err = slurm_state.accounting(ids) if is_slurm else ({}, None)
-    queue, queue_err = slurm_state.controller(ids) if is_slurm else ({}, None)
-    manifest["_slurm"] = {"accounting": acct_err, "controller": queue_err}
+    live, errors = backend_of(manifest).states(ids) if ids else ({}, {})
+    manifest["_slurm"] = {"accounting": errors.get("accounting"),
+                          "controller": errors.get("controller")}
     out: dict[str, dict] = {}
     for stage, rec in stages.items():
         row = {"job_id": rec.get("job_id", ""), "state": rec.get("state", "NOT SUBMITTED"),
                "elapsed": "", "exit_code": "", "log": rec.get("log", ""),
                "error": rec.get("error", ""), "restarts": "", "deps": rec.get("deps", []),
                "folder": rec.get("folder", "")}
-        jid = str(rec.get("job_id"))
-        info, live = acct.get(jid), queue.get(jid)
-        if info:
-            row.update(state=info["state"], elapsed=info["elapsed"],
-                       exit_code=info["exit_code"], restarts=info["restarts"])
-        if live:
-            _merge_live(row, info, live)
+        found = live.get(str(rec.get("job_id")), {})
+        row.update({k: v for k, v in found.items()
+                    if k in ("state", "elapsed", "exit_code", "restarts", "error")})
         if paths.stage_done(stage).exists():
             row["state"] = "COMPLETED"
         out[stage] = row
     _explain_cancelled(out)
     return manifest, out
-
-
-def _merge_live(row: dict, info: dict | None, live: dict) -> None:
-    """The controller knows best about a job still in the queue: a NODE_FAIL/PREEMPTED
-    accounting row of a job that is queued again is a requeue in progress, not a failure."""
-    history = info["history"] if info else []
-    restarts = info["restarts"] if info else 0
-    causes = [h for h in history if h in REQUEUE_CAUSE]
-    requeue_now = history and history[-1] in REQUEUE_CAUSE  # sacct has no new row yet
-    if requeue_now or live["state"] in ("REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED") or (
-            causes and live["state"] == "PENDING"):
-        restarts = restarts + 1 if requeue_now else max(restarts, 1)
-        cause = REQUEUE_CAUSE.get(causes[-1] if causes else "REQUEUED", "requeue")
-        row.update(state="REQUEUED", error=f"requeued after {cause}, restart {restarts}",
-                   restarts=restarts)
-        return
-    if live["state"] in ACTIVE:
-        row["state"] = live["state"]
-    if "Dependency" in live.get("reason", "") and "NeverSatisfied" in live.get("reason", ""):
-        row["error"] = "dependency can never be satisfied"
 
 
 def _explain_cancelled(rows: dict[str, dict]) -> None:
@@ -126,12 +103,6 @@ def _explain_cancelled(rows: dict[str, dict]) -> None:
             cause = root_failure(stage, set())
             if cause:
                 r["error"] = f"dependency failed: {cause}"
-
-
-def _reason(job_id: str | None) -> str:
-    if not job_id:
-        return ""
-    return slurm_state.controller([str(job_id)])[0].get(str(job_id), {}).get("reason", "")
 
 
 def error_lines(log: str, n: int = 8) -> list[str]:
@@ -315,15 +286,17 @@ def tail(run_dir: Path, stage: str, n: int) -> str:
 
 def cancel(run_dir: Path) -> str:
     manifest, rows = stage_states(run_dir)
-    ids = [r["job_id"] for r in rows.values()
+    ids = [str(r["job_id"]) for r in rows.values()
            if r["job_id"] and r["state"] not in FAILED and r["state"] != "COMPLETED"]
-    if manifest.get("cluster", {}).get("executor") == "slurm":
-        slurm_state.cancel(ids)
+    try:
+        backend_of(manifest).cancel(ids)
+    except backends.SubmitError as e:
+        return f"could not cancel {' '.join(ids)}: {e}"
     return f"cancelled {len(ids)} job(s): {' '.join(ids) or '-'}"
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = cli.parser(__doc__)
     p.add_argument("run_dir", type=str)
     p.add_argument("--logs", metavar="STAGE", help="print the tail of STAGE's log")
     p.add_argument("-n", type=int, default=40, help="lines for --logs (default 40)")
@@ -331,14 +304,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--wait", action="store_true", help="wait until every stage has ended")
     args = p.parse_args(argv)
     if not args.run_dir.strip():
-        print("error: RUN_DIR is empty; pass the run directory the launcher printed",
-              file=sys.stderr)
-        return 2
+        return cli.input_error("RUN_DIR is empty; pass the run directory the launcher printed")
     run_dir = Path(args.run_dir).absolute()
     if run_dir.exists() and not run_dir.is_dir():
-        print(f"error: {run_dir} is a file, not a run directory; pass the directory that holds "
-              f"manifest.json", file=sys.stderr)
-        return 2
+        return cli.input_error(f"{run_dir} is a file, not a run directory; pass the directory "
+                               f"that holds manifest.json")
     try:
         if args.logs:
             print(tail(run_dir, args.logs, args.n))
@@ -350,8 +320,7 @@ def main(argv: list[str] | None = None) -> int:
             return wait_for_run(run_dir)
         text, code = render(run_dir)
     except ConfigError as e:  # a bad manifest (mf.ManifestError) or a bad argument
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return cli.input_error(str(e))
     print(text)
     return code
 

@@ -1,10 +1,12 @@
-"""Act on a JobGraph: submit it to SLURM (afterok edges) or run it locally in dependency order.
+"""Act on a JobGraph through a backend (launch/backends: SLURM with afterok edges, or this
+machine): one loop for both.
 
 Finished stages (their ``stages/<stage>.done`` marker exists) are skipped and say so; stages
 whose job is still queued or running from an earlier launch are adopted, not resubmitted.
-The manifest is rewritten as soon as each job id is known. Stages a graph shares from another
-run (``graph.external``, sweeps) are waited on through that run's manifest, or not at all once
-their done marker exists.
+The manifest is rewritten as soon as each job id is known. A submission refused midway cancels
+what this launch had queued and records it. Stages a graph shares from another run
+(``graph.external``, sweeps) are waited on through that run's manifest, or not at all once
+their done marker exists. A local backend's jobs are followed to the end (``follow``).
 """
 
 from __future__ import annotations
@@ -14,30 +16,19 @@ import fcntl
 import os
 import shlex
 import socket
-import subprocess
 import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from kd.job import StageJob
 from kd.paths import RunPaths
+from launch import backends, shell
 from launch import manifest as mf
-from launch import shell, slurm_state
+from launch.backends import ACTIVE, COMPLETED, FAILED, Backend, SubmitError
 from launch.config import Cluster
-from launch.executors import (
-    job_folder,
-    local_executor,
-    python_command,
-    sbatch_text,
-    setup_lines,
-    slurm_executor,
-)
+from launch.executors import job_folder
 from launch.plan import Job, JobGraph
-
-ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED",
-          "REQUEUE_HOLD", "REQUEUE_FED", "PREEMPTED"}
 
 
 def describe(graph: JobGraph) -> str:
@@ -54,29 +45,14 @@ def describe(graph: JobGraph) -> str:
 
 
 def dry_run_text(graph: JobGraph, cluster: Cluster, run_name: str) -> str:
-    out = [describe(graph), ""]
-    if cluster.executor != "slurm":
-        out.append(f"cluster {cluster.name!r} runs locally (submitit LocalExecutor), "
-                   f"one stage after another; no sbatch scripts.")
-        return "\n".join(out)
-    for j in graph.jobs:
-        deps = [f"<{d}>" for d in j.deps]
-        out += [f"===== sbatch: {j.stage} =====",
-                sbatch_text(j, cluster, graph.run_dir, run_name, deps)]
-    return "\n".join(out)
+    backend = backends.for_cluster(cluster, graph.run_dir, run_name)
+    return "\n".join([describe(graph), "", backend.dry_run_text(graph)])
 
 
 def check_scripts(graph: JobGraph, cluster: Cluster, run_name: str) -> None:
-    """Render every stage's sbatch script once, so launch.shell refuses a bad value (naming
-    the field) before the run directory, the manifest or any job exists."""
-    if cluster.executor != "slurm":
-        python_command(cluster)
-        for j in graph.jobs:
-            setup_lines(cluster, j)
-            shell.check("run directory", job_folder(graph.run_dir, j.stage))
-        return
-    for j in graph.jobs:
-        sbatch_text(j, cluster, graph.run_dir, run_name, ["0" for _ in j.deps])
+    """Render every stage's script once, so launch.shell refuses a bad value (naming the
+    field) before the run directory, the manifest or any job exists."""
+    backends.for_cluster(cluster, graph.run_dir, run_name).check_scripts(graph)
 
 
 def emit_sbatch(graph: JobGraph, cluster: Cluster, run_name: str, out_dir: Path) -> Path:
@@ -168,42 +144,59 @@ def _stage_record(job: Job, graph: JobGraph) -> dict[str, Any]:
 
 
 def launch(graph: JobGraph, cluster: Cluster, manifest: dict, run_name: str,
-           wait: bool = False, echo=print) -> int:
-    """Submit (or run) every unfinished stage, holding the run directory's lock. Returns the
-    process exit code."""
+           wait: bool = False, echo=print, backend: Backend | None = None,
+           poll_s: float = 0.5) -> int:
+    """Submit every unfinished stage through the cluster's backend, holding the run
+    directory's lock; a local backend's jobs are followed to the end. Returns the process exit
+    code."""
+    backend = backend or backends.for_cluster(cluster, graph.run_dir, run_name)
     paths = RunPaths(graph.run_dir)
     paths.jobs.mkdir(parents=True, exist_ok=True)
     paths.stages.mkdir(parents=True, exist_ok=True)
     with run_lock(graph.run_dir):
         _refresh(manifest, paths.manifest)
-        launch_entry = {"time": mf.now(), "cluster": cluster.name, "argv": sys.argv[1:],
-                        "submitted": [], "skipped": [], "adopted": []}
-        manifest["launches"].append(launch_entry)
-        if cluster.executor == "local":
-            return _run_local(graph, cluster, manifest, launch_entry, echo)
-        return _submit_slurm(graph, cluster, manifest, launch_entry, run_name, wait, echo)
+        entry = {"time": mf.now(), "cluster": cluster.name, "argv": sys.argv[1:],
+                 "submitted": [], "skipped": [], "adopted": []}
+        manifest["launches"].append(entry)
+        ids = _submit_graph(graph, backend, manifest, entry, echo)
+        if ids is None:
+            return 1
+        if backend.runs_here:
+            return follow(graph, backend, manifest, ids, echo, poll_s)
+        run = shlex.quote(str(graph.run_dir))
+        echo(f"status:  python launch/status.py {run}")
+        echo(f"logs:    python launch/status.py {run} --logs STAGE")
+        if not wait:
+            return 0
+        from launch.status import wait_for_run
+
+        return wait_for_run(graph.run_dir, echo=echo)
 
 
 def _done(paths: RunPaths, stage: str) -> bool:
     return paths.stage_done(stage).exists()
 
 
-def _submit_slurm(graph: JobGraph, cluster: Cluster, manifest: dict, entry: dict,
-                  run_name: str, wait: bool, echo) -> int:
+def _submit_graph(graph: JobGraph, backend: Backend, manifest: dict, entry: dict,
+                  echo) -> dict[str, str] | None:
+    """The one skip / adopt / submit / record loop. Returns {stage: job id} of the stages
+    submitted now, or None when the backend refused one (what this launch queued is then
+    cancelled: ``_abort``)."""
     paths = RunPaths(graph.run_dir)
     stages = manifest["stages"]
-    old_ids = [s["job_id"] for s in stages.values() if s.get("job_id")]
-    old_states = _live_states(old_ids)
-    job_ids = external_job_ids(graph)
+    old_ids = [str(s["job_id"]) for s in stages.values() if s.get("job_id")]
+    old_states = backend.states(old_ids)[0] if old_ids else {}
+    job_ids = external_job_ids(graph, backend)
+    submitted: dict[str, str] = {}
     for job in graph.jobs:
         rec = stages.setdefault(job.stage, {})
         rec.update(_stage_record(job, graph))
         if _done(paths, job.stage):
-            rec["state"] = "COMPLETED"
+            rec["state"] = COMPLETED
             entry["skipped"].append(job.stage)
             echo(f"  {job.stage:<20} complete, skipped")
             continue
-        prev = rec.get("job_id")
+        prev = str(rec.get("job_id") or "")
         if prev and old_states.get(prev, {}).get("state") in ACTIVE:
             job_ids[job.stage] = prev
             entry["adopted"].append(job.stage)
@@ -211,30 +204,69 @@ def _submit_slurm(graph: JobGraph, cluster: Cluster, manifest: dict, entry: dict
             continue
         deps = [job_ids[d] for d in job.deps if d in job_ids]
         try:
-            ex = slurm_executor(job, cluster, graph.run_dir, run_name, deps)
-            sjob = ex.submit(StageJob(job.stage, job.module, job.spec))
-        except Exception as e:  # sbatch refused midway: nothing of this launch stays queued
-            return _abort(graph, manifest, entry, job.stage, e, echo)
-        job_ids[job.stage] = sjob.job_id
-        rec.update(job_id=sjob.job_id, state="SUBMITTED", submitted=mf.now(),
-                   log=str(_log_path(graph, job, sjob.job_id)))
+            jid = backend.submit(job, deps)
+        except SubmitError as e:  # refused midway: nothing of this launch stays queued
+            _abort(graph, backend, manifest, entry, job.stage, e, echo)
+            return None
+        job_ids[job.stage] = submitted[job.stage] = jid
+        rec.update(job_id=jid, state="SUBMITTED", submitted=mf.now(),
+                   log=str(backend.logs(job, jid)))
         rec.pop("error", None)
+        rec.pop("finished", None)
         entry["submitted"].append(job.stage)
         mf.write(paths.manifest, manifest)
         after = f"  (afterok {', '.join(deps)})" if deps else ""
-        echo(f"  {job.stage:<20} submitted job {sjob.job_id}{after}")
+        echo(f"  {job.stage:<20} submitted job {jid}{after}")
     mf.write(paths.manifest, manifest)
-    echo(f"status:  python launch/status.py {shlex.quote(str(graph.run_dir))}")
-    echo(f"logs:    python launch/status.py {shlex.quote(str(graph.run_dir))} --logs STAGE")
-    if not wait:
-        return 0
-    from launch.status import wait_for_run
-
-    return wait_for_run(graph.run_dir, echo=echo)
+    return submitted
 
 
-def _abort(graph: JobGraph, manifest: dict, entry: dict, stage: str, error: Exception,
-           echo) -> int:
+def follow(graph: JobGraph, backend: Backend, manifest: dict, ids: dict[str, str], echo,
+           poll_s: float = 0.5, sleep=time.sleep) -> int:
+    """Record the jobs ``ids`` ({stage: job id}) in the manifest until each has ended (for a
+    backend that runs them here); 1 when one failed or was not run."""
+    paths = RunPaths(graph.run_dir)
+    stages = manifest["stages"]
+    external = {s for s, owner in graph.external.items() if not _done(RunPaths(owner), s)}
+    seen: dict[str, str] = {}
+    while True:
+        rows, _ = backend.states(list(ids.values()))
+        for job in graph.jobs:  # graph order: a parent is recorded before its dependents
+            if job.stage not in ids:
+                continue
+            row = rows.get(ids[job.stage], {})
+            state = row.get("state", "")
+            if not state or state == seen.get(job.stage):
+                continue
+            seen[job.stage] = state
+            rec = stages[job.stage]
+            rec.update(state=state, **{k: row[k] for k in ("job_id", "log") if k in row})
+            if state == "RUNNING":
+                echo(f"  {job.stage:<20} running (job {rec['job_id']}); log: {rec['log']}")
+            elif state == COMPLETED:
+                rec["finished"] = mf.now()
+                echo(f"  {job.stage:<20} completed")
+            elif state == "CANCELLED" and row.get("error", "").startswith("dependency failed"):
+                bad = [d for d in job.deps
+                       if d in external or stages.get(d, {}).get("state") in FAILED]
+                rec["error"] = "dependency failed: " + ", ".join(bad or ["?"])
+                echo(f"  {job.stage:<20} not run: {rec['error']}")
+            elif state in FAILED:
+                rec.update(finished=mf.now(), error=row.get("error") or _last_error(rec["log"]))
+                echo(f"  {job.stage:<20} {state}: {rec['error']}\n    log: {rec.get('log')}")
+            mf.write(paths.manifest, manifest)
+        if all(seen.get(s) == COMPLETED or seen.get(s) in FAILED for s in ids):
+            break
+        sleep(poll_s)
+    failed = [s for s in graph.stages if stages.get(s, {}).get("state") in FAILED]
+    if failed:
+        echo(f"failed or not run: {', '.join(failed)}")
+        return 1
+    return 0
+
+
+def _abort(graph: JobGraph, backend: Backend, manifest: dict, entry: dict, stage: str,
+           error: Exception, echo) -> None:
     """Cancel the jobs this launch queued before ``stage`` failed to submit; record it all."""
     stages = manifest["stages"]
     ids = [str(stages[s]["job_id"]) for s in entry["submitted"] if stages[s].get("job_id")]
@@ -242,11 +274,9 @@ def _abort(graph: JobGraph, manifest: dict, entry: dict, stage: str, error: Exce
     cancelled: list[str] = []
     if ids:
         try:
-            subprocess.run(["scancel", *ids], capture_output=True, text=True, timeout=60,
-                           check=True)
-            cancelled = ids
-        except (OSError, subprocess.SubprocessError) as e:
-            echo(f"  could not cancel {', '.join(ids)}: {e}; cancel them by hand (scancel)")
+            cancelled = backend.cancel(ids)
+        except SubmitError as e:
+            echo(f"  could not cancel {', '.join(ids)}: {e}; cancel them by hand")
     for s in entry["submitted"]:
         if str(stages[s].get("job_id")) in cancelled:
             stages[s].update(state="CANCELLED", error=f"cancelled: submitting {stage} failed")
@@ -257,31 +287,12 @@ def _abort(graph: JobGraph, manifest: dict, entry: dict, stage: str, error: Exce
     if cancelled:
         echo(f"  cancelled the jobs this launch had queued: {', '.join(cancelled)}")
     echo("nothing of this launch is left queued; fix the error and launch again")
-    return 1
 
 
-def _live_states(job_ids: list[str]) -> dict[str, dict]:
-    """sacct's view of ``job_ids``, completed by squeue for the ones accounting does not show
-    yet: a job queued a second ago by a concurrent launch (that held the run-dir lock before
-    this one) is adopted, not submitted a second time."""
-    states = slurm_state.query(job_ids) if job_ids else {}
-    missing = [j for j in job_ids if j not in states]
-    if not missing:
-        return states
-    try:
-        out = subprocess.run(["squeue", "-h", "-o", "%i|%T", "-j", ",".join(missing)],
-                             capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError):
-        return states
-    for line in out.splitlines():
-        jid, _, state = line.strip().partition("|")
-        if jid in missing and state:
-            states[jid] = {"state": state}
-    return states
-
-
-def external_job_ids(graph: JobGraph) -> dict[str, str]:
-    """Job ids of the unfinished stages this graph shares from other runs (sweeps)."""
+def external_job_ids(graph: JobGraph, backend: Backend | None = None) -> dict[str, str]:
+    """Job ids of the unfinished stages this graph shares from other runs (sweeps). A backend
+    that runs jobs here cannot wait on another launch's job: it gets the recorded id (or
+    ``unknown``) and cancels the dependents, as SLURM does for a dependency that failed."""
     ids: dict[str, str] = {}
     for stage, owner in graph.external.items():
         owner_paths = RunPaths(owner)
@@ -289,65 +300,17 @@ def external_job_ids(graph: JobGraph) -> dict[str, str]:
             continue
         rec = ((mf.read(owner_paths.manifest) or {}).get("stages") or {}).get(stage) or {}
         if not rec.get("job_id"):
+            if backend is not None and backend.runs_here:
+                ids[stage] = f"unknown:{stage}"
+                continue
             raise ValueError(f"stage {stage} of {graph.run_dir} is shared from {owner}, which has "
                              f"not submitted it: launch that run first")
         ids[stage] = str(rec["job_id"])
     return ids
 
 
-def _run_local(graph: JobGraph, cluster: Cluster, manifest: dict, entry: dict, echo) -> int:
-    paths = RunPaths(graph.run_dir)
-    stages = manifest["stages"]
-    # a shared stage that its own run did not finish blocks this run's dependents
-    failed = {s for s, owner in graph.external.items() if not _done(RunPaths(owner), s)}
-    for job in graph.jobs:
-        rec = stages.setdefault(job.stage, {})
-        rec.update(_stage_record(job, graph))
-        if _done(paths, job.stage):
-            rec["state"] = "COMPLETED"
-            entry["skipped"].append(job.stage)
-            echo(f"  {job.stage:<20} complete, skipped")
-            continue
-        blocked = [d for d in job.deps if d in failed]
-        if blocked:
-            failed.add(job.stage)
-            rec.update(state="CANCELLED", error=f"dependency failed: {', '.join(blocked)}")
-            mf.write(paths.manifest, manifest)
-            echo(f"  {job.stage:<20} not run: {rec['error']}")
-            continue
-        ex = local_executor(job, cluster, graph.run_dir)
-        ljob = ex.submit(StageJob(job.stage, job.module, job.spec))
-        log = _log_path(graph, job, ljob.job_id)
-        rec.update(job_id=str(ljob.job_id), state="RUNNING", submitted=mf.now(), log=str(log))
-        rec.pop("error", None)
-        entry["submitted"].append(job.stage)
-        mf.write(paths.manifest, manifest)
-        echo(f"  {job.stage:<20} running (local job {ljob.job_id}); log: {log}")
-        try:
-            ljob.results()
-        except Exception:  # the stage failed: record it, keep going with independent stages
-            failed.add(job.stage)
-            rec.update(state="FAILED", finished=mf.now(), error=_last_error(log))
-            echo(f"  {job.stage:<20} FAILED: {rec['error']}\n    log: {log}")
-        else:
-            rec.update(state="COMPLETED", finished=mf.now())
-            echo(f"  {job.stage:<20} completed")
-        mf.write(paths.manifest, manifest)
-    mf.write(paths.manifest, manifest)
-    if failed:
-        echo(f"failed or not run: {', '.join(s for s in graph.stages if s in failed)}")
-        return 1
-    return 0
-
-
-def _log_path(graph: JobGraph, job: Job, job_id: str) -> Path:
-    """The log to follow: Megatron prints training progress (loss, iteration) on the last rank."""
-    task = job.nodes * job.tasks_per_node - 1 if job.stage == "distill" else 0
-    return job_folder(graph.run_dir, job.stage) / f"{job_id}_{task}_log.out"
-
-
-def _last_error(log: Path) -> str:
+def _last_error(log: str) -> str:
     from launch.status import error_lines
 
-    lines = error_lines(str(log), n=1)
+    lines = error_lines(log, n=1)
     return lines[-1].strip() if lines else f"see {log}"

@@ -27,10 +27,14 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kd.paths import RunPaths  # noqa: E402
+from launch import (
+    cli,  # noqa: E402
+    history,  # noqa: E402
+)
 from launch import config as cfg  # noqa: E402
-from launch import history  # noqa: E402
 from launch import manifest as mf  # noqa: E402
 from launch import sweep_plan as sp  # noqa: E402
+from launch.backends import FAILED  # noqa: E402
 from launch.plan import JobGraph  # noqa: E402
 from launch.schema import ConfigError, to_dict  # noqa: E402
 
@@ -39,24 +43,29 @@ NIGHT_MANIFEST = "sweep.json"
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    command = argv[0] if argv and argv[0] in ("run", "check") else "run"
-    argv = argv[1:] if argv and argv[0] == command else argv
-    p = argparse.ArgumentParser(prog=f"sweep.py {command}", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("sweep", help="sweep YAML (path or name in configs/sweeps)")
-    p.add_argument("--date", help="the night, YYYY-MM-DD (default: today)")
-    if command == "run":
-        p.add_argument("--cluster", help="cluster profile (default: the sweep's `cluster`)")
-        p.add_argument("--dry-run", action="store_true", help="print every member's graph")
-        p.add_argument("--retry-failed", action="store_true",
-                       help="resubmit members whose stages failed or were cancelled")
-        p.add_argument("--wait", action="store_true", help="wait for every run, then `check`")
-        p.add_argument("cluster_overrides", nargs="*", metavar="key=value",
-                       help="cluster overrides (partition=batch)")
-    args = p.parse_args(argv)
-    args.command = command
-    return args
+    """``run`` (the default: ``sweep.py SWEEP ...`` is ``sweep.py run SWEEP ...``) or
+    ``check``."""
+    if not argv or argv[0] not in ("run", "check", "-h", "--help"):
+        argv = ["run", *argv]
+    p = cli.parser(__doc__)
+    sub = p.add_subparsers(dest="command", required=True, metavar="{run,check}")
+    run = sub.add_parser("run", help="launch tonight's members (the default)",
+                         description="Plan and submit every member of a sweep; idempotent "
+                                     "per night.")
+    check = sub.add_parser("check", help="collect results, write the trend report, alarm",
+                           description="Record finished members in history.csv, write the "
+                                       "trend report; exit 1 on a regression, 3 when a "
+                                       "member has no results.")
+    for q in (run, check):
+        q.add_argument("sweep", help="sweep YAML (path or name in configs/sweeps)")
+        q.add_argument("--date", help="the night, YYYY-MM-DD (default: today)")
+    cli.add_cluster(run, None, help="cluster profile (default: the sweep's `cluster`)")
+    cli.add_dry_run(run, "print every member's graph and pre-flight; queue nothing")
+    run.add_argument("--retry-failed", action="store_true",
+                     help="resubmit members whose stages failed or were cancelled")
+    run.add_argument("--wait", action="store_true", help="wait for every run, then `check`")
+    cli.add_overrides(run, "cluster_overrides", "cluster overrides (partition=batch)")
+    return cli.parse(p, argv, "cluster_overrides" if argv[0] == "run" else None)
 
 
 # ---------------------------------------------------------------- run
@@ -76,7 +85,7 @@ def graph_state(graph: JobGraph, config_hash: str) -> str:
         return "done"
     _, rows = status.stage_states(graph.run_dir)
     rows = {s: r for s, r in rows.items() if s in graph.stages}
-    if any(r["state"] in status.FAILED for r in rows.values()):
+    if any(r["state"] in FAILED for r in rows.values()):
         return "failed"
     return "active" if set(rows) == set(graph.stages) and all(
         r["job_id"] for r in rows.values()) else "partial"
@@ -200,7 +209,7 @@ def run_state(run_dir: Path) -> str:
     if mf.read(RunPaths(run_dir).manifest) is None:
         return "not launched"
     _, rows = status.stage_states(run_dir)
-    failed = [f"{s} {r['state']}" for s, r in rows.items() if r["state"] in status.FAILED]
+    failed = [f"{s} {r['state']}" for s, r in rows.items() if r["state"] in FAILED]
     if failed:
         return "failed: " + ", ".join(failed)
     pending = [f"{s} {r['state']}" for s, r in rows.items() if r["state"] != "COMPLETED"]
@@ -286,20 +295,17 @@ def main(argv: list[str] | None = None) -> int:
             print(dry_run(sweep, cluster, date, plans, errors))
             for name, e in errors.items():
                 print(f"error: member {name}: {e}", file=sys.stderr)
-            return 2 if errors else 0
+            return cli.EXIT_INPUT if errors else cli.EXIT_OK
         preflight_all(plans, cluster)
         run_sweep(sweep, cluster, date, plans, retry=args.retry_failed)
     except ConfigError as e:  # includes launch.shell's refusals and bad manifests
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return cli.input_error(str(e))
     except UnicodeDecodeError as e:
-        print(f"error: {args.sweep}: not UTF-8 text ({e.reason} at byte {e.start}); save the "
-              f"sweep file as UTF-8", file=sys.stderr)
-        return 2
+        return cli.input_error(f"{args.sweep}: not UTF-8 text ({e.reason} at byte {e.start}); "
+                               f"save the sweep file as UTF-8")
     except OSError as e:  # an unreadable sweep file or an unwritable sweep directory
-        print(f"error: {e.filename or ''}: {e.strerror}; check the path and its permissions",
-              file=sys.stderr)
-        return 2
+        return cli.input_error(f"{e.filename or ''}: {e.strerror}; check the path and its "
+                               f"permissions")
     if not args.wait:
         return 0
     wait_all(plans, print)

@@ -236,7 +236,8 @@ def candidate_graph(graph: JobGraph, iteration: int) -> JobGraph:
     paths = RunPaths(candidate_dir(graph.run_dir, iteration))
     export, ev = graph.job("export_hf"), graph.job("eval_student_after")
     export = replace(export, spec=replace(
-        export.spec, out_dir=str(paths.hf_export), iteration=iteration,
+        export.spec, out_dir=str(paths.hf_export),
+        export=replace(export.spec.export, iteration=iteration),
         done_marker=str(paths.stage_done("export_hf"))))
     ev = replace(ev, spec=replace(
         ev.spec, model=str(paths.hf_export), out_file=str(paths.eval_result("student_after")),

@@ -123,11 +123,12 @@ def activate(device: str = "auto") -> dict[str, str]:
     return dict(_STATE)
 
 
-def enabled(name: str) -> bool:
-    """For the scoped workarounds (``kd.compat.scoped``): apply it around this call?"""
+def enabled(name: str, device: str = "any") -> bool:
+    """For the scoped workarounds (``kd.compat.scoped``): apply it around this call?
+    ``device`` matters only to those needed on one device (e.g. CPU)."""
     if name not in _STATE:
         wa = next(w for w in WORKAROUNDS if w.name == name)
-        ok, why = decide(wa, "any")
+        ok, why = decide(wa, device)
         if why.startswith("skipped"):
             log.warning("compat: %s %s (%s); revisit it", wa.name, why, wa.why)
         _STATE[name] = why
@@ -380,6 +381,49 @@ WORKAROUNDS: tuple[Workaround, ...] = (
         _nothing,
         None,
         "needs a SLURM job's environment; the SLURM end-to-end tests export inside one",
+    ),
+    Workaround(
+        "cpu-bridge-gloo-barrier",
+        _BRIDGE,
+        _BRIDGE_03,
+        "Bridge's distributed start-up ends with barrier(device_ids=[local rank]) whatever the "
+        "backend: older torch rejects device_ids on gloo and a CUDA build makes them CUDA "
+        "devices (torch 2.13's CPU wheel accepts them); on CPU kd.distill starts the gloo "
+        "group first, so Bridge skips its start-up",
+        "scoped",
+        _on_cpu,
+        _nothing,
+        lambda: probes.barrier_passes_device_ids_unguarded(
+            "megatron.bridge.training.initialize", "_initialize_distributed"
+        ),
+    ),
+    Workaround(
+        "mcore-checkpoint-writer-signal",
+        _MCORE,
+        _MCORE_016,
+        "torch_dist saves report through a Manager process spawned on the first save with "
+        "default signal dispositions: SLURM's exit signal (sent to every process of the step) "
+        "kills it and the save it asked for fails with BrokenPipeError; kd.distill starts it "
+        "before training with the exit signal ignored",
+        "scoped",
+        lambda device: True,
+        _nothing,
+        probes.spawned_manager_keeps_default_signals,
+    ),
+    Workaround(
+        "bridge-save-hook",
+        _BRIDGE,
+        _BRIDGE_03,
+        "Bridge has no hook around its checkpoint saves and submitit only logs SIGTERM; "
+        "kd.distill's kill path (no save starts after SIGTERM) wraps "
+        "train.save_checkpoint_and_time, the name Bridge's loop looks up at each save",
+        "scoped",
+        lambda device: True,
+        _nothing,
+        None,
+        "a missing feature, not a bug a probe can see in the source; "
+        "tests/reliability/test_checkpoints.py's SIGTERM tests cover the wrapped save and "
+        "tests/kd/test_compat.py checks that Bridge's loop still calls the wrapped name",
     ),
     Workaround(
         "datasets-local-folder-cache",

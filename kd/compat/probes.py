@@ -95,3 +95,35 @@ def _scatter_worker(rank: int, world: int, port: int, result) -> None:
 def mcore_makefile_missing() -> bool:
     path = module_file("megatron.core.datasets")
     return path is not None and not (path.parent / "Makefile").is_file()
+
+
+def barrier_passes_device_ids_unguarded(module: str, function: str) -> bool:
+    """Does ``function`` call ``barrier(device_ids=...)`` outside any ``if`` that checks for
+    CUDA devices (``device_count`` / ``is_available``)?"""
+    text = function_source(module, function)
+    if not text:
+        return False
+
+    def unguarded(node: ast.AST, guarded: bool) -> bool:
+        if isinstance(node, ast.If):
+            test = ast.unparse(node.test)
+            guarded = guarded or "device_count" in test or "is_available" in test
+        if (
+            isinstance(node, ast.Call)
+            and ast.unparse(node.func).endswith("barrier")
+            and any(k.arg == "device_ids" for k in node.keywords)
+            and not guarded
+        ):
+            return True
+        return any(unguarded(child, guarded) for child in ast.iter_child_nodes(node))
+
+    return unguarded(ast.parse(text), False)
+
+
+def spawned_manager_keeps_default_signals() -> bool:
+    """megatron-core's checkpoint-writer results queue: a spawn-started ``Manager()`` with no
+    signal handling of its own."""
+    text = function_source(
+        "megatron.core.dist_checkpointing.strategies.filesystem_async", "_get_write_results_queue"
+    )
+    return "Manager()" in text and "signal" not in text

@@ -4,9 +4,12 @@ in ``kd.compat.WORKAROUNDS`` (stage "scoped") and does nothing outside its versi
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
+import signal
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -64,3 +67,64 @@ def private_datasets_cache(active: bool):
             yield
         finally:
             datasets.config.HF_DATASETS_CACHE = previous
+
+
+def start_cpu_process_group(device: str, rank: int, world_size: int) -> None:
+    """On CPU, start the gloo group before Megatron-Bridge does: Bridge 0.3.1's start-up ends
+    with ``barrier(device_ids=[local rank])`` whatever the backend (older torch rejects
+    device_ids on gloo, a CUDA build turns them into CUDA devices); with the group already
+    started Bridge skips its own start-up."""
+    from kd import compat
+
+    if device != "cpu" or not compat.enabled("cpu-bridge-gloo-barrier", device):
+        return
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", rank=rank, world_size=world_size)
+
+
+def shield_checkpoint_writer(sig: int) -> None:
+    """Start megatron-core's checkpoint-writer results queue with ``sig`` ignored.
+
+    torch_dist saves report back through a ``multiprocessing.Manager`` process started with the
+    *spawn* method on the first save. A spawned process has default signal dispositions, and
+    SLURM signals every process of the step: the exit signal that asks Megatron to save would
+    kill that manager, and the very save it asked for then fails with BrokenPipeError (seen on
+    the SLURM test cluster). An ignored signal stays ignored across exec, so the manager is
+    created once here, before training, with ``sig`` set to SIG_IGN.
+    """
+    from kd import compat
+
+    if not compat.enabled("mcore-checkpoint-writer-signal"):
+        return
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    previous = signal.signal(sig, signal.SIG_IGN)
+    try:
+        filesystem_async._get_write_results_queue()
+    finally:
+        signal.signal(sig, previous)
+
+
+def around_bridge_saves(guard: Callable[[], contextlib.AbstractContextManager]) -> None:
+    """Run every Megatron-Bridge checkpoint save inside ``guard()`` (kd.distill's kill path:
+    no save starts after SIGTERM). Bridge has no hook for that; its training loop looks up
+    ``train.save_checkpoint_and_time`` at each save, so that name is wrapped (once)."""
+    from kd import compat
+
+    if not compat.enabled("bridge-save-hook"):
+        return
+    import megatron.bridge.training.train as train_module
+
+    original = train_module.save_checkpoint_and_time
+    if getattr(original, "_kd_guarded", False):
+        return
+
+    @functools.wraps(original)
+    def guarded_save(*args, **kwargs):
+        with guard():
+            return original(*args, **kwargs)
+
+    guarded_save._kd_guarded = True
+    train_module.save_checkpoint_and_time = guarded_save

@@ -68,9 +68,11 @@ import sys
 from kd import compat
 compat.activate("cpu")
 from kd import data
+from kd.sections import Data
 from kd.specs import DataSource, DataSpec
-print(data.run(DataSpec(sources=(DataSource(name="synth", jsonl=".cache/gpu_1b/corpus.jsonl"),),
-                        tokenizer=".cache/gpu_1b/tokenizer", out_dir=sys.argv[1], workers=8)))
+print(data.run(DataSpec(data=Data(sources=(DataSource(name="synth", jsonl=".cache/gpu_1b/corpus.jsonl"),),
+                                  tokenizer=".cache/gpu_1b/tokenizer", workers=8, log_interval=1000),
+                        out_dir=sys.argv[1])))
 PY
 }
 kdbench() {  # kdbench WORLD [VARIANTS]: GPUs 0..WORLD-1, reference TP = WORLD

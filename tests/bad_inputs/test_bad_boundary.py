@@ -73,7 +73,7 @@ def world(tmp_path, monkeypatch):
     monkeypatch.chdir(work)
     queued: list = []
     monkeypatch.setattr(submit, "launch", lambda *a, **k: queued.append(a) or 0)
-    monkeypatch.setattr(submit, "_submit_slurm", lambda *a, **k: queued.append(a) or 0)
+    monkeypatch.setattr(submit, "_submit_graph", lambda *a, **k: queued.append(a) or {})
     base = [f"student.path={s}", f"teacher.path={t}", f"export.hf_template={t}",
             f"eval.include_path={assets / 'tasks'}", "train.tp=1", "train.global_batch_size=2",
             "train.micro_batch_size=1", f"data.sources=[{{name: c, jsonl: {corpus}}}]"]
@@ -620,3 +620,116 @@ def test_manifest_never_holds_a_secret(tmp_path, value):
     with pytest.raises(UnsafeValue, match=r"manifest\.experiment\.extra\.notes\[0\]"):
         mf.write(tmp_path / "manifest.json", data)
     assert not (tmp_path / "manifest.json").exists()
+
+
+# ---------------------------------------------------------------- live pre-flight: accounting
+_REAL_SUBMIT = (submit.launch, submit._submit_graph)
+
+
+def _live_refusal(world, capsys, monkeypatch, *overrides: str) -> tuple[int, str]:
+    """Launch tiny_demo on ci with the REAL submission path; return (code, stderr) and what
+    squeue shows for this run's job names (must be nothing)."""
+    monkeypatch.setattr(submit, "launch", _REAL_SUBMIT[0])
+    monkeypatch.setattr(submit, "_submit_graph", _REAL_SUBMIT[1])
+    tag = f"acct{uuid.uuid4().hex[:8]}"
+    try:
+        code, out, err = run_cli(distill_cli.main, ["--cluster", "ci", "--config", "tiny_demo",
+                                                    "--run-dir", tag, f"name={tag}",
+                                                    *world["base"], *overrides], capsys)
+    finally:
+        names = subprocess.run(["squeue", "-h", "-o", "%i %j"], capture_output=True, text=True,
+                               timeout=30).stdout.splitlines()
+        mine = [line.split()[0] for line in names if tag in line]
+        if mine:  # a regression queued our own jobs: cancel exactly those
+            subprocess.run(["scancel", *mine], capture_output=True, timeout=30)
+    assert not mine, f"queued despite the refusal: {mine}\n{out}{err}"
+    assert not (world["work"] / tag).exists()
+    return code, out + err
+
+
+@pytest.mark.slurm
+@pytest.mark.parametrize("override, message", [
+    ("cluster.account=kd_no_such_account", "cluster.account='kd_no_such_account': user "),
+    ("cluster.qos=kd_no_such_qos", "cluster.qos='kd_no_such_qos': no such QOS"),
+], ids=["account-not-associated", "qos-does-not-exist"])
+def test_live_accounting_refuses_before_queueing(slurm_cluster, world, capsys, monkeypatch,
+                                                 override, message):
+    code, text = _live_refusal(world, capsys, monkeypatch, override)
+    assert code == 2 and message in text and "nothing was queued." in text, text
+
+
+@pytest.mark.slurm
+def test_live_qos_not_allowed_and_max_wall(slurm_cluster, world, capsys, monkeypatch):
+    """A QOS that only this test creates, then deletes: refused while the user
+    may not use it; once allowed (MaxWall 25 min), a stage time above its MaxWall is refused naming the field."""
+    qos = f"kdtest{uuid.uuid4().hex[:8]}"
+    user = subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
+
+    def sacctmgr(*args: str) -> None:
+        proc = subprocess.run(["sacctmgr", "-i", *args], capture_output=True, text=True,
+                              timeout=30)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    sacctmgr("add", "qos", qos, "MaxWall=00:25:00")
+    try:
+        code, text = _live_refusal(world, capsys, monkeypatch, f"cluster.qos={qos}")
+        assert code == 2 and f"cluster.qos='{qos}' is not allowed for user {user}" in text, text
+        sacctmgr("modify", "user", user, "set", f"qos+={qos}")
+        code, text = _live_refusal(world, capsys, monkeypatch, f"cluster.qos={qos}",
+                                   "cluster.time_min=28")
+        assert code == 2 and "cluster.time_min=28 min is over QOS" in text, text
+        assert "MaxWall of 25 min" in text
+    finally:
+        subprocess.run(["sacctmgr", "-i", "modify", "user", user, "set", f"qos-={qos}"],
+                       capture_output=True, timeout=30)
+        subprocess.run(["sacctmgr", "-i", "delete", "qos", qos], capture_output=True, timeout=30)
+
+
+FAKE_SCONTROL = """#!/bin/sh
+case "$1 $2" in
+  "ping "*) echo "Slurmctld(primary) at fake is UP" ;;
+  "show partition") echo "PartitionName=short AllowAccounts=ALL AllowQos=ALL Default=YES MaxNodes=UNLIMITED MaxTime=00:40:00 State=UP" ;;
+  "show node") for n in 1 2; do echo "NodeName=f$n CPUTot=4 RealMemory=4000 Gres=(null) Partitions=short State=IDLE"; done ;;
+  "show config") echo "ClusterName              = fake" ;;
+  *) exit 1 ;;
+esac
+"""
+FAKE_SACCTMGR = """#!/bin/sh
+case "$4" in
+  assoc) echo "acct_a||normal,slow|normal" ;;
+  user) echo "acct_a" ;;
+  qos) printf 'normal|\\nslow|00:25:00\\n' ;;
+  *) exit 1 ;;
+esac
+"""
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["cluster.time_min=50"], "stage distill: cluster.time_min=50 min is over partition short's "
+                              "MaxTime of 40 min"),
+    (["cluster.stages.eval_min=45"], "cluster.stages.eval_min=45 min is over partition short's "
+                                     "MaxTime"),
+    (["cluster.time_min=28", "cluster.qos=slow"], "cluster.time_min=28 min is over QOS slow's "
+                                                  "MaxWall of 25 min"),
+    (["cluster.account=acct_b"], "cluster.account='acct_b': user "),
+    (["cluster.qos=fast"], "cluster.qos='fast': no such QOS"),
+], ids=["distill-over-partition-maxtime", "eval-over-partition-maxtime", "over-qos-maxwall",
+        "account-not-associated", "no-such-qos"])
+def test_preflight_reads_partition_and_qos_limits(world, capsys, monkeypatch, tmp_path,
+                                                  overrides, message):
+    """Limits the shared test cluster does not set (its partitions have MaxTime=UNLIMITED),
+    read through fake scontrol/sacctmgr on PATH: the parsing and the refusal, before queueing."""
+    bin_dir = tmp_path / "fakebin"
+    bin_dir.mkdir()
+    for name, text in (("scontrol", FAKE_SCONTROL), ("sacctmgr", FAKE_SACCTMGR)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    for var in ("SBATCH_ACCOUNT", "SBATCH_QOS", "SBATCH_PARTITION"):
+        monkeypatch.delenv(var, raising=False)
+    code, out, err = run_cli(distill_cli.main, ["--cluster", "ci", "--config", "tiny_demo",
+                                                "--run-dir", "run", "name=bnd", *world["base"],
+                                                "cluster.partition=short", "cluster.signal_delay_s=30",
+                                                *overrides], capsys)
+    assert code == 2 and message in err and "nothing was queued." in err, out + err
+    assert not world["queued"] and not (world["work"] / "run").exists()

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from kd import data
-from kd.specs import DataSource, DataSpec
+from kd.sections import Data
+from kd.specs import DataSource, DataSpec, replace_fields
 
 
 def write_jsonl(path: Path, docs: list[str], extra: bool = True) -> Path:
@@ -30,13 +31,16 @@ def two_sources(tmp_path, tiny_tokenizer) -> DataSpec:
     a = write_jsonl(tmp_path / "a.jsonl", corpus(0, 60))
     b = write_jsonl(tmp_path / "b.jsonl", corpus(50, 60))
     return DataSpec(
-        sources=(
-            DataSource(name="alpha", weight=3.0, jsonl=str(a)),
-            DataSource(name="beta", weight=1.0, jsonl=str(b)),
+        data=Data(
+            sources=(
+                DataSource(name="alpha", weight=3.0, jsonl=str(a)),
+                DataSource(name="beta", weight=1.0, jsonl=str(b)),
+            ),
+            tokenizer=str(tiny_tokenizer),
+            workers=1,
+            log_interval=20,
         ),
-        tokenizer=str(tiny_tokenizer),
         out_dir=str(tmp_path / "run" / "data"),
-        log_interval=20,
         done_marker=str(tmp_path / "run" / "stages" / "prepare_data.done"),
     )
 
@@ -132,14 +136,14 @@ def test_half_finished_or_changed_sources_are_rebuilt(two_sources):
 
     assert len(IndexedDataset(str(out / "alpha_text_document"))) == 60
     # a changed source (fewer documents): rebuilt
-    capped = replace(two_sources.sources[0], max_documents=7)
-    data.run(replace(two_sources, sources=(capped, two_sources.sources[1])))
+    capped = replace(two_sources.data.sources[0], max_documents=7)
+    data.run(replace_fields(two_sources, sources=(capped, two_sources.data.sources[1])))
     assert len(IndexedDataset(str(out / "alpha_text_document"))) == 7
 
 
 def test_prefix_source_is_used_as_is(two_sources, tmp_path):
     first = data.run(two_sources)["blend"][0][1]
-    spec = replace(
+    spec = replace_fields(
         two_sources,
         out_dir=str(tmp_path / "other"),
         sources=(DataSource(name="pretokenized", weight=0.5, prefix=first),),
@@ -154,8 +158,9 @@ def test_hf_dataset_source_offline(tmp_path, tiny_tokenizer):
     folder.mkdir()
     write_jsonl(folder / "train.jsonl", corpus(20, 30))
     spec = DataSpec(
-        sources=(DataSource(name="hf", hf_name=str(folder), hf_split="train", max_documents=12),),
-        tokenizer=str(tiny_tokenizer),
+        data=Data(
+            sources=(DataSource(name="hf", hf_name=str(folder), hf_split="train", max_documents=12),),
+            tokenizer=str(tiny_tokenizer), workers=1),
         out_dir=str(tmp_path / "data"),
     )
     from megatron.core.datasets.indexed_dataset import IndexedDataset
@@ -167,18 +172,20 @@ def test_hf_dataset_source_offline(tmp_path, tiny_tokenizer):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"json_keys": ("text", "title")}, "exactly one key"),
-        ({"sources": ()}, "no sources"),
-        ({"sources": (DataSource(name="x", jsonl="a"), DataSource(name="x", jsonl="a"))}, "unique"),
-        ({"sources": (DataSource(name="x"),)}, "exactly one of"),
-        ({"sources": (DataSource(name="bad name", jsonl="a"),)}, "letters"),
-        ({"sources": (DataSource(name="x", jsonl="/nope.jsonl"),)}, "not found"),
-        ({"sources": (DataSource(name="x", prefix="/nope/data"),)}, "no .bin / .idx"),
+        (lambda: {"json_keys": ("text", "title")}, "exactly one key"),
+        (lambda: {"sources": ()}, "no sources"),
+        (lambda: {"sources": (DataSource(name="x", jsonl="a"), DataSource(name="x", jsonl="a"))},
+         "unique"),
+        (lambda: {"sources": (DataSource(name="x"),)}, "exactly one of"),
+        (lambda: {"sources": (DataSource(name="bad name", jsonl="a"),)}, "letters"),
+        (lambda: {"sources": (DataSource(name="x", jsonl="/nope.jsonl"),)}, "not found"),
+        (lambda: {"sources": (DataSource(name="x", prefix="/nope/data"),)}, "no .bin / .idx"),
     ],
 )
 def test_spec_mistakes_are_value_errors(two_sources, change, message):
+    # value mistakes are refused where the spec is built (kd.sections), file mistakes by check()
     with pytest.raises(ValueError, match=message):
-        data.check(replace(two_sources, **change))
+        data.check(replace_fields(two_sources, **change()))
 
 
 def test_zero_weight_is_refused_beside_its_field():
@@ -190,6 +197,6 @@ def test_zero_weight_is_refused_beside_its_field():
 def test_bad_jsonl_lines_are_value_errors(two_sources, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "w1 w2"}\n{"body": "w3"}\n')
-    spec = replace(two_sources, sources=(DataSource(name="bad", jsonl=str(bad)),))
+    spec = replace_fields(two_sources, sources=(DataSource(name="bad", jsonl=str(bad)),))
     with pytest.raises(ValueError, match=r"bad.jsonl:2: expected a JSON object with the key"):
         data.run(spec)

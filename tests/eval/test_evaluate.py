@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from always_c import expected_acc
 
 from kd import evaluate, results
-from kd.specs import EvalSpec
+from kd.specs import EvalSpec, replace_fields
 
 GROUP_KEYS = ["mmlu", "mmlu_humanities", "mmlu_other", "mmlu_social_sciences", "mmlu_stem"]
 
@@ -26,7 +24,8 @@ def spec_for(model: Path, tasks: Path, out: Path, **kw) -> EvalSpec:
         batch_size=8,
         device="auto",
     )
-    return EvalSpec(**{**base, **kw})
+    return replace_fields(EvalSpec(role="student_before", model=str(model), out_file=str(out)),
+                          **{**base, **kw})
 
 
 def test_mmlu_groups_schema_and_lm_eval_file(
@@ -129,7 +128,7 @@ def test_teacher_cache_hit_and_miss(tiny_teacher, mmlu_tasks, tmp_path, monkeypa
     copy = tmp_path / "teacher-copy"
     shutil.copytree(tiny_teacher, copy)
     hit = evaluate.run(
-        replace(first, model=str(copy), out_file=str(tmp_path / "run2" / "t.json"), batch_size=4)
+        replace_fields(first, model=str(copy), out_file=str(tmp_path / "run2" / "t.json"), batch_size=4)
     )
     assert calls == [] and hit["cache"]["hit"] is True
     assert hit["groups"] == computed["groups"] and hit["model"] == str(copy)
@@ -139,7 +138,7 @@ def test_teacher_cache_hit_and_miss(tiny_teacher, mmlu_tasks, tmp_path, monkeypa
     assert calls == []
     # different settings miss
     for change in ({"num_fewshot": 0}, {"limit": 3}, {"dtype": "float16", "device": "cuda"}):
-        evaluate.run(replace(first, out_file=str(tmp_path / "miss.json"), **change))
+        evaluate.run(replace_fields(first, out_file=str(tmp_path / "miss.json"), **change))
     assert len(calls) == 3
 
 
@@ -177,7 +176,7 @@ def test_spec_mistakes_are_value_errors(tmp_path, change, message):
     spec = spec_for(tmp_path, tmp_path, tmp_path / "x.json")
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(ValueError, match=message):
-        evaluate.check(replace(spec, **change))
+        evaluate.check(replace_fields(spec, **change))
 
 
 def test_model_dir_without_config_or_missing_is_a_value_error(tmp_path):
@@ -207,6 +206,6 @@ def test_same_named_local_copies_are_not_served_from_each_others_cache(tiny_teac
         data = build_fake_mmlu(tmp_path / copy / "mmlu_data", n_test=n_test, seed=n_test)
         tasks = write_task_overrides(tmp_path / copy / "tasks", data, DEFAULT_SUBJECTS)
         spec = spec_for(tiny_teacher, tasks, tmp_path / copy / "r.json")
-        spec = dataclasses.replace(spec, num_fewshot=0)
+        spec = replace_fields(spec, num_fewshot=0)
         counts[copy] = evaluate.run(spec)["groups"]["mmlu"]["n"]
     assert counts == {"a": 2 * len(DEFAULT_SUBJECTS), "b": 3 * len(DEFAULT_SUBJECTS)}

@@ -35,9 +35,9 @@ def main() -> int:
 
     from kd import export
     from kd.paths import iteration_dir
-    from kd.specs import ExportSpec
+    from kd.specs import ExportSpec, spec_from_dict
 
-    spec = ExportSpec(**json.loads(Path(sys.argv[1]).read_text()))
+    spec = spec_from_dict(ExportSpec, json.loads(Path(sys.argv[1]).read_text()))
     out = export.run(spec)
     meta = export.read_finished(out)
     torch.manual_seed(0)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from kd.dist_env import free_port, local_job_env
-from kd.specs import DistillSpec, KDOptions
+from kd.specs import DistillSpec, KDOptions, replace_fields
 
 REPO = Path(__file__).resolve().parents[2]
 VOCAB = 256  # kd.tiny.build_tokenizer's default
@@ -67,12 +67,10 @@ def build_token_dataset(prefix: Path, documents: int, seed: int) -> None:
 
 
 def make_spec(student: Path, teacher: Path, prefix: str, out: Path, **overrides) -> DistillSpec:
-    """A CPU-sized DistillSpec; ``overrides`` replace any field."""
+    """A CPU-sized DistillSpec; ``overrides`` replace any field of it or of its sections."""
+    spec = DistillSpec(student=str(student), teacher=str(teacher), data_blend=((1.0, prefix),),
+                       output_dir=str(out), kd=KDOptions(), device="cpu")
     base = dict(
-        student=str(student),
-        teacher=str(teacher),
-        data_blend=((1.0, prefix),),
-        output_dir=str(out),
         seq_length=32,
         micro_batch_size=2,
         global_batch_size=4,
@@ -84,13 +82,11 @@ def make_spec(student: Path, teacher: Path, prefix: str, out: Path, **overrides)
         eval_iters=1,
         log_interval=1,
         save_interval=3,
-        device="cpu",
         precision="fp32",
-        kd=KDOptions(),
         split="98,2,0",
     )
     base.update(overrides)
-    return DistillSpec(**base)
+    return replace_fields(spec, **base)
 
 
 def run_python(

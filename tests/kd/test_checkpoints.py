@@ -51,14 +51,13 @@ def test_files_missing_below_tracker_is_incomplete(tmp_path):
 
 def test_export_refuses_an_incomplete_iteration(tmp_path):
     from kd.export import resolve_iteration
-    from kd.specs import ExportSpec
+    from kd.sections import Export
+    from kd.specs import ExportSpec, replace_fields
 
     root = tmp_path / "checkpoints"
     save(root, 20)
     save(root, 40, complete=False)
-    spec = ExportSpec(checkpoints=str(root), student="s", hf_template="t", out_dir=str(tmp_path / "o"))
+    spec = ExportSpec(checkpoints=str(root), student="s", export=Export(hf_template="t"), out_dir=str(tmp_path / "o"))
     assert resolve_iteration(spec) == 20
-    import dataclasses
-
     with pytest.raises(ValueError, match=r"export.iteration=40: .* incomplete save .*\[20\]"):
-        resolve_iteration(dataclasses.replace(spec, iteration=40))
+        resolve_iteration(replace_fields(spec, iteration=40))

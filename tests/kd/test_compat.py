@@ -3,6 +3,7 @@ detectable upstream bug is probed so that a fixed upstream tells us to delete th
 
 from __future__ import annotations
 
+import ast
 import json
 import logging
 import subprocess
@@ -98,7 +99,7 @@ def test_scoped_workarounds_are_enabled_for_these_versions(monkeypatch):
     monkeypatch.setattr(compat, "_STATE", {})
     for wa in compat.WORKAROUNDS:
         if wa.stage == "scoped":
-            assert compat.enabled(wa.name), compat._STATE[wa.name]
+            assert compat.enabled(wa.name, "cpu"), compat._STATE[wa.name]
 
 
 def test_gpu_device_drops_the_cpu_patches(cpu_table):
@@ -133,3 +134,128 @@ def test_activate_reports_its_state_in_a_fresh_process():
     import torch  # noqa: F401  the CPU patches were applied in the child, not here
 
     assert not compat._STATE.get("cpu-torch-cuda-shims")
+
+
+MOVED_INTO_COMPAT = (
+    "cpu-bridge-gloo-barrier",
+    "mcore-checkpoint-writer-signal",
+    "bridge-save-hook",
+)
+
+
+def test_distill_workarounds_are_registered_and_used_through_compat():
+    """The gloo start-up, the checkpoint-writer signal shield and the save hook were in
+    kd/distill.py; each is now a registered workaround that its scoped call checks."""
+    from pathlib import Path
+
+    registry = {w.name: w for w in compat.WORKAROUNDS}
+    scoped_source = Path(compat.scoped.__file__).read_text()
+    for name in MOVED_INTO_COMPAT + tuple(n for n, w in registry.items() if w.stage == "scoped"):
+        assert registry[name].stage == "scoped", name
+        assert f'"{name}"' in scoped_source, f"kd/compat/scoped.py never checks {name}"
+    assert not compat.decide(registry["cpu-bridge-gloo-barrier"], "cuda")[0]  # CPU only
+
+
+_LIBRARIES = ("torch", "megatron", "modelopt", "transformers", "datasets", "lm_eval", "submitit")
+
+
+def test_no_library_workaround_outside_compat():
+    """Every workaround lives in kd/compat: outside it, kd/ never assigns into a library
+    module, starts a process group, hides environment variables or ignores a signal."""
+    from pathlib import Path
+
+    kd_dir = Path(compat.__file__).parents[1]
+    found = []
+    for path in sorted(kd_dir.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        library_names = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name.split(".")[0] in _LIBRARIES:
+                        library_names.add(alias.asname or alias.name.split(".")[0])
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                if node.module.split(".")[0] in _LIBRARIES:
+                    library_names.update(a.asname or a.name for a in node.names)
+        for node in ast.walk(tree):
+            where = f"{path.name}:{getattr(node, 'lineno', '?')}"
+            targets = node.targets if isinstance(node, ast.Assign) else []
+            for target in targets:
+                if isinstance(target, ast.Attribute):
+                    root = target.value
+                    while isinstance(root, ast.Attribute):
+                        root = root.value
+                    if isinstance(root, ast.Name) and root.id in library_names:
+                        found.append(f"{where}: assigns {ast.unparse(target)}")
+            if isinstance(node, ast.Call):
+                call = ast.unparse(node.func)
+                if call.endswith(("init_process_group", "environ.pop", "setattr")) and (
+                    call != "setattr" or _setattr_on_library(node, library_names)
+                ):
+                    found.append(f"{where}: {call}(...)")
+            if isinstance(node, ast.Attribute) and node.attr == "SIG_IGN":
+                found.append(f"{where}: signal.SIG_IGN")
+    assert not found, "workarounds outside kd/compat: " + "; ".join(found)
+
+
+def _setattr_on_library(node, library_names) -> bool:
+    first = node.args[0] if node.args else None
+    return isinstance(first, ast.Name) and first.id in library_names
+
+
+def _upstream(monkeypatch, tmp_path, source: str) -> None:
+    """The source probes read ``source`` as the upstream module (a fixed release, say)."""
+    from kd.compat import probes
+
+    path = tmp_path / "upstream.py"
+    path.write_text(source)
+    monkeypatch.setattr(probes, "module_file", lambda module: path)
+
+
+def test_gloo_barrier_probe_sees_a_guarded_barrier_as_fixed(tmp_path, monkeypatch):
+    from kd.compat import probes
+
+    broken = "def start(n):\n    init()\n    torch.distributed.barrier(device_ids=[n])\n"
+    _upstream(monkeypatch, tmp_path, broken)
+    assert probes.barrier_passes_device_ids_unguarded("any", "start")
+    fixed = (
+        "def start(n):\n"
+        "    init()\n"
+        "    if torch.cuda.device_count() > 0:\n"
+        "        torch.distributed.barrier(device_ids=[n])\n"
+        "    else:\n"
+        "        torch.distributed.barrier()\n"
+    )
+    _upstream(monkeypatch, tmp_path, fixed)
+    assert not probes.barrier_passes_device_ids_unguarded("any", "start")
+
+
+def test_checkpoint_writer_probe_sees_signal_handling_as_fixed(tmp_path, monkeypatch):
+    from kd.compat import probes
+
+    broken = "def _get_write_results_queue():\n    return ctx.Manager().Queue()\n"
+    _upstream(monkeypatch, tmp_path, broken)
+    assert probes.spawned_manager_keeps_default_signals()
+    fixed = (
+        "def _get_write_results_queue():\n"
+        "    with ignored(signal.SIGUSR2):\n"
+        "        return ctx.Manager().Queue()\n"
+    )
+    _upstream(monkeypatch, tmp_path, fixed)
+    assert not probes.spawned_manager_keeps_default_signals()
+
+
+def test_bridge_loop_still_saves_through_the_wrapped_name():
+    """bridge-save-hook wraps ``train.save_checkpoint_and_time``: it works only while Bridge's
+    training loop calls that module-level name (a renamed or imported-by-value save would
+    silently bypass the kill-path guard)."""
+    from kd.compat import probes
+
+    tree = ast.parse(probes.source_text("megatron.bridge.training.train"))
+    defined = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+    calls = [
+        n
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Call) and ast.unparse(n.func) == "save_checkpoint_and_time"
+    ]
+    assert "save_checkpoint_and_time" in defined and len(calls) >= 2

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import signal
@@ -15,6 +14,7 @@ import pytest
 from conftest import REPO, losses_of, make_spec, run_python, tagged_json
 
 from kd.paths import iteration_dir, latest_iteration
+from kd.specs import replace_fields
 
 
 def test_entry_points_import_without_torch():
@@ -46,7 +46,7 @@ def test_validate_names_the_fix(tmp_path, dense_student, tiny_teacher, token_pre
     }
     for needle, change in cases.items():
         with pytest.raises(ValueError, match=needle):
-            validate(dataclasses.replace(good, **change), world_size=1)
+            validate(replace_fields(good, **change), world_size=1)
 
 
 def test_spec_json_round_trip(tmp_path, dense_student, tiny_teacher, token_prefix):
@@ -100,14 +100,14 @@ def test_rerun_skips_when_complete(hetero_run, monkeypatch):
         os.environ.pop(key, None)
     # the done marker alone is enough; so is the final checkpoint without a marker
     assert distill.run(hetero_run["spec"])["status"] == "skipped"
-    summary = distill.run(dataclasses.replace(hetero_run["spec"], done_marker=None))
+    summary = distill.run(replace_fields(hetero_run["spec"], done_marker=None))
     assert summary["status"] == "skipped" and summary["iteration"] >= 6
 
 
 def test_resume_continues_from_saved_iteration(hetero_run, kd_runs):
     from kd.distill import spec_to_json
 
-    longer = dataclasses.replace(
+    longer = replace_fields(
         hetero_run["spec"], train_iters=8, done_marker=str(kd_runs / "stages" / "distill8.done")
     )
     spec_file = spec_to_json(longer, kd_runs / "hetero8.json")

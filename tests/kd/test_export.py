@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO, run_python, tagged_json
 
-from kd.specs import ExportSpec
+from kd.sections import Export
+from kd.specs import ExportSpec, replace_fields
 
 
 def _export_and_check(kd_runs: Path, name: str, spec: ExportSpec) -> dict:
@@ -26,9 +27,8 @@ def hetero_export(kd_runs, hetero_run, tiny_teacher, anymodel_student) -> tuple[
     spec = ExportSpec(
         checkpoints=str(Path(hetero_run["spec"].output_dir) / "checkpoints"),
         out_dir=str(kd_runs / "export_hetero"),
-        hf_template=str(tiny_teacher),
+        export=Export(hf_template=str(tiny_teacher), iteration=6),
         student=str(anymodel_student),
-        iteration=6,
         done_marker=str(kd_runs / "stages" / "export_hf.done"),
     )
     return spec, _export_and_check(kd_runs, "export_hetero", spec)
@@ -51,7 +51,7 @@ def test_export_tp2_dense_checkpoint(kd_runs, dense_tp2_run, dense_student):
     spec = ExportSpec(
         checkpoints=str(Path(dense_tp2_run["spec"].output_dir) / "checkpoints"),
         out_dir=str(kd_runs / "export_dense"),
-        hf_template=str(dense_student),
+        export=Export(hf_template=str(dense_student)),
         student=str(dense_student),
     )
     report = _export_and_check(kd_runs, "export_dense", spec)
@@ -62,12 +62,12 @@ def test_export_tp2_dense_checkpoint(kd_runs, dense_tp2_run, dense_student):
 def test_export_is_idempotent_and_never_overwrites(hetero_export, tmp_path):
     from kd import export
 
-    base = dataclasses.replace(hetero_export[0], done_marker=None)
+    base = replace_fields(hetero_export[0], done_marker=None)
     out = Path(base.out_dir)
     before = (out / export.FINISHED).stat().st_mtime_ns
     assert export.run(base) == out
     assert (out / export.FINISHED).stat().st_mtime_ns == before
     with pytest.raises(ValueError, match="choose another out_dir"):
-        export.run(dataclasses.replace(base, iteration=3))
+        export.run(replace_fields(base, iteration=3))
     with pytest.raises(ValueError, match="run the distill stage first"):
-        export.run(dataclasses.replace(base, checkpoints=str(tmp_path), iteration=None))
+        export.run(replace_fields(base, checkpoints=str(tmp_path), iteration=None))

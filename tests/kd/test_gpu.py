@@ -22,6 +22,7 @@ import pytest
 from conftest import REPO, losses_of, make_spec, run_python, run_ranks, tagged_json
 
 from kd.paths import latest_iteration
+from kd.sections import Export
 from kd.specs import ExportSpec
 
 pytestmark = pytest.mark.gpu
@@ -166,7 +167,7 @@ def export_and_check(kd_runs, name, run, template, student) -> dict:
     spec = ExportSpec(
         checkpoints=str(Path(run["spec"].output_dir) / "checkpoints"),
         out_dir=str(kd_runs / f"{name}_hf"),
-        hf_template=str(template),
+        export=Export(hf_template=str(template)),
         student=str(student),
     )
     spec_file = kd_runs / f"{name}_export.json"

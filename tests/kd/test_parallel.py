@@ -49,7 +49,7 @@ def test_distributed_optimizer_shards_over_dp2_and_trains(kd_runs, dense_tp1_run
 
     spec = make_spec(dense_student, tiny_teacher, token_prefix, kd_runs / "distopt",
                      train_iters=8, save_interval=None)
-    assert spec.distributed_optimizer == "auto"
+    assert spec.train.distributed_optimizer == "auto"
     spec_file = spec_to_json(spec, kd_runs / "distopt.json")
     outputs = run_ranks([str(REPO / "tests/kd/_probe_optimizer.py"), "--spec", str(spec_file)], 2,
                         kd_runs / "distopt_logs")

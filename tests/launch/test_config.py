@@ -115,3 +115,77 @@ def test_bad_cluster_values(override, message):
 def test_unknown_cluster_profile_lists_profiles():
     with pytest.raises(ConfigError, match=r"no such profile; choose one of .*local.*slurm"):
         cfg.load_cluster("nosuch")
+
+
+# ---------------------------------------------------------------- one declaration per section
+def test_sections_are_declared_once():
+    """The launcher's experiment sections ARE the stages' sections (kd/sections.py), and a stage
+    spec never re-declares a knob of a section it holds: a value has one name and one default."""
+    import dataclasses
+
+    from kd import sections, specs
+
+    for name in ("Experiment", "Data", "Source", "Train", "KD", "Export", "Eval", "ModelRef"):
+        assert getattr(cfg, name) is getattr(sections, name), name
+    held = 0
+    for _, cls in specs.STAGE_SPECS.values():
+        own = {f.name: f for f in dataclasses.fields(cls)}
+        for f in own.values():
+            section = f.type if isinstance(f.type, type) else getattr(sections, f.type, None)
+            if dataclasses.is_dataclass(section):
+                held += 1
+                twice = own.keys() & {g.name for g in dataclasses.fields(section)}
+                assert not twice, f"{cls.__name__} re-declares {twice} of {section.__name__}"
+    assert held >= 4  # data, train, kd, export, eval are held, not copied
+
+
+ONE_LINE = '    warmup_style: str = knob("linear", one_of("linear", "cosine"))  # the new knob\n'
+FLOW = r"""
+import json, sys
+from dataclasses import asdict
+from launch import config, layout, plan
+from kd.specs import STAGE_SPECS, spec_from_dict
+cl = config.load_cluster("local")
+exp, _ = layout.load_experiment(sys.argv[1], sys.argv[2:], cl)
+job = plan.plan(exp, cl, sys.argv[1] + ".run").job("distill")
+data = json.loads(json.dumps(asdict(job.spec)))
+back = spec_from_dict(STAGE_SPECS["distill"][1], data)
+print(json.dumps({"spec": data["train"]["warmup_style"], "back": back.train.warmup_style}))
+"""
+
+
+def test_a_new_knob_is_one_line(make_experiment, tmp_path):
+    """Add ONE line to kd/sections.py (a field with its default and check) in a copy of the
+    code: the knob is read from YAML and --set, reaches the distill spec's JSON and comes back
+    from it (kd.job --spec), and a bad value is refused naming train.warmup_style."""
+    import shutil
+    import subprocess
+    import sys
+
+    copy = tmp_path / "code"
+    for part in ("kd", "launch", "configs"):
+        shutil.copytree(REPO / part, copy / part,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    src = copy / "kd" / "sections.py"
+    text = src.read_text()
+    anchor = "    split: str = knob("
+    assert text.count(anchor) == 1
+    src.write_text(text.replace(anchor, ONE_LINE + anchor))
+    exp = make_experiment(train={"tp": 1, "pp": 1, "micro_batch_size": 1, "recompute": "none",
+                                 "global_batch_size": 4, "warmup_style": "cosine"})
+
+    def flow(*overrides: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", FLOW, str(exp), *overrides], cwd=copy,
+                              capture_output=True, text=True, timeout=120,
+                              env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(copy)})
+
+    good = flow()
+    assert good.returncode == 0, good.stderr[-2000:]
+    assert '{"spec": "cosine", "back": "cosine"}' in good.stdout
+    bad = flow("train.warmup_style=step")
+    assert bad.returncode != 0
+    assert "train.warmup_style='step': choose one of linear, cosine" in bad.stderr
+    # and without that line the key is unknown, naming the valid ones: nothing else declares it
+    src.write_text(text)
+    unknown = flow()
+    assert "unknown key(s) train.warmup_style; valid keys of train:" in unknown.stderr

@@ -151,4 +151,4 @@ def test_planning_and_preflight_refuse_an_unresolved_experiment(make_experiment)
         with pytest.raises(ValueError, match=r"train.tp, train.pp, train.recompute still 'auto'"):
             step()
     resolved, _ = layout.resolve(exp, cluster)
-    assert plan(resolved, cluster, "/tmp/unused").job("distill").spec.tp == 1
+    assert plan(resolved, cluster, "/tmp/unused").job("distill").spec.train.tp == 1

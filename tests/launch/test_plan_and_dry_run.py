@@ -39,7 +39,7 @@ def test_seed_graph_edges():
     assert set(deps["report"]) == {"eval_student_before", "eval_teacher", "eval_student_after"}
     d = g.job("distill")
     assert (d.nodes, d.tasks_per_node, d.gpus_per_node, d.requeue) == (1, 8, 8, True)
-    assert d.spec.tp == 8 and d.spec.data_blend == ((1.0, "/runs/golden/data/wikitext-train_text_document"),)
+    assert d.spec.train.tp == 8 and d.spec.data_blend == ((1.0, "/runs/golden/data/wikitext-train_text_document"),)
     assert g.dependents("distill") == ("export_hf", "eval_student_after", "report")
     assert g.job("eval_teacher").spec.cache_dir == "/lustre/fsw/my_account/kd_eval_cache"
 
@@ -101,7 +101,8 @@ HEAVY = ("torch", "megatron", "modelopt", "lm_eval", "transformers")
 
 def test_launch_never_imports_heavy_libraries():
     code = ("import sys; import launch.distill, launch.plan, launch.submit, launch.status, "
-            "launch.preflight, launch.executors, launch.report, kd.job, kd.specs; "
+            "launch.preflight, launch.executors, launch.report, kd.job, kd.specs, launch.cli, "
+            "launch.sweep, launch.backends.slurm, launch.backends.local; "
             f"bad=[m for m in sys.modules if m.split('.')[0] in {HEAVY!r}]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)

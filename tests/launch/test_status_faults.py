@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from launch import slurm_state, status
+from launch import status
+from launch.backends import slurm as slurm_backend
 
 
 def fake_tool(bindir: Path, name: str, stdout: str = "", rc: int = 0, sleep: float = 0,
@@ -31,7 +32,7 @@ def bindir(tmp_path, monkeypatch):
     d = tmp_path / "bin"
     d.mkdir()
     monkeypatch.setenv("PATH", f"{d}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setattr(slurm_state, "TIMEOUT_S", 1.0)
+    monkeypatch.setattr(slurm_backend, "TIMEOUT_S", 1.0)
     return d
 
 

@@ -20,6 +20,7 @@ import pytest
 from kd import checkpoints as ckpts
 from kd.export import resolve_iteration
 from kd.paths import iteration_dir, latest_iteration
+from kd.sections import Export
 from kd.specs import ExportSpec
 
 FINISHED_FILES = ("__0_0.distcp", "__0_1.distcp", "common.pt", ".metadata", "metadata.json",
@@ -37,8 +38,8 @@ def _save(root: Path, iteration: int, files=FINISHED_FILES, track: bool = True) 
 
 
 def _export(root: Path, tmp_path: Path, iteration: int | None = None) -> int:
-    spec = ExportSpec(checkpoints=str(root), out_dir=str(tmp_path / "hf"), hf_template="unused",
-                      student="unused", iteration=iteration)
+    spec = ExportSpec(checkpoints=str(root), out_dir=str(tmp_path / "hf"), student="unused",
+                      export=Export(hf_template="unused", iteration=iteration))
     return resolve_iteration(spec)
 
 

@@ -25,12 +25,15 @@ def demo_prefix(fixture_cache: Path) -> dict:
     """Demo models + the demo corpus tokenized once (a ready Megatron prefix: no data stage)."""
     from kd import data
     from kd.demo import build
+    from kd.sections import Data
     from kd.specs import DataSource, DataSpec
 
     assets = build(fixture_cache / "demo")
     out = fixture_cache / "demo_tokenized"
-    result = data.run(DataSpec(sources=(DataSource(name="synthetic", jsonl=str(assets["corpus"])),),
-                               tokenizer=str(assets["teacher"]), out_dir=str(out)))
+    result = data.run(DataSpec(
+        data=Data(sources=(DataSource(name="synthetic", jsonl=str(assets["corpus"])),),
+                  tokenizer=str(assets["teacher"]), workers=1, log_interval=1000),
+        out_dir=str(out)))
     return {**assets, "prefix": result["blend"][0][1]}
 
 

@@ -1,0 +1,482 @@
+"""The experiment schema (WHAT): every config section declared once, each check beside its field.
+
+Stdlib only: the launcher (``launch/``, login node) and the stages (``kd/``, compute nodes) both
+import it. The stage specs of ``kd/specs.py`` are thin envelopes that hold these section objects
+plus run paths, so a knob travels YAML -> ``Experiment`` -> stage spec -> ``--spec`` JSON without
+being named anywhere else.
+
+Adding a knob::
+
+    @dataclass(frozen=True)
+    class Train(Section):
+        ...
+        warmup_style: str = knob("linear", one_of("linear", "cosine"))  # that's all
+
+The one converter, ``build(cls, data, where)``, turns a dict (YAML, ``--set`` overrides, a
+manifest, the ``--spec`` JSON of ``kd.job``) into these dataclasses: it checks each value's type
+against the annotation, refuses unknown keys with the list of valid ones, refuses NaN/inf, and
+turns a failed check into ``ConfigError`` naming the dotted field (``train.lr=...: fix``).
+
+Checks:
+- per field: ``knob(default, check, ...)``: ``check(value)`` returns None when good, else the
+  fix (a sentence), or ``(sub_path, item, fix)`` to name one item of a list (see ``each``). Building blocks below: ``positive``, ``at_least``, ``one_of``, ...
+- across fields of one section: override ``Section.check(self)`` and raise ``FieldError``.
+- across sections: ``Experiment.check``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+Check = Callable[[Any], "str | tuple[str, Any, str] | None"]
+
+
+# ---------------------------------------------------------------- errors
+class ConfigError(ValueError):
+    """A user mistake in a config file or override; the message says which field and the fix."""
+
+
+class FieldError(ValueError):
+    """A bad value in one field of a section. ``build`` prefixes the section's path, so the
+    message names e.g. ``kd.logit_kl_temperature``. In ``text``, ``{s}`` marks where the section
+    path goes (for messages that name sibling fields too)."""
+
+    def __init__(self, field_name: str, value: object, fix: str, text: str | None = None):
+        self.field, self.value, self.fix = field_name, value, fix
+        self.text = text if text is not None else f"{{s}}{field_name}={value!r}: {fix}"
+        super().__init__(self.render(""))
+
+    def render(self, prefix: str) -> str:
+        return self.text.replace("{s}", prefix)
+
+
+# ---------------------------------------------------------------- declaring fields
+def knob(default: Any = dataclasses.MISSING, check: Check | None = None, *,
+         factory: Callable[[], Any] | None = None) -> Any:
+    """A section field: its default (or ``factory``) and its check, in one place."""
+    metadata = {"check": check} if check else {}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def positive(v: Any) -> str | None:
+    """None (unset) or a number > 0."""
+    return None if v is None or (_number(v) and v > 0) else "must be > 0"
+
+
+def at_least(low: float) -> Check:
+    return lambda v: None if v is None or (_number(v) and v >= low) else f"must be >= {low}"
+
+
+def finite_positive(v: Any) -> str | None:
+    return None if _number(v) and math.isfinite(v) and v > 0 else "must be a finite number > 0"
+
+
+def positive_or_auto(v: Any) -> str | None:
+    if v == "auto" or (_number(v) and isinstance(v, int) and v > 0):
+        return None
+    return "expected a positive integer or 'auto'"
+
+
+def one_of(*choices: Any, shown: str | None = None) -> Check:
+    text = shown or ", ".join(str(c).lower() if isinstance(c, bool) else str(c) for c in choices)
+
+    def check(v: Any) -> str | None:
+        ok = any(v is c if isinstance(c, bool) else (v == c and not isinstance(v, bool))
+                 for c in choices)
+        return None if ok else f"choose one of {text}"
+    return check
+
+
+def matches(pattern: str, fix: str) -> Check:
+    rx = re.compile(pattern)
+    return lambda v: None if v is None or (isinstance(v, str) and rx.fullmatch(v)) else fix
+
+
+def each(check: Check) -> Check:
+    """Apply ``check`` to every item of a list; the message names the item (``eval.tasks[1]``)."""
+    def run(values: Any) -> str | tuple | None:
+        for i, v in enumerate(values or ()):
+            fix = check(v)
+            if fix:
+                return f"[{i}]", v, fix
+        return None
+    return run
+
+
+def all_of(*checks: Check) -> Check:
+    def run(v: Any) -> str | None:
+        for c in checks:
+            fix = c(v)
+            if fix:
+                return fix
+        return None
+    return run
+
+
+@dataclass(frozen=True)
+class Section:
+    """Base of every section: runs each field's check, then ``check()`` (cross-field)."""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            check = f.metadata.get("check")
+            if check is None:
+                continue
+            value = getattr(self, f.name)
+            fix = check(value)
+            if isinstance(fix, tuple):  # (sub-path, value, fix): one item of a list
+                sub, item, fix = fix
+                raise FieldError(f"{f.name}{sub}", item, fix)
+            if fix:
+                raise FieldError(f.name, value, fix)
+        self.check()
+
+    def check(self) -> None:
+        """Checks that involve several fields of this section (raise ``FieldError``)."""
+
+
+# ---------------------------------------------------------------- sections of an experiment
+@dataclass(frozen=True)
+class ModelRef(Section):
+    path: str  # HF checkpoint directory (or, for export.hf_template only, a Hub id)
+
+
+_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]*"
+
+
+@dataclass(frozen=True)
+class Source(Section):
+    """One dataset of a blend: a local JSONL file, a Hugging Face dataset or a Megatron prefix."""
+
+    name: str = knob(check=matches(_NAME, "use letters, digits, '-', '_', '.' only, starting "
+                                          "with a letter or digit (it names files)"))  # file names under RUN/data/; unique in a blend
+    weight: float = knob(1.0, finite_positive)
+    jsonl: str | None = None  # local JSONL file (one JSON object per line)
+    hf_name: str | None = None  # e.g. "wikitext"
+    hf_config: str | None = None  # e.g. "wikitext-103-v1"
+    hf_split: str = "train"
+    max_documents: int | None = knob(None, lambda v: None if v is None or (_number(v) and v > 0)
+                                     else "must be > 0 (or null for all documents)")
+    prefix: str | None = None  # an already tokenized Megatron prefix (<prefix>.bin/.idx): used as is
+
+
+DataSource = Source  # the name the data stage uses
+
+
+def _one_key(v: Any) -> str | None:
+    if len(v) == 1:
+        return None
+    return "give exactly one key (the text field to train on, e.g. [text])"
+
+
+@dataclass(frozen=True)
+class Data(Section):
+    sources: tuple[Source, ...]
+    tokenizer: str | None = None  # default: the student's checkpoint dir
+    json_keys: tuple[str, ...] = knob(("text",), _one_key)
+    append_eod: bool = True
+    workers: int = knob(8, positive)  # the launcher caps it at the CPUs of the job
+    log_interval: int = knob(10000, positive)
+
+    def check(self) -> None:
+        if not self.sources:
+            raise FieldError("sources", (), "", "{s}sources is empty (no sources): add at least "
+                             "one dataset (jsonl:, hf_name: or prefix:)")
+        names: set[str] = set()
+        for i, s in enumerate(self.sources):
+            given = [k for k in ("jsonl", "hf_name", "prefix") if getattr(s, k)]
+            if len(given) != 1:
+                raise FieldError(f"sources[{i}]", s.name, "", f"{{s}}sources[{i}]: set exactly "
+                                 f"one of jsonl, hf_name, prefix (got {', '.join(given) or 'none'})")
+            if s.name in names:
+                raise FieldError(f"sources[{i}].name", s.name,
+                                 "is used twice: names must be unique",
+                                 f"{{s}}sources[{i}].name={s.name!r} is used twice: names must be "
+                                 f"unique")
+            names.add(s.name)
+
+
+def _split(v: Any) -> str | None:
+    parts = str(v).split(",")
+    if len(parts) != 3 or not all(p.strip().replace(".", "", 1).isdigit() for p in parts):
+        return "write three numbers, e.g. '99,1,0'"
+    weights = [float(p) for p in parts]
+    if not sum(weights) > 0:
+        return ("the train/valid/test weights sum to 0; give the training set a positive share, "
+                "e.g. '99,1,0'")
+    if not weights[0] > 0:
+        return "the training share (first number) must be > 0"
+    return None
+
+
+@dataclass(frozen=True)
+class Train(Section):
+    # tp, pp, micro_batch_size, recompute: "auto" lets launch/layout.py choose from the memory
+    # estimate (smallest model parallelism that fits, then the largest micro-batch); the stage
+    # spec always holds the resolved values
+    tp: int | str = knob("auto", positive_or_auto)
+    pp: int | str = knob("auto", positive_or_auto)
+    cp: int = knob(1, lambda v: None if v == 1 else "context parallelism is not supported by "
+                   "the distill stage yet; set train.cp=1")
+    seq_length: int = knob(4096, positive)
+    micro_batch_size: int | str = knob("auto", positive_or_auto)
+    recompute: str = knob("auto", one_of("auto", "none", "full"))  # activation recomputation
+    # overlap the data-parallel gradient all-reduce with backward (GPU, dp > 1); off: no gain
+    # measured on one 4 x H100 node (benchmarks/results/h100x4_2026-11-28_issue8.json)
+    overlap_grad_reduce: bool = False
+    # auto | true | false: Megatron's distributed optimizer (Adam states sharded over DP ranks);
+    # auto = on whenever DP > 1 (launch/memory.py distributed_optimizer() resolves it)
+    distributed_optimizer: bool | str = knob("auto", one_of("auto", True, False))
+    global_batch_size: int = knob(4, positive)
+    train_iters: int = knob(100, positive)
+    lr: float = knob(1e-4, finite_positive)
+    min_lr: float = knob(1e-5, at_least(0))
+    lr_warmup_iters: int = knob(10, at_least(0))
+    eval_interval: int = knob(10, positive)
+    eval_iters: int = knob(10, at_least(0))
+    log_interval: int = knob(1, positive)
+    save_interval: int | None = knob(None, positive)  # None: at the end (and on timeout signals)
+    seed: int = 1234
+    precision: str = knob("bf16", one_of("bf16", "fp32"))  # the launcher uses fp32 without GPUs
+    split: str = knob("99,1,0", _split)  # train/valid/test split of the blend
+
+    def check(self) -> None:
+        if self.min_lr > self.lr:
+            raise FieldError("min_lr", self.min_lr, "", f"{{s}}lr={self.lr}, {{s}}min_lr="
+                             f"{self.min_lr}: need lr > 0 and 0 <= min_lr <= lr")
+        if self.lr_warmup_iters >= self.train_iters:
+            raise FieldError("lr_warmup_iters", self.lr_warmup_iters, "",
+                             f"{{s}}lr_warmup_iters={self.lr_warmup_iters} must be < {{s}}"
+                             f"train_iters={self.train_iters}: lower the warm-up or train longer")
+        mbs = self.micro_batch_size
+        if isinstance(mbs, int) and self.global_batch_size % mbs:
+            raise FieldError("global_batch_size", self.global_batch_size, "",
+                             f"{{s}}global_batch_size={self.global_batch_size} is not a multiple "
+                             f"of {{s}}micro_batch_size={mbs}")
+
+    def save_points(self) -> list[int]:
+        """Iterations a checkpoint is saved at."""
+        s = self.save_interval
+        points = set(range(s, self.train_iters + 1, s)) if s else set()
+        return sorted(points | {self.train_iters})
+
+
+@dataclass(frozen=True)
+class KD(Section):
+    logit_kl_temperature: float = knob(1.0, finite_positive)
+    logit_kl_topk: int | None = knob(None, lambda v: None if v is None or v > 0 else
+                                     "must be > 0 (or null for the full vocabulary)")
+    intermediate_layer_pairs: tuple[tuple[str, str], ...] = ()
+    skip_lm_loss: bool = True  # False mixes the student's CE loss in
+    kd_loss_scale: float = knob(1.0, finite_positive)
+
+
+KDOptions = KD  # the name the distill stage uses
+
+
+@dataclass(frozen=True)
+class Export(Section):
+    enabled: bool = True
+    hf_template: str | None = None  # the seed's --hf-model: base architecture of the student
+    iteration: int | None = knob(None, positive)  # None: the last saved iteration
+
+
+EVAL_DTYPES = ("auto", "bfloat16", "float16", "float32", "half", "float")
+
+
+def _batch_size(v: Any) -> str | None:
+    if isinstance(v, str):
+        return None if re.fullmatch(r"auto(:\d+)?", v) else "a positive integer, 'auto' or 'auto:N'"
+    return positive(v)
+
+
+@dataclass(frozen=True)
+class Eval(Section):
+    enabled: bool = True
+    tasks: tuple[str, ...] = knob(("mmlu",), each(matches(
+        r"[A-Za-z0-9][A-Za-z0-9_.\-]*", "not an lm-eval task name (letters, digits, '_', '-', '.')")))
+    num_fewshot: int = knob(5, at_least(0))
+    limit: int | float | None = knob(None, positive)  # per subject, as lm-eval defines it: N or a fraction < 1
+    batch_size: int | str = knob(1, _batch_size)
+    dtype: str = knob("bfloat16", one_of(*EVAL_DTYPES))  # the launcher uses float32 without GPUs
+    include_path: str | None = None  # lm-eval task overrides (e.g. a local copy of cais/mmlu)
+
+    def check(self) -> None:
+        if self.enabled and not self.tasks:
+            raise FieldError("tasks", (), "", "{s}tasks is empty: name at least one lm-eval task "
+                             "(e.g. [mmlu]) or set eval.enabled=false")
+
+
+@dataclass(frozen=True)
+class Experiment(Section):
+    name: str
+    student: ModelRef
+    teacher: ModelRef
+    data: Data
+    train: Train = knob(factory=Train)
+    kd: KD = knob(factory=KD)
+    export: Export = knob(factory=Export)
+    eval: Eval = knob(factory=Eval)
+
+    def check(self) -> None:  # across sections
+        ex, t = self.export, self.train
+        if ex.enabled and not ex.hf_template:
+            raise FieldError("export.hf_template", None, "", "export.hf_template is not set but "
+                             "export.enabled is true: give the HF model (dir or id) of the "
+                             "student's base architecture, e.g. export.hf_template=meta-llama/"
+                             "Llama-3.1-8B-Instruct, or set export.enabled=false")
+        it = ex.iteration
+        if it is not None and it > t.train_iters:
+            raise FieldError("export.iteration", it, "", f"export.iteration={it} is beyond "
+                             f"train.train_iters={t.train_iters}: no checkpoint will exist; lower "
+                             f"export.iteration or leave it null (the last saved iteration)")
+        if it is not None and it not in (points := t.save_points()):
+            shown = ", ".join(map(str, points[:8])) + (", ..." if len(points) > 8 else "")
+            raise FieldError("export.iteration", it, "", f"export.iteration={it} is not a save "
+                             f"point (train.save_interval={t.save_interval}, train.train_iters="
+                             f"{t.train_iters}; saved at {shown}): pick one of those or leave "
+                             f"export.iteration null")
+        if self.eval.enabled and not ex.enabled:
+            raise FieldError("eval.enabled", True, "", "eval.enabled needs export.enabled: the "
+                             "distilled student is evaluated from its HF export; enable export or "
+                             "set eval.enabled=false")
+
+
+# ---------------------------------------------------------------- the one converter
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin in (list, tuple):
+        args = [a for a in typing.get_args(tp) if a is not Ellipsis]
+        return f"list of {_type_name(args[0])}" if args else "list"
+    if origin is dict:
+        return "mapping"
+    if tp is type(None):
+        return "null"
+    if dataclasses.is_dataclass(tp):
+        return "mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+def build(cls: type, data: Any, where: str) -> Any:
+    """Build dataclass ``cls`` from ``data`` (a dict), checking every field."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ConfigError(
+            f"unknown key(s) {', '.join(prefix + str(k) for k in unknown)}; "
+            f"valid keys{' of ' + where if where else ''}: {', '.join(sorted(fields))}"
+        )
+    kwargs = {}
+    for name, f in fields.items():
+        path = f"{where}.{name}" if where else name
+        if name in data:
+            kwargs[name] = convert(hints[name], data[name], path)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{path} is required but missing: add `{name}: ...` to the config "
+                              f"or pass {path}=VALUE on the command line")
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except FieldError as e:  # a check beside its field
+        raise ConfigError(e.render(f"{where}." if where else "")) from None
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{where or 'config'}: {e}") from e
+
+
+def convert(tp: Any, value: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return convert(arg, value, path)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, path)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r} "
+                              f"(write a YAML list, e.g. [a, b])")
+        args = typing.get_args(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(args) != len(value):
+                raise ConfigError(f"{path}: expected {len(args)} items, got {value!r}")
+            return tuple(convert(a, v, f"{path}[{i}]")
+                         for i, (a, v) in enumerate(zip(args, value, strict=True)))
+        item = args[0] if args else Any
+        return tuple(convert(item, v, f"{path}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        _, vt = typing.get_args(tp) or (str, Any)
+        return {str(k): convert(vt, v, f"{path}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{path}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{path}: expected an integer, got {value!r}")
+    if tp is float:
+        out = None
+        if _number(value):
+            out = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
+            try:
+                out = float(value)
+            except ValueError:
+                pass
+        if out is None:
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        if not math.isfinite(out):
+            raise ConfigError(f"{path}={value!r}: must be a finite number (not NaN or infinity)")
+        return out
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if _number(value):
+            return str(value)
+        raise ConfigError(f"{path}: expected a string, got {value!r}")
+    raise AssertionError(f"unsupported annotation {tp!r} at {path}")
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain (YAML/JSON-able) form of a config dataclass; ``build`` reads it back."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
