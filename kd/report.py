@@ -226,7 +226,7 @@ def run(spec: ReportSpec) -> str:
     if not os.access(out, os.W_OK | os.X_OK):
         raise ValueError(f"--out {out}: not writable by you; pass a writable directory")
     text = markdown(before, after, teacher, spec.title)
-    if getattr(spec, "selection", None):
+    if spec.selection:
         text += "\n" + selection_section(spec.selection, out)
     _write_text(out / "report.md", text)
     _write_text(out / "report.csv", frame(before, after, teacher).to_csv(float_format="%.6g"))

@@ -29,42 +29,17 @@ import logging
 import math
 import os
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 from kd import results
-from kd.specs import EvalSpec, ExportSpec
+from kd.sections import VAL_LOSS
+from kd.specs import CandidateSpec, SelectSpec
 
 log = logging.getLogger("kdlaunch.select")
 
 SCHEMA = "kdlaunch.selection/v1"
-VAL_LOSS = "val_loss"  # select by the student's validation loss (lower is better)
 VAL_LOSS_TAG = "lm loss validation"  # Megatron's TensorBoard scalar: the student's CE, held out
-NOISE_Z = 2.0
 EXPORT_MARKER = ".kdlaunch-export.json"  # kd.export.FINISHED (kd.export imports torch lazily)
-
-
-@dataclass(frozen=True)
-class CandidateSpec:
-    """One candidate iteration: its export and (None when selecting by validation loss) its
-    quick eval."""
-
-    iteration: int
-    export: ExportSpec
-    eval: EvalSpec | None = None
-    done_marker: str | None = None
-
-
-@dataclass(frozen=True)
-class SelectSpec:
-    candidates: tuple[tuple[int, str], ...]  # (iteration, candidate run dir), ascending
-    by: str  # a results group key (mmlu, kd_synth, ...) or "val_loss"
-    out_dir: str  # RUN/export/hf
-    selection_dir: str  # RUN/select
-    tensorboard: str | None = None  # RUN/distill/tensorboard (validation loss per iteration)
-    keep_candidates: bool = True  # False: delete the losers' exports once the winner is in place
-    noise_z: float = NOISE_Z
-    done_marker: str | None = None
 
 
 # ---------------------------------------------------------------- pure selection logic
@@ -80,7 +55,7 @@ def pick_best(scores: dict[int, float], higher: bool = True) -> int:
     return max(scores, key=lambda it: (sign * scores[it], it))
 
 
-def overfitting(rows: list[dict], best: int, higher: bool, noise_z: float = NOISE_Z) -> dict:
+def overfitting(rows: list[dict], best: int, higher: bool, noise_z: float = 2.0) -> dict:
     """Is the last candidate worse than the best by more than the noise?
 
     ``rows``: one dict per iteration with ``score`` and ``stderr`` (None when unknown)."""
@@ -111,12 +86,13 @@ def candidate_paths(run_dir: str | Path) -> tuple[Path, Path]:
 def score_rows(spec: SelectSpec) -> list[dict]:
     """One row per candidate: iteration, score, stderr, n, val_loss, files."""
     losses = val_losses(spec.tensorboard) if spec.tensorboard else {}
+    by = spec.select.by
     rows = []
     for it, cand in spec.candidates:
         export, result_file = candidate_paths(cand)
         row = {"iteration": it, "export": str(export), "results": None,
                "val_loss": losses.get(it), "score": None, "stderr": None, "n": None}
-        if spec.by == VAL_LOSS:
+        if by == VAL_LOSS:
             if row["val_loss"] is None:
                 raise ValueError(
                     f"select.by=val_loss: no '{VAL_LOSS_TAG}' at iteration {it} in "
@@ -125,10 +101,10 @@ def score_rows(spec: SelectSpec) -> list[dict]:
             row["score"] = row["val_loss"]
         else:
             groups = results.load(result_file)["groups"]
-            if spec.by not in groups:
-                raise ValueError(f"{result_file} has no {spec.by!r} score (it has "
+            if by not in groups:
+                raise ValueError(f"{result_file} has no {by!r} score (it has "
                                  f"{', '.join(groups)}): set select.by to one of those")
-            g = groups[spec.by]
+            g = groups[by]
             row.update(results=str(result_file), score=g["acc"], stderr=g.get("acc_stderr"),
                        n=g.get("n"))
         rows.append(row)
@@ -151,12 +127,13 @@ def val_losses(tensorboard: str | Path | None) -> dict[int, float]:
 def decide(spec: SelectSpec) -> dict:
     """Score the candidates and pick one: the selection record (written as selection.json)."""
     rows = score_rows(spec)
-    higher = higher_is_better(spec.by)
+    by = spec.select.by
+    higher = higher_is_better(by)
     best = pick_best({r["iteration"]: r["score"] for r in rows}, higher)
-    return {"schema": SCHEMA, "by": spec.by, "label": label(spec.by), "higher_is_better": higher,
+    return {"schema": SCHEMA, "by": by, "label": label(by), "higher_is_better": higher,
             "selected": best, "candidates": rows,
-            "overfitting": overfitting(rows, best, higher, spec.noise_z),
-            "export": spec.out_dir, "keep_candidates": spec.keep_candidates}
+            "overfitting": overfitting(rows, best, higher, spec.select.noise_z),
+            "export": spec.out_dir, "keep_candidates": spec.select.keep_candidates}
 
 
 def label(by: str) -> str:
@@ -192,8 +169,8 @@ def run(spec: SelectSpec | CandidateSpec) -> dict:
     write_report(selection, sel_dir)
     winner = next(r for r in selection["candidates"] if r["iteration"] == selection["selected"])
     materialise(Path(winner["export"]), Path(spec.out_dir), selection["selected"],
-                keep=spec.keep_candidates)
-    if not spec.keep_candidates:
+                keep=spec.select.keep_candidates)
+    if not spec.select.keep_candidates:
         for r in selection["candidates"]:
             if r["iteration"] != selection["selected"] and Path(r["export"]).is_dir():
                 shutil.rmtree(r["export"])

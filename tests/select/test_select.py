@@ -15,6 +15,8 @@ import pytest
 from kd import results
 from kd import select as sel
 from kd.paths import RunPaths, candidate_stage, is_stage
+from kd.sections import Select
+from kd.specs import SelectSpec
 from launch import history
 
 
@@ -41,12 +43,13 @@ def make_candidates(run: Path, scores: dict[int, float], stderr: float | None = 
     return tuple(out)
 
 
-def spec(run: Path, cands, **kw) -> sel.SelectSpec:
+def spec(run: Path, cands, tensorboard: str | None = None, **select) -> SelectSpec:
     paths = RunPaths(run)
-    kw.setdefault("by", "kd_synth")
-    return sel.SelectSpec(candidates=cands, out_dir=str(paths.hf_export),
-                          selection_dir=str(paths.select),
-                          done_marker=str(paths.stage_done("select")), **kw)
+    select.setdefault("by", "kd_synth")
+    return SelectSpec(candidates=cands, out_dir=str(paths.hf_export),
+                      selection_dir=str(paths.select), tensorboard=tensorboard,
+                      select=Select(every_save=True, **select),
+                      done_marker=str(paths.stage_done("select")))
 
 
 def test_pick_best_ties_and_direction():

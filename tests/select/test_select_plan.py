@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from kd.select import CandidateSpec, SelectSpec
+from kd.sections import ConfigError
+from kd.specs import CandidateSpec, SelectSpec
 from launch import config as cfg
 from launch import layout
 from launch.plan import plan
-from launch.select_plan import candidate_iterations, quick_tasks, with_selection
+from launch.select_plan import quick_tasks
 
 RUN = Path("/runs/sel")
 
@@ -22,13 +23,16 @@ def demo_graph(*overrides: str):
 
 
 def test_candidate_iterations():
-    assert candidate_iterations("every_save", 150, 50) == [50, 100, 150]
-    assert candidate_iterations("every_save", 160, 50) == [50, 100, 150, 160]
-    assert candidate_iterations((50,), 150, 50) == [50, 150]  # the final one always counts
-    assert candidate_iterations("every_save", 150, 50, final=100) == [50, 100]
-    with pytest.raises(ValueError, match=r"select.iterations=\[40\]: 40 is not saved .*"
-                                         r"choose from \[50, 100, 150\]"):
-        candidate_iterations((40,), 150, 50)
+    def cands(*over):
+        exp, _ = demo_graph(*over)
+        return exp.select.candidates(exp.train)
+
+    assert cands("select.every_save=true") == [50, 100, 150]
+    assert cands("select.every_save=true", "train.train_iters=160") == [50, 100, 150, 160]
+    assert cands("select.iterations=[50]") == [50, 150]  # the last one always counts
+    with pytest.raises(ConfigError, match=r"select.iterations=\[40\]: 40 is not a save point "
+                                          r".*saved at 50, 100, 150"):
+        demo_graph("select.iterations=[40]")
 
 
 def test_quick_tasks():
@@ -39,9 +43,8 @@ def test_quick_tasks():
 
 
 def test_graph_jobs_and_afterok_edges():
-    exp, base = demo_graph()
-    g = with_selection(base, [50, 100, 150], by="kd_synth", limit=4, keep_candidates=True,
-                       noise_z=2.0, tensorboard=str(RUN / "distill" / "tensorboard"))
+    _, base = demo_graph()
+    exp, g = demo_graph("select.every_save=true", "select.by=kd_synth", "select.limit=4")
     assert g.stages == ("prepare_data", "distill", "candidate_50", "candidate_100",
                         "candidate_150", "select", "eval_student_before", "eval_teacher",
                         "eval_student_after", "report")
@@ -54,33 +57,48 @@ def test_graph_jobs_and_afterok_edges():
 
     c = g.job("candidate_100")
     assert c.module == "kd.select" and isinstance(c.spec, CandidateSpec)
-    assert c.spec.export.iteration == 100
+    assert c.spec.export.export.iteration == 100
     assert c.spec.export.out_dir == "/runs/sel/select/iter_0000100/export/hf"
     assert c.spec.eval.model == c.spec.export.out_dir
     assert c.spec.eval.out_file == "/runs/sel/select/iter_0000100/eval/student_after.json"
-    assert (c.spec.eval.limit, c.spec.eval.tasks) == (4, ("mmlu", "kd_synth"))
+    assert (c.spec.eval.eval.limit, c.spec.eval.eval.tasks) == (4, ("mmlu", "kd_synth"))
     assert c.spec.done_marker == "/runs/sel/stages/candidate_100.done"
     # the full eval of the chosen export keeps the experiment's settings
     after = g.job("eval_student_after").spec
-    assert after.model == "/runs/sel/export/hf" and after.limit == base.job(
-        "eval_student_after").spec.limit and after.tasks == ("mmlu", "kd_synth")
+    assert after == base.job("eval_student_after").spec and after.model == "/runs/sel/export/hf"
 
     s = g.job("select")
     assert isinstance(s.spec, SelectSpec) and s.spec.out_dir == "/runs/sel/export/hf"
     assert s.spec.candidates[0] == (50, "/runs/sel/select/iter_0000050")
-    assert (s.spec.by, s.spec.keep_candidates, s.cpus_per_task) == ("kd_synth", True, 1)
+    assert s.spec.select == exp.select and s.cpus_per_task == 1
+    assert s.spec.tensorboard == "/runs/sel/distill/tensorboard"
+    assert g.job("report").spec.selection == "/runs/sel/select/selection.json"
+    assert base.job("report").spec.selection is None
 
 
 def test_val_loss_selection_needs_no_quick_eval():
     _, base = demo_graph()
-    g = with_selection(base, [50, 150], by="val_loss", limit=None, keep_candidates=False,
-                       noise_z=2.0, tensorboard="/runs/sel/distill/tensorboard")
+    _, g = demo_graph("select.iterations=[50]", "select.by=val_loss")
     assert all(g.job(f"candidate_{it}").spec.eval is None for it in (50, 150))
     assert g.job("candidate_50").gpus_per_node == base.job("export_hf").gpus_per_node
+    with pytest.raises(ConfigError, match=r"select.by=val_loss: .*not at \[50\]"):
+        demo_graph("select.every_save=true", "select.by=val_loss", "train.eval_interval=20")
 
 
-def test_task_selection_needs_the_eval_stage():
-    _, base = demo_graph("eval.enabled=false")
-    with pytest.raises(ValueError, match="needs the eval stage"):
-        with_selection(base, [50, 150], by="mmlu", limit=2, keep_candidates=True, noise_z=2.0,
-                       tensorboard=None)
+@pytest.mark.parametrize("overrides, message", [
+    (("eval.enabled=false", "select.by=mmlu"), "needs the eval stage"),
+    (("select.by=gsm8k",), "not an MMLU group and not in eval.tasks"),
+    (("export.iteration=50",), "export.iteration unset"),
+])
+def test_refused_combinations(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        demo_graph("select.every_save=true", *overrides)
+
+
+def test_standalone_stage_lookup():
+    from kd.specs import stage_spec
+
+    assert stage_spec("candidate_50") == ("kd.select", CandidateSpec)
+    assert stage_spec("select") == ("kd.select", SelectSpec)
+    with pytest.raises(ValueError, match="unknown stage 'candidate_x'"):
+        stage_spec("candidate_x")
