@@ -102,3 +102,28 @@ def test_standalone_stage_lookup():
     assert stage_spec("select") == ("kd.select", SelectSpec)
     with pytest.raises(ValueError, match="unknown stage 'candidate_x'"):
         stage_spec("candidate_x")
+
+
+def test_specs_round_trip_through_json():
+    """The standalone sbatch form (--emit-sbatch) writes each spec as JSON; kd.job reads it."""
+    import json
+    from dataclasses import asdict
+
+    from kd.specs import spec_from_dict, stage_spec
+
+    _, g = demo_graph("select.every_save=true", "select.by=kd_synth")
+    for stage in ("candidate_50", "select", "report"):
+        spec = g.job(stage).spec
+        _, cls = stage_spec(stage)
+        assert spec_from_dict(cls, json.loads(json.dumps(asdict(spec)))) == spec
+    _, g = demo_graph("select.every_save=true", "select.by=val_loss")
+    spec = g.job("candidate_100").spec
+    assert spec_from_dict(CandidateSpec, json.loads(json.dumps(asdict(spec)))) == spec
+
+
+def test_sweep_and_experiment_selection_are_not_combined(tmp_path):
+    from launch import sweep_plan as sp
+
+    exp, g = demo_graph("select.every_save=true")
+    with pytest.raises(ConfigError, match="keep one"):
+        sp.candidates(exp, g, (50,))
