@@ -237,14 +237,14 @@ def run(spec: ReportSpec) -> str:
 
 
 def selection_section(selection_file: str | Path, out: Path) -> str:
-    """The checkpoint-selection section (kd/select.py): table and plot of score against
+    """The checkpoint-selection section (kd/selection.py): table and plot of score against
     iteration, the chosen iteration, the overfitting flag; the plot goes to
     ``out/selection.png``."""
-    from kd import select
+    from kd import selection as sel
 
-    selection = select.load(selection_file)
-    select.plot(selection, out / "selection.png")
-    return select.markdown_section(selection, "selection.png")
+    record = sel.load(selection_file)
+    sel.plot(record, out / "selection.png")
+    return sel.markdown_section(record, "selection.png")
 
 
 def _write_text(path: Path, text: str) -> None:

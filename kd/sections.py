@@ -325,7 +325,7 @@ VAL_LOSS = "val_loss"  # select.by: the student's validation loss that distill l
 
 @dataclass(frozen=True)
 class Select(Section):
-    """Checkpoint selection (kd/select.py): which saved iteration becomes ``export/hf``. Off
+    """Checkpoint selection (kd/selection.py): which saved iteration becomes ``export/hf``. Off
     unless ``iterations`` or ``every_save`` names candidates; the last iteration always is one."""
 
     iterations: tuple[int, ...] = knob((), each(positive))  # saved iterations to consider

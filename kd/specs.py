@@ -73,7 +73,7 @@ class ReportSpec:
 
 @dataclass(frozen=True)
 class CandidateSpec:
-    """A checkpoint candidate (kd/select.py): export one iteration, then (unless selection goes
+    """A checkpoint candidate (kd/selection.py): export one iteration, then (unless selection goes
     by validation loss) score it on the quick eval."""
 
     iteration: int
@@ -101,7 +101,7 @@ STAGE_SPECS = {
     "eval_teacher": ("kd.evaluate", EvalSpec),
     "eval_student_after": ("kd.evaluate", EvalSpec),
     "report": ("kd.report", ReportSpec),
-    "select": ("kd.select", SelectSpec),
+    "select": ("kd.selection", SelectSpec),
 }
 
 
@@ -112,7 +112,7 @@ def stage_spec(stage: str) -> tuple[str, type]:
     if stage in STAGE_SPECS:
         return STAGE_SPECS[stage]
     if is_stage(stage) and stage.startswith(CANDIDATE_PREFIX):
-        return "kd.select", CandidateSpec
+        return "kd.selection", CandidateSpec
     raise ValueError(f"unknown stage {stage!r}: one of {', '.join(STAGE_SPECS)} or candidate_<N>")
 
 

@@ -16,8 +16,8 @@ import pandas as pd
 
 from kd import results
 from kd.paths import RunPaths
-from kd.select import SCHEMA as SELECTION_SCHEMA
-from kd.select import pick_best
+from kd.selection import SCHEMA as SELECTION_SCHEMA
+from kd.selection import pick_best
 
 KEY = ("date", "sweep", "member", "config_hash", "task")
 COLUMNS = (*KEY, "label", "acc", "acc_stderr", "n", "iteration", "candidates", "results_file",
@@ -73,7 +73,7 @@ def rows_from_record(record: dict, *, date: str, sweep: str, member: str, config
 
 # ---------------------------------------------------------------- checkpoint selection
 def run_selection(run_dir: Path) -> dict | None:
-    """The run's own checkpoint selection (``select:`` of its experiment, kd/select.py), if it
+    """The run's own checkpoint selection (``select:`` of its experiment, kd/selection.py), if it
     made one; sweep-level selection files (``write_selection``) are not that."""
     path = RunPaths(Path(run_dir)).selection
     try:

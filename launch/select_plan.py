@@ -58,13 +58,13 @@ def with_selection(graph, select: Select, iterations: list[int], tensorboard: st
                                 cache_dir=None,
                                 done_marker=str(cand.stage_done("eval_student_after")))
         stage = candidate_stage(it)
-        new.append(replace(export, stage=stage, module="kd.select",
+        new.append(replace(export, stage=stage, module="kd.selection",
                            spec=CandidateSpec(iteration=it, export=ex, eval=ev,
                                               done_marker=str(paths.stage_done(stage))),
                            gpus_per_node=after.gpus_per_node if ev else export.gpus_per_node,
                            time_min=export.time_min + (after.time_min if ev else 0)))
     sel = replace(
-        export, stage=SELECT_STAGE, module="kd.select", deps=tuple(j.stage for j in new),
+        export, stage=SELECT_STAGE, module="kd.selection", deps=tuple(j.stage for j in new),
         cpus_per_task=1,
         spec=SelectSpec(candidates=tuple((it, str(paths.candidate_dir(it))) for it in iterations),
                         out_dir=export.spec.out_dir, selection_dir=str(paths.select),

@@ -1,4 +1,4 @@
-"""Checkpoint selection (kd/select.py) on constructed candidates: no model, no job.
+"""Checkpoint selection (kd/selection.py) on constructed candidates: no model, no job.
 
 The candidates are what ``candidate_<N>`` jobs leave: a finished export directory (its marker
 file) and a quick-eval results file. Scores are chosen so the answers can be checked by hand.
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from kd import results
-from kd import select as sel
+from kd import selection as sel
 from kd.paths import RunPaths, candidate_stage, is_stage
 from kd.sections import Select
 from kd.specs import SelectSpec

@@ -56,7 +56,7 @@ def test_graph_jobs_and_afterok_edges():
     assert g.dependents("candidate_100") == ("select", "eval_student_after", "report")
 
     c = g.job("candidate_100")
-    assert c.module == "kd.select" and isinstance(c.spec, CandidateSpec)
+    assert c.module == "kd.selection" and isinstance(c.spec, CandidateSpec)
     assert c.spec.export.export.iteration == 100
     assert c.spec.export.out_dir == "/runs/sel/select/iter_0000100/export/hf"
     assert c.spec.eval.model == c.spec.export.out_dir
@@ -98,8 +98,8 @@ def test_refused_combinations(overrides, message):
 def test_standalone_stage_lookup():
     from kd.specs import stage_spec
 
-    assert stage_spec("candidate_50") == ("kd.select", CandidateSpec)
-    assert stage_spec("select") == ("kd.select", SelectSpec)
+    assert stage_spec("candidate_50") == ("kd.selection", CandidateSpec)
+    assert stage_spec("select") == ("kd.selection", SelectSpec)
     with pytest.raises(ValueError, match="unknown stage 'candidate_x'"):
         stage_spec("candidate_x")
 
