@@ -85,13 +85,16 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import json
 
-    from kd.specs import STAGE_SPECS, spec_from_dict
+    from kd.specs import STAGE_SPECS, spec_from_dict, stage_spec
 
     p = argparse.ArgumentParser(description=main.__doc__)
-    p.add_argument("stage", choices=sorted(STAGE_SPECS))
+    p.add_argument("stage", help=f"one of {', '.join(STAGE_SPECS)} or candidate_<N>")
     p.add_argument("--spec", required=True, help="the stage's spec as JSON")
     args = p.parse_args(argv)
-    module, cls = STAGE_SPECS[args.stage]
+    try:
+        module, cls = stage_spec(args.stage)
+    except ValueError as e:
+        p.error(str(e))
     with open(args.spec) as f:
         spec = spec_from_dict(cls, json.load(f))
     StageJob(args.stage, module, spec)()

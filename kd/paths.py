@@ -11,6 +11,8 @@ Layout of a run directory::
     RUN/distill/tensorboard/
     RUN/export/hf/                 distilled student in HF format (AnyModel layout if heterogeneous)
     RUN/eval/<role>.json           one results file per model (schema in kd/results.py)
+    RUN/select/iter_NNNNNNN/       a checkpoint candidate (a sub-run: export/hf, eval/student_after.json)
+    RUN/select/selection.{json,md,png}   which candidate became RUN/export/hf, and why
     RUN/report/report.{md,csv,png}
     RUN/stages/<stage>.done        completion markers written by each stage on success
 """
@@ -30,6 +32,19 @@ STAGES = (
     "report",
 )
 EVAL_ROLES = ("student_before", "student_after", "teacher")
+SELECT_STAGE = "select"  # checkpoint selection: picks a candidate_<N>, writes RUN/export/hf
+CANDIDATE_PREFIX = "candidate_"
+
+
+def candidate_stage(iteration: int) -> str:
+    """The stage that exports (and quick-evaluates) one candidate iteration."""
+    return f"{CANDIDATE_PREFIX}{iteration}"
+
+
+def is_stage(name: str) -> bool:
+    digits = name.removeprefix(CANDIDATE_PREFIX)
+    return (name in STAGES or name == SELECT_STAGE
+            or (name != digits and digits.isdigit() and not digits.startswith("0")))
 
 
 @dataclass(frozen=True)
@@ -85,6 +100,18 @@ class RunPaths:
         return self.eval / f"{role}.json"
 
     @property
+    def select(self) -> Path:
+        return self.root / "select"
+
+    def candidate_dir(self, iteration: int) -> Path:
+        """A candidate's sub-run directory (its own RunPaths: export/hf, eval/, stages/)."""
+        return self.select / f"iter_{iteration:07d}"
+
+    @property
+    def selection(self) -> Path:
+        return self.select / "selection.json"
+
+    @property
     def report(self) -> Path:
         return self.root / "report"
 
@@ -93,7 +120,7 @@ class RunPaths:
         return self.root / "stages"
 
     def stage_done(self, stage: str) -> Path:
-        assert stage in STAGES, stage
+        assert is_stage(stage), stage
         return self.stages / f"{stage}.done"
 
 

@@ -308,12 +308,25 @@ def run(spec: ReportSpec) -> str:
     samples = (results.load_samples(spec.before, before),
                results.load_samples(spec.after, after))
     text = markdown(before, after, teacher, spec.title, samples)
+    if spec.selection:
+        text += "\n" + selection_section(spec.selection, out)
     _write_text(out / "report.md", text)
     _write_text(out / "report.csv", frame(before, after, teacher).to_csv(float_format="%.6g"))
     plot(before, after, teacher, out / "report.png", spec.title)
     if spec.done_marker:
         results.write_json_atomic(spec.done_marker, {"report": str(out / "report.md")})
     return text
+
+
+def selection_section(selection_file: str | Path, out: Path) -> str:
+    """The checkpoint-selection section (kd/selection.py): table and plot of score against
+    iteration, the chosen iteration, the overfitting flag; the plot goes to
+    ``out/selection.png``."""
+    from kd import selection as sel
+
+    record = sel.load(selection_file)
+    sel.plot(record, out / "selection.png")
+    return sel.markdown_section(record, "selection.png")
 
 
 def _write_text(path: Path, text: str) -> None:

@@ -422,6 +422,35 @@ class Eval(Section):
                              "(e.g. [mmlu]) or set eval.enabled=false")
 
 
+VAL_LOSS = "val_loss"  # select.by: the student's validation loss that distill logs
+
+
+@dataclass(frozen=True)
+class Select(Section):
+    """Checkpoint selection (kd/selection.py): which saved iteration becomes ``export/hf``. Off
+    unless ``iterations`` or ``every_save`` names candidates; the last iteration always is one."""
+
+    iterations: tuple[int, ...] = knob((), each(positive))  # saved iterations to consider
+    every_save: bool = False  # consider every saved iteration
+    # what decides: a results group (mmlu, mmlu_stem, ..., a task of eval.tasks) or val_loss
+    by: str = knob("mmlu", matches(r"[A-Za-z0-9][A-Za-z0-9_.\-]*",
+                                   "a results group (mmlu, mmlu_stem, a task of eval.tasks) or "
+                                   "val_loss"))
+    limit: int | float | None = knob(20, positive)  # the quick eval: questions per subject
+    keep_candidates: bool = True  # false: delete the other candidates' exports once one is chosen
+    noise_z: float = knob(2.0, finite_positive)  # overfitting flag: last worse than best by > z stderrs
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.iterations) or self.every_save
+
+    def candidates(self, train: Train) -> list[int]:
+        """The candidate iterations, ascending (the last one always among them)."""
+        points = train.save_points()
+        chosen = set(points) if self.every_save else set(self.iterations)
+        return sorted(chosen | {train.train_iters})
+
+
 @dataclass(frozen=True)
 class Experiment(Section):
     name: str
@@ -435,6 +464,7 @@ class Experiment(Section):
     optimizer: Optimizer = knob(factory=Optimizer)
     checkpoint: Checkpoint = knob(factory=Checkpoint)
     logging: Logging = knob(factory=Logging)
+    select: Select = knob(factory=Select)
     # every Hugging Face load (distill's AutoBridge, export, lm-eval's model and tokenizer) may
     # run code shipped with the model; only for models you trust
     trust_remote_code: bool = False
@@ -466,6 +496,41 @@ class Experiment(Section):
             raise FieldError("eval.enabled", True, "", "eval.enabled needs export.enabled: the "
                              "distilled student is evaluated from its HF export; enable export or "
                              "set eval.enabled=false")
+        if self.select.enabled:
+            self._check_select()
+
+    def _check_select(self) -> None:
+        sel, t, ev = self.select, self.train, self.eval
+        if not self.export.enabled or self.export.iteration is not None:
+            raise FieldError("select", None, "", "select needs export.enabled=true and "
+                             "export.iteration unset (selection decides the exported iteration): "
+                             "change export or drop select.iterations/select.every_save")
+        points = t.save_points()
+        bad = [it for it in sel.iterations if it not in points]
+        if bad:
+            shown = ", ".join(map(str, points[:8])) + (", ..." if len(points) > 8 else "")
+            raise FieldError("select.iterations", list(sel.iterations), "",
+                             f"select.iterations={list(sel.iterations)}: {bad[0]} is not a save "
+                             f"point (train.save_interval={t.save_interval}, train.train_iters="
+                             f"{t.train_iters}; saved at {shown}): pick saved iterations or set "
+                             f"select.every_save=true")
+        if sel.by == VAL_LOSS:
+            unlogged = [it for it in sel.candidates(t)
+                        if it != t.train_iters and it % t.eval_interval]
+            if unlogged or not t.eval_iters:
+                raise FieldError("select.by", sel.by, "", f"select.by=val_loss: distill logs the "
+                                 f"validation loss every train.eval_interval={t.eval_interval} "
+                                 f"iterations (train.eval_iters={t.eval_iters}), not at "
+                                 f"{unlogged or 'any'}: make eval_interval divide the candidate "
+                                 f"iterations and eval_iters > 0, or select by a task")
+            return
+        if not ev.enabled:
+            raise FieldError("select.by", sel.by, "", f"select.by={sel.by}: scoring candidates "
+                             f"needs the eval stage (eval.enabled=true), or select by val_loss")
+        if not (sel.by == "mmlu" or sel.by.startswith("mmlu_") or sel.by in ev.tasks):
+            raise FieldError("select.by", sel.by, "", f"select.by={sel.by}: not an MMLU group and "
+                             f"not in eval.tasks {list(ev.tasks)}: use mmlu, an mmlu_* category, "
+                             f"one of eval.tasks, or val_loss")
 
 
 # ---------------------------------------------------------------- the one converter

@@ -23,11 +23,13 @@ from kd.sections import (
     KDOptions,
     Logging,
     Optimizer,
+    Select,
     Train,
 )
 
-__all__ = ["STAGE_SPECS", "DataSource", "DataSpec", "DistillSpec", "EvalSpec", "ExportSpec",
-           "FieldError", "KDOptions", "ReportSpec", "replace_fields", "spec_from_dict"]
+__all__ = ["STAGE_SPECS", "CandidateSpec", "DataSource", "DataSpec", "DistillSpec", "EvalSpec",
+           "ExportSpec", "FieldError", "KDOptions", "ReportSpec", "SelectSpec", "replace_fields",
+           "spec_from_dict", "stage_spec"]
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,28 @@ class ReportSpec:
     teacher: str
     out_dir: str  # RUN/report
     title: str = "Knowledge distillation: MMLU"
+    selection: str | None = None  # RUN/select/selection.json: adds the checkpoint-selection section
+    done_marker: str | None = None
+
+
+@dataclass(frozen=True)
+class CandidateSpec:
+    """A checkpoint candidate (kd/selection.py): export one iteration, then (unless selection goes
+    by validation loss) score it on the quick eval."""
+
+    iteration: int
+    export: ExportSpec  # out_dir RUN/select/iter_NNNNNNN/export/hf
+    eval: EvalSpec | None = None  # the student-after eval, limited to select.limit
+    done_marker: str | None = None
+
+
+@dataclass(frozen=True)
+class SelectSpec:
+    candidates: tuple[tuple[int, str], ...]  # (iteration, candidate run dir), ascending
+    out_dir: str  # RUN/export/hf
+    selection_dir: str  # RUN/select
+    select: Select = field(default_factory=Select)
+    tensorboard: str | None = None  # RUN/distill/tensorboard (validation loss per iteration)
     done_marker: str | None = None
 
 
@@ -99,7 +123,19 @@ STAGE_SPECS = {
     "eval_teacher": ("kd.evaluate", EvalSpec),
     "eval_student_after": ("kd.evaluate", EvalSpec),
     "report": ("kd.report", ReportSpec),
+    "select": ("kd.selection", SelectSpec),
 }
+
+
+def stage_spec(stage: str) -> tuple[str, type]:
+    """(module, spec class) of a stage: the fixed ones, and ``candidate_<N>`` of selection."""
+    from kd.paths import CANDIDATE_PREFIX, is_stage
+
+    if stage in STAGE_SPECS:
+        return STAGE_SPECS[stage]
+    if is_stage(stage) and stage.startswith(CANDIDATE_PREFIX):
+        return "kd.selection", CandidateSpec
+    raise ValueError(f"unknown stage {stage!r}: one of {', '.join(STAGE_SPECS)} or candidate_<N>")
 
 
 def spec_from_dict(cls: type, data: dict):

@@ -16,6 +16,8 @@ import pandas as pd
 
 from kd import results
 from kd.paths import RunPaths
+from kd.selection import SCHEMA as SELECTION_SCHEMA
+from kd.selection import pick_best
 
 KEY = ("date", "sweep", "member", "config_hash", "task")
 COLUMNS = (*KEY, "label", "acc", "acc_stderr", "n", "iteration", "candidates", "results_file",
@@ -70,9 +72,34 @@ def rows_from_record(record: dict, *, date: str, sweep: str, member: str, config
 
 
 # ---------------------------------------------------------------- checkpoint selection
+def run_selection(run_dir: Path) -> dict | None:
+    """The run's own checkpoint selection (``select:`` of its experiment, kd/selection.py), if it
+    made one; sweep-level selection files (``write_selection``) are not that."""
+    path = RunPaths(Path(run_dir)).selection
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("schema") == SELECTION_SCHEMA else None
+
+
+def exported_iteration(run_dir: Path, final_iteration: int) -> int:
+    """The iteration in the member's ``export/hf``: the one its own selection chose, else
+    ``final_iteration``."""
+    own = run_selection(run_dir)
+    return own["selected"] if own else final_iteration
+
+
 def candidate_results(run_dir: Path, final_iteration: int) -> dict[int, Path]:
-    """{iteration: student-after results file} of a member: its own export + select/iter_*."""
+    """{iteration: student-after results file} of a member: its own export + select/iter_*.
+
+    A run that selected its checkpoint itself has one result: its full eval of the chosen
+    iteration (its candidates' quick evals are limited, not comparable)."""
     run_dir = Path(run_dir)
+    own = run_selection(run_dir)
+    if own:
+        f = RunPaths(run_dir).eval_result("student_after")
+        return {own["selected"]: f} if f.is_file() else {}
     out = {final_iteration: RunPaths(run_dir).eval_result("student_after")}
     for sub in sorted((run_dir / "select").glob("iter_*")):
         out[int(sub.name.removeprefix("iter_"))] = RunPaths(sub).eval_result("student_after")
@@ -91,8 +118,7 @@ def select_best(files: dict[int, Path], task: str) -> tuple[int, dict[int, float
             raise ValueError(f"{path} has no {task!r} score (it has {', '.join(groups)}): set "
                              f"select.task to one of those")
         scores[it] = groups[task]["acc"]
-    best = max(scores, key=lambda it: (scores[it], it))
-    return best, scores
+    return pick_best(scores), scores
 
 
 def write_selection(run_dir: Path, task: str, best: int, scores: dict[int, float]) -> Path:

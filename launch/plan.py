@@ -5,6 +5,9 @@ The graph of the seed pipeline::
     prepare_data -> distill -> export_hf -> eval_student_after --+
     eval_student_before (no dependency) -------------------------+-> report
     eval_teacher        (no dependency) -------------------------+
+
+With checkpoint selection (``select:``), ``export_hf`` becomes ``candidate_<N>`` jobs (export +
+quick eval of each iteration) and a ``select`` job that writes ``export/hf`` from the best one.
 """
 
 from __future__ import annotations
@@ -89,9 +92,11 @@ def data_blend(exp: Experiment, paths: RunPaths) -> tuple[tuple[float, str], ...
 
 
 def keep_iterations(exp: Experiment, extra: tuple[int, ...] = ()) -> tuple[int, ...]:
-    """Saved iterations ``checkpoint.keep_last`` must never delete: export.iteration (and, from
-    a sweep, its checkpoint candidates)."""
+    """Saved iterations ``checkpoint.keep_last`` must never delete: export.iteration, the run's
+    own selection candidates (``select``) and, from a sweep, its checkpoint candidates."""
     chosen = {exp.export.iteration} if exp.export.iteration is not None else set()
+    if exp.select.enabled:
+        chosen |= set(exp.select.candidates(exp.train))
     return tuple(sorted(chosen | set(extra)))
 
 
@@ -191,4 +196,10 @@ def plan(exp: Experiment, cluster: Cluster, run_dir: str | Path,
             time_min=res.report_min, cpus_per_task=1)
     external = {stage: rp.root for stage, rp in owner.items()
                 if any(stage in j.deps for j in jobs)}
-    return JobGraph(run_dir=paths.root, jobs=tuple(jobs), external=external)
+    graph = JobGraph(run_dir=paths.root, jobs=tuple(jobs), external=external)
+    if exp.select.enabled:  # export_hf -> candidate_<N> jobs + select (launch/select_plan.py)
+        from launch.select_plan import with_selection
+
+        graph = with_selection(graph, exp.select, exp.select.candidates(t),
+                               tensorboard=str(paths.tensorboard))
+    return graph

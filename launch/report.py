@@ -36,6 +36,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--teacher", required=True, type=Path, help="teacher")
     p.add_argument("--out", required=True, type=Path, help="output directory")
     p.add_argument("--title", default=ReportSpec.title)
+    p.add_argument("--selection", type=Path, default=None,
+                   help="RUN/select/selection.json: add the checkpoint-selection section")
     return p.parse_args(argv)
 
 
@@ -47,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         teacher=str(args.teacher),
         out_dir=str(args.out),
         title=args.title,
+        selection=str(args.selection) if args.selection else None,
     )
     try:
         text = report.run(spec)

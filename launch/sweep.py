@@ -225,6 +225,7 @@ def collect(sweep: sp.Sweep, date: str, echo: Callable[[str], None]) -> dict[str
         exp = (mf.read(RunPaths(run_dir).manifest) or {}).get("experiment") or {}
         train = exp.get("train", {})
         final = (exp.get("export") or {}).get("iteration") or train.get("train_iters", 0)
+        final = history.exported_iteration(run_dir, final)  # the member's own selection, if any
         files = history.candidate_results(run_dir, final)
         pending = [Path(c) for c in m.get("candidates", []) if not _finished(Path(c))]
         if final not in files:

@@ -215,6 +215,10 @@ def candidates(exp: Experiment, graph: JobGraph, iterations: tuple[int, ...]) ->
     """Export + eval sub-runs for the saved iterations other than the one the member exports."""
     if not iterations or "eval_student_after" not in graph.stages:
         return ()
+    if exp.select.enabled:
+        raise ConfigError(
+            f"select.iterations of the sweep and select: of the experiment {exp.name!r} both "
+            f"choose a checkpoint: keep one (the experiment's also picks the exported one)")
     t = exp.train
     for it in iterations:
         saved = it == t.train_iters or (t.save_interval and it % t.save_interval == 0)
@@ -242,7 +246,7 @@ def protect_from_retention(graph: JobGraph, iterations: tuple[int, ...]) -> JobG
 
 
 def candidate_dir(run_dir: Path, iteration: int) -> Path:
-    return Path(run_dir) / "select" / f"iter_{iteration:07d}"
+    return RunPaths(Path(run_dir)).candidate_dir(iteration)
 
 
 def candidate_graph(graph: JobGraph, iteration: int) -> JobGraph:

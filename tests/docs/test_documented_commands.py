@@ -179,7 +179,8 @@ RULES = (
     Rule("demo-assets", r"python -m kd\.demo \.cache/demo", "real",
          "local: builds (here: checks, it is idempotent) the demo assets in .cache/demo"),
     Rule("demo-local", r"python launch/distill\.py --cluster local --config tiny_demo", "real",
-         "local: the whole pipeline, with train.train_iters=60"),
+         "local: the whole pipeline, with train.train_iters=60 and checkpoint selection "
+         "over its three saves (DEMO_SHORT)"),
     Rule("report", r"python launch/report\.py .*", "real",
          "local: A/B/C.json = the demo run's eval results, report/ in the scratch copy"),
     Rule("mmlu-local", r"python -m kd\.mmlu_local tasks .*", "real",
@@ -346,6 +347,39 @@ def test_dry_run_commands(tmp_path):
     assert not (scratch / "runs").exists()  # nothing was created
 
 
+# the local demo run: 60 iterations, saved every 20; checkpoint selection over the three saves
+# by kd_synth on a quick eval of 2 questions per subject
+DEMO_SHORT = ("train.train_iters=60", "train.save_interval=20", "train.eval_interval=20",
+              "select.every_save=true", "select.by=kd_synth", "select.limit=2")
+SELECT_STAGES = ("prepare_data", "distill", "candidate_20", "candidate_40", "candidate_60",
+                 "select", "eval_student_before", "eval_teacher", "eval_student_after", "report")
+
+
+def check_selection(run_dir: Path, iterations: tuple[int, ...]) -> None:
+    """The chosen candidate is the run's export, and the report shows the selection."""
+    selection = json.loads((run_dir / "select" / "selection.json").read_text())
+    rows = {r["iteration"]: r for r in selection["candidates"]}
+    assert tuple(rows) == iterations and selection["by"] == "kd_synth"
+    best = max(rows, key=lambda it: (rows[it]["score"], it))  # by hand: highest, ties later
+    assert selection["selected"] == best
+    assert all(r["val_loss"] is not None for r in rows.values())  # eval_interval = save_interval
+    exported = json.loads((run_dir / "export" / "hf" / ".kdlaunch-export.json").read_text())
+    assert exported["iteration"] == best  # export/hf holds the chosen iteration
+    cand = run_dir / "select" / f"iter_{best:07d}" / "export" / "hf"
+    for f in cand.rglob("*.safetensors"):  # hard links of the candidate's files
+        assert (run_dir / "export" / "hf" / f.relative_to(cand)).samefile(f)
+    after = json.loads((run_dir / "eval" / "student_after.json").read_text())
+    assert after["model"] == str(run_dir / "export" / "hf") and after["settings"]["limit"] is None
+    report = (run_dir / "report" / "report.md").read_text()
+    assert "## Checkpoint selection" in report and f"Chosen iteration: **{best}**" in report
+    for it in iterations:
+        assert f"| {it} | {100 * rows[it]['score']:.2f} |" in report
+    assert ("no sign of overfitting" in report) == (best == iterations[-1])
+    assert ("Overfitting" in report or "Within noise" in report) == (best != iterations[-1])
+    assert (run_dir / "report" / "selection.png").stat().st_size > 1000
+    assert "![checkpoint selection](selection.png)" in report
+
+
 @pytest.mark.e2e
 @pytest.mark.timeout(1200)
 def test_local_demo_commands(scratch, demo_assets):
@@ -357,14 +391,16 @@ def test_local_demo_commands(scratch, demo_assets):
         proc = run_python(c.text, scratch)
         assert proc.returncode == 0 and "student" in proc.stdout, (c, proc.stderr[-2000:])
     (demo,) = {c.text for c in commands_of("demo-local")}
-    proc = run_python(demo, scratch, "train.train_iters=60", timeout=1100)
+    proc = run_python(demo, scratch, *DEMO_SHORT, timeout=1100)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "| Before distillation |" in proc.stdout  # the report is printed at the end
     (run_dir,) = (scratch / "runs").glob("tiny_demo-*")
-    manifest = check_finished_run(run_dir, proc.stdout)
+    manifest = check_finished_run(run_dir, proc.stdout, SELECT_STAGES)
     assert manifest["experiment"]["train"]["micro_batch_size"] == 8  # auto: 16 / (8 x DP 1)
-    again = run_python(demo, scratch, "train.train_iters=60", "--run-dir", str(run_dir))
-    assert again.returncode == 0 and again.stdout.count("complete, skipped") == 7, again.stdout
+    check_selection(run_dir, (20, 40, 60))
+    again = run_python(demo, scratch, *DEMO_SHORT, "--run-dir", str(run_dir))
+    assert again.returncode == 0, again.stdout
+    assert again.stdout.count("complete, skipped") == len(SELECT_STAGES), again.stdout
     other = run_python(demo, scratch, "train.train_iters=61", "--run-dir", str(run_dir))
     assert other.returncode == 2 and "belongs to a different config" in other.stderr
 

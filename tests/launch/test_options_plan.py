@@ -32,3 +32,14 @@ def test_options_reach_the_stage_specs(make_experiment, tmp_path):
     own = layout.load_experiment(str(make_experiment()), [f"data.index_cache={tmp_path}/ic"], cl)[0]
     assert plan(own, cl, tmp_path / "run2").job("distill").spec.index_cache == f"{tmp_path}/ic"
 
+
+
+def test_keep_last_never_deletes_a_selection_candidate(make_experiment, tmp_path):
+    """checkpoint.keep_last and select together: every candidate iteration is protected until
+    the select job has exported it (the last iteration is always a candidate)."""
+    cl = cfg.load_cluster("ci")
+    exp, _ = layout.load_experiment(str(make_experiment()), [
+        "train.save_interval=2", "train.train_iters=20", "select.iterations=[2, 4]",
+        "checkpoint.keep_last=1"], cl)
+    d = plan(exp, cl, tmp_path / "run").job("distill").spec
+    assert d.keep_iterations == (2, 4, 20)
