@@ -10,7 +10,7 @@ env:  ## create/refresh the virtualenv (.venv) with the pinned CPU stack
 	scripts/setup_env.sh
 
 demo: env  ## the embedded default: the whole pipeline on this machine, CPU, tiny models
-	$(PY) -m kd.demo .cache/demo
+	$(PY) -m assets.demo .cache/demo
 	$(PY) launch/distill.py --cluster local --config tiny_demo --run-dir runs/demo
 
 test: env cluster  ## every CPU test, SLURM ones included (starts the test cluster)

@@ -3,9 +3,9 @@
     python benchmarks/eval_throughput.py --model .cache/gpu_1b/teacher --batch-sizes 1,auto \\
         --n-test 10 --out runs/bench/eval_throughput.json
 
-No Hub here, so the questions are MMLU-shaped stand-ins (kd.mmlu_local): all 57 subjects,
+No Hub here, so the questions are MMLU-shaped stand-ins (assets.mmlu): all 57 subjects,
 ``--n-test`` test questions each, 5 dev questions for the few-shot prompt, written in words the
-kd.tiny tokenizer knows, with MMLU-like lengths (question 30-90 words, choices 2-12 words; a
+assets.tiny tokenizer knows, with MMLU-like lengths (question 30-90 words, choices 2-12 words; a
 5-shot prompt is then ~550 tokens, real MMLU's are ~400-1000). Each batch size is one full
 ``kd.evaluate.run`` of the real ``mmlu`` group (the eval stage's code path, model load
 included): questions/s = questions / eval_seconds. ``auto`` is lm-eval's own search for the
@@ -27,7 +27,8 @@ sys.path.insert(0, str(REPO))
 
 def build_questions(root: Path, n_test: int, seed: int = 0) -> tuple[Path, int]:
     """All 57 subjects, MMLU-length questions; returns (lm-eval include_path, questions)."""
-    from kd.mmlu_local import mmlu_subjects, write_dataset, write_task_overrides
+    from assets.mmlu import write_dataset
+    from kd.mmlu_local import mmlu_subjects, write_task_overrides
 
     rng = random.Random(seed)
 

@@ -1,5 +1,5 @@
 """Shared test fixtures: one cache of tiny models/tokenizers for the whole session (and across
-sessions: builders in kd/tiny.py are idempotent), GPU skipping."""
+sessions: builders in assets/tiny.py are idempotent), GPU skipping."""
 
 from __future__ import annotations
 
@@ -41,16 +41,16 @@ def fixture_cache() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer(fixture_cache: Path) -> Path:
-    from kd.tiny import build_tokenizer
+    from assets.tiny import build_tokenizer
 
     return build_tokenizer(fixture_cache / "tokenizer")
 
 
 @pytest.fixture(scope="session")
 def demo_assets(fixture_cache: Path) -> dict:
-    """The embedded demo's assets (kd.demo): trained tiny teacher, pruned AnyModel student,
+    """The embedded demo's assets (assets.demo): trained tiny teacher, pruned AnyModel student,
     corpus, held-out kd_synth task and local MMLU, built once into the fixture cache."""
-    from kd.demo import build
+    from assets.demo import build
 
     return build(fixture_cache / "demo")
 
@@ -64,7 +64,7 @@ def asset_overrides(assets: dict) -> list[str]:
 
 @pytest.fixture(scope="session")
 def tiny_teacher(fixture_cache: Path, tiny_tokenizer: Path) -> Path:
-    from kd.tiny import build_llama
+    from assets.tiny import build_llama
 
     return build_llama(fixture_cache / "teacher", tiny_tokenizer, layers=2, hidden=64, ffn=128)
 

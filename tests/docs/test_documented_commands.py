@@ -176,7 +176,7 @@ RULES = (
     Rule("distill-gpu", r"python launch/distill\.py --cluster (slurm|pyxis_nemo|local_gpu) .*",
          "dry-run", "queues GPU jobs: run with --dry-run; placeholder paths must be refused"),
     # real, local: the embedded demo (= the local end-to-end test)
-    Rule("demo-assets", r"python -m kd\.demo \.cache/demo", "real",
+    Rule("demo-assets", r"python -m assets\.demo \.cache/demo", "real",
          "local: builds (here: checks, it is idempotent) the demo assets in .cache/demo"),
     Rule("demo-local", r"python launch/distill\.py --cluster local --config tiny_demo", "real",
          "local: the whole pipeline, with train.train_iters=60"),
@@ -260,7 +260,7 @@ def test_not_run_and_help_commands_exist(tmp_path):
             proc = run(["make", "-n", words[1]], REPO)
             assert proc.returncode == 0, (c, proc.stderr)
             if words[1] == "demo":  # its recipe is the runbook's two commands, run for real
-                assert "-m kd.demo .cache/demo" in proc.stdout, proc.stdout
+                assert "-m assets.demo .cache/demo" in proc.stdout, proc.stdout
                 assert "launch/distill.py --cluster local --config tiny_demo" in proc.stdout
         elif words[:3] == ["python", "-m", "pytest"]:
             assert (REPO / words[3]).exists(), c

@@ -3,7 +3,7 @@ own job; distill on 2 nodes x 1 task, TP=2 over gloo). The local run (the embedd
 tests/docs/test_documented_commands.py::test_local_demo_commands: the documented demo command,
 checked with ``check_finished_run`` below.
 
-Both use the demo assets (kd.demo: trained tiny teacher, pruned AnyModel student, held-out
+Both use the demo assets (assets.demo: trained tiny teacher, pruned AnyModel student, held-out
 kd_synth task, local MMLU copy), built once into the shared fixture cache.
 """
 

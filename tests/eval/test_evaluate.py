@@ -200,7 +200,8 @@ def test_bfloat16_on_gpu(always_c_model, always_c_anymodel, mmlu_tasks, tmp_path
 def test_same_named_local_copies_are_not_served_from_each_others_cache(tiny_teacher, tmp_path):
     """`datasets` keys a local folder's cache by its name, not its contents: two different
     local MMLU copies both called mmlu_data must each be evaluated on their own questions."""
-    from kd.mmlu_local import DEFAULT_SUBJECTS, build_fake_mmlu, write_task_overrides
+    from assets.mmlu import build_fake_mmlu
+    from kd.mmlu_local import DEFAULT_SUBJECTS, write_task_overrides
 
     counts = {}
     for copy, n_test in (("a", 2), ("b", 3)):

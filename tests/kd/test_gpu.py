@@ -39,7 +39,7 @@ def two_gpus():
 
 @pytest.fixture(scope="module")
 def big_teacher(fixture_cache, tiny_tokenizer) -> Path:
-    from kd.tiny import build_llama
+    from assets.tiny import build_llama
 
     return build_llama(
         fixture_cache / "gpu_teacher",
@@ -56,7 +56,7 @@ def big_teacher(fixture_cache, tiny_tokenizer) -> Path:
 
 @pytest.fixture(scope="module")
 def big_student(fixture_cache, tiny_tokenizer) -> Path:
-    from kd.tiny import build_llama
+    from assets.tiny import build_llama
 
     return build_llama(
         fixture_cache / "gpu_student",
@@ -73,8 +73,8 @@ def big_student(fixture_cache, tiny_tokenizer) -> Path:
 
 @pytest.fixture(scope="module")
 def big_anymodel(fixture_cache, big_teacher) -> Path:
+    from assets.tiny import build_pruned_anymodel
     from kd import compat
-    from kd.tiny import build_pruned_anymodel
 
     compat.activate(compat.resolve_device("auto"))  # modelopt imports pulp: stubbed when absent
     return build_pruned_anymodel(big_teacher, fixture_cache / "gpu_anymodel")

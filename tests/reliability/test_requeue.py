@@ -23,8 +23,8 @@ pytestmark = [pytest.mark.slurm, pytest.mark.e2e]
 @pytest.fixture(scope="session")
 def demo_prefix(fixture_cache: Path) -> dict:
     """Demo models + the demo corpus tokenized once (a ready Megatron prefix: no data stage)."""
+    from assets.demo import build
     from kd import data
-    from kd.demo import build
     from kd.specs import DataSource, DataSpec
 
     assets = build(fixture_cache / "demo")
