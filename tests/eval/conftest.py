@@ -7,7 +7,8 @@ import os
 from pathlib import Path
 
 import pytest
-from always_c import ANSWERS
+
+from tests.eval.always_c import ANSWERS
 
 REPO = Path(__file__).resolve().parents[2]
 # datasets caches the parquet -> arrow conversion; keep it out of the user's ~/.cache.

@@ -9,10 +9,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from always_c import expected_acc
 
 from kd import evaluate, results
 from kd.specs import EvalSpec
+from tests.eval.always_c import expected_acc
 
 GROUP_KEYS = ["mmlu", "mmlu_humanities", "mmlu_other", "mmlu_social_sciences", "mmlu_stem"]
 

@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run_python, tagged_json
 
 from kd.specs import ExportSpec
+from tests.kd.conftest import REPO, run_python, tagged_json
 
 
 def _export_and_check(kd_runs: Path, name: str, spec: ExportSpec) -> dict:

@@ -19,10 +19,10 @@ import statistics
 from pathlib import Path
 
 import pytest
-from conftest import REPO, losses_of, make_spec, run_python, run_ranks, tagged_json
 
 from kd.paths import latest_iteration
 from kd.specs import ExportSpec
+from tests.kd.conftest import REPO, losses_of, make_spec, run_python, run_ranks, tagged_json
 
 pytestmark = pytest.mark.gpu
 ITERS, SEQ, MBS, GBS, WORLD = 20, 1024, 2, 8, 2
