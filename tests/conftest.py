@@ -125,3 +125,34 @@ def slurm_executor(submitit_folder: str):
         slurm_setup=["export OMP_NUM_THREADS=1"],
     )
     return executor
+
+
+# ---------------------------------------------------------------- the fake scheduler (logic tier)
+FAKESCHED_BIN = REPO / "tests" / "fakesched" / "bin"
+
+
+@pytest.fixture
+def fake_slurm(tmp_path: Path, monkeypatch):
+    """A fake SLURM on PATH (tests/fakesched): sbatch/squeue/sacct/scancel/scontrol/sinfo/srun
+    with a state directory of its own; jobs run on this machine. Returns the state directory.
+    Whatever is still running at the end is stopped (only this test's jobs: its own state)."""
+    import json
+    import signal
+    import sys
+
+    state = tmp_path / "fakesched"
+    state.mkdir()
+    monkeypatch.setenv("PATH", f"{FAKESCHED_BIN}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("KD_FAKESCHED_DIR", str(state))
+    monkeypatch.setenv("KD_FAKESCHED_PYTHON", sys.executable)
+    monkeypatch.delenv("SBATCH_PARTITION", raising=False)
+    yield state
+    subprocess.run(["scancel", *[p.stem for p in (state / "jobs").glob("*.json")]],
+                   capture_output=True, check=False)
+    for path in (state / "jobs").glob("*.json"):
+        pid = json.loads(path.read_text()).get("pid")
+        if pid:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
