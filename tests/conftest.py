@@ -1,8 +1,11 @@
 """Shared test fixtures: one cache of tiny models/tokenizers for the whole session (and across
-sessions: builders in assets/tiny.py are idempotent), GPU skipping."""
+sessions: builders in assets/ are idempotent), the real SLURM cluster, the fake scheduler, and
+the tiers: markers are assigned here from what a test uses (see TIERS)."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import subprocess
 from pathlib import Path
@@ -16,7 +19,40 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+# ---------------------------------------------------------------- tiers (markers follow cost)
+# unit:    pure logic, no real model/framework work, no cluster (the fake scheduler is unit)
+# compute: starts real torch / Megatron / lm-eval / datasets work (tiny models, CPU)
+# slurm:   the real SLURM test cluster;  e2e: a whole pipeline;  dist: gloo process groups;
+# gpu:     CUDA (skipped elsewhere). A test gets every marker that applies; `unit` only if none.
+COMPUTE_FIXTURES = {
+    "tiny_tokenizer", "tiny_teacher", "demo_assets", "demo_prefix", "dense_student",
+    "anymodel_student", "token_prefix", "mmlu_dataset", "mmlu_tasks", "always_c_model",
+    "always_c_anymodel", "kd_runs", "dense_tp1_run", "dense_tp2_run", "hetero_run",
+}
+COMPUTE_DIRS = ("tests/kd/", "tests/eval/", "tests/data/")  # every test there runs the stack
+# unit-looking tests that start real compute work in a subprocess (a child killed mid-save)
+COMPUTE_TESTS = ("tests/reliability/test_checkpoints.py::test_sig",)
+TIERS = ("unit", "compute", "slurm", "e2e", "dist", "gpu")
+
+
+def _tier_markers(item) -> set[str]:
+    rel = item.nodeid
+    names = set(getattr(item, "fixturenames", ()))
+    marks = {m.name for m in item.iter_markers()} & set(TIERS)
+    if "slurm_cluster" in names:
+        marks.add("slurm")
+    if names & COMPUTE_FIXTURES or rel.startswith(COMPUTE_DIRS) or rel.startswith(COMPUTE_TESTS) \
+            or marks & {"dist", "e2e", "gpu"}:
+        marks.add("compute")
+    if not marks:
+        marks.add("unit")
+    return marks
+
+
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for name in _tier_markers(item) - {m.name for m in item.iter_markers()}:
+            item.add_marker(getattr(pytest.mark, name))
     try:
         import torch
 
@@ -31,6 +67,14 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@contextlib.contextmanager
+def build_lock(cache: Path):
+    """One builder at a time across processes (pytest-xdist workers share the fixture cache)."""
+    with open(cache / ".build.lock", "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
 @pytest.fixture(scope="session")
 def fixture_cache() -> Path:
     """Where built fixtures live; shared by every test and kept between runs."""
@@ -43,7 +87,8 @@ def fixture_cache() -> Path:
 def tiny_tokenizer(fixture_cache: Path) -> Path:
     from assets.tiny import build_tokenizer
 
-    return build_tokenizer(fixture_cache / "tokenizer")
+    with build_lock(fixture_cache):
+        return build_tokenizer(fixture_cache / "tokenizer")
 
 
 @pytest.fixture(scope="session")
@@ -52,7 +97,21 @@ def demo_assets(fixture_cache: Path) -> dict:
     corpus, held-out kd_synth task and local MMLU, built once into the fixture cache."""
     from assets.demo import build
 
-    return build(fixture_cache / "demo")
+    with build_lock(fixture_cache):
+        return build(fixture_cache / "demo")
+
+
+@pytest.fixture(scope="session")
+def demo_prefix(demo_assets: dict, fixture_cache: Path) -> dict:
+    """Demo models + the demo corpus tokenized once (a ready Megatron prefix: no data stage)."""
+    from kd import data
+    from kd.specs import DataSource, DataSpec
+
+    spec = DataSpec(sources=(DataSource(name="synthetic", jsonl=str(demo_assets["corpus"])),),
+                    tokenizer=str(demo_assets["teacher"]), out_dir=str(fixture_cache / "demo_tokenized"))
+    with build_lock(fixture_cache):
+        result = data.run(spec)
+    return {**demo_assets, "prefix": result["blend"][0][1]}
 
 
 def asset_overrides(assets: dict) -> list[str]:
@@ -66,7 +125,8 @@ def asset_overrides(assets: dict) -> list[str]:
 def tiny_teacher(fixture_cache: Path, tiny_tokenizer: Path) -> Path:
     from assets.tiny import build_llama
 
-    return build_llama(fixture_cache / "teacher", tiny_tokenizer, layers=2, hidden=64, ffn=128)
+    with build_lock(fixture_cache):
+        return build_llama(fixture_cache / "teacher", tiny_tokenizer, layers=2, hidden=64, ffn=128)
 
 
 # ---------------------------------------------------------------- the real SLURM test cluster
