@@ -161,6 +161,29 @@ def slurm_cluster() -> str:
     return proc.stdout.strip()
 
 
+# Tests that disturb the whole cluster (a node down, slurmctld stopped, an exclusive preemptor)
+# hold this lock exclusively; every other slurm test holds it shared, so parallel workers
+# (pytest-xdist) never run one beside them.
+CLUSTER_EXCLUSIVE = ("tests/reliability/test_faults.py::",)
+CLUSTER_LOCK = Path("/run/lock/kdlaunch-slurm-tests.lock")
+
+
+@pytest.fixture(autouse=True)
+def _cluster_sharing(request):
+    if "slurm" not in request.keywords:
+        yield
+        return
+    exclusive = request.node.nodeid.startswith(CLUSTER_EXCLUSIVE)
+    try:
+        fh = open(CLUSTER_LOCK, "a+")  # noqa: SIM115
+    except OSError:  # not root: no shared lock directory, no parallel cluster tests either
+        yield
+        return
+    with fh:
+        fcntl.flock(fh, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+
+
 @pytest.fixture
 def submitit_folder(slurm_cluster: str, tmp_path: Path) -> str:
     """A fresh submitit folder per test.

@@ -233,12 +233,14 @@ def run_allocation(jid: str) -> bool:
 
 # ---------------------------------------------------------------- queries and control
 def ids_of(argv: list[str]) -> list[str]:
+    """Every -j/--jobs list (submitit repeats -j once per job)."""
+    ids = []
     for i, a in enumerate(argv):
         if a in ("-j", "--jobs"):
-            return argv[i + 1].split(",")
-        if a.startswith("--jobs="):
-            return a.split("=", 1)[1].split(",")
-    return sorted(p.stem for p in (STATE / "jobs").glob("*.json"))
+            ids += argv[i + 1].split(",")
+        elif a.startswith("--jobs="):
+            ids += a.split("=", 1)[1].split(",")
+    return ids or sorted(p.stem for p in (STATE / "jobs").glob("*.json"))
 
 
 def elapsed(start: str | None, end: str | None) -> str:

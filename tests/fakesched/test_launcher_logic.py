@@ -200,8 +200,13 @@ def test_fake_formats_match_what_submitit_parses(fake_slurm, tmp_path):
     ex.update_parameters(slurm_partition="debug", timeout_min=5)
     job = ex.submit(sum, [1, 2, 3])
     assert job.result() == 6
-    assert job.get_info()["State"] == "COMPLETED"  # sacct's header + rows, as submitit reads them
     bad = ex.submit(int, "x")
     with pytest.raises(submitit.core.utils.FailedJobError, match="invalid literal"):
         bad.result()
-    assert bad.get_info()["State"] == "FAILED"
+    # the sacct command submitit's watcher issues, read by submitit's own parser
+    from submitit.slurm.slurm import SlurmInfoWatcher
+
+    text = subprocess.run(["sacct", "-o", "JobID,State,NodeList", "--parsable2", "-j", job.job_id,
+                           "-j", bad.job_id], capture_output=True, text=True, check=True).stdout
+    info = SlurmInfoWatcher().read_info(text)
+    assert info[job.job_id]["State"] == "COMPLETED" and info[bad.job_id]["State"] == "FAILED"
