@@ -91,7 +91,8 @@ def test_standalone_sbatch_scripts_run_on_slurm(slurm_cluster, demo_assets, tmp_
     run_dir, scripts = tmp_path / "run", tmp_path / "scripts"
     res = launch("--cluster", "ci", "--config", "tiny_demo", "--run-dir", str(run_dir),
                  "--emit-sbatch", str(scripts), "train.tp=2", "train.train_iters=10",
-                 "train.save_interval=5", "eval.enabled=false", *asset_overrides(demo_assets))
+                 "train.save_interval=5", "train.lr_warmup_iters=2", "eval.enabled=false",
+                 *asset_overrides(demo_assets))
     assert res.returncode == 0, res.stderr
     sub = subprocess.run(["bash", str(scripts / "submit.sh")], capture_output=True, text=True,
                          check=True)
