@@ -30,8 +30,10 @@ COMPUTE_FIXTURES = {
     "always_c_anymodel", "kd_runs", "dense_tp1_run", "dense_tp2_run", "hetero_run",
 }
 COMPUTE_DIRS = ("tests/kd/", "tests/eval/", "tests/data/")  # every test there runs the stack
-# unit-looking tests that start real compute work in a subprocess (a child killed mid-save)
-COMPUTE_TESTS = ("tests/reliability/test_checkpoints.py::test_sig",)
+# unit-looking tests that start real compute work in a subprocess (a child killed mid-save,
+# the compat table that imports Megatron-Bridge)
+COMPUTE_TESTS = ("tests/reliability/test_checkpoints.py::test_sig",
+                 "tests/docs/test_documented_commands.py::test_compat_table_command")
 TIERS = ("unit", "compute", "slurm", "e2e", "dist", "gpu")
 
 
