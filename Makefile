@@ -10,14 +10,14 @@ env:  ## create/refresh the virtualenv (.venv) with the pinned CPU stack
 	scripts/setup_env.sh
 
 demo: env  ## the embedded default: the whole pipeline on this machine, CPU, tiny models
-	$(PY) -m kd.demo .cache/demo
+	$(PY) -m assets.demo .cache/demo
 	$(PY) launch/distill.py --cluster local --config tiny_demo --run-dir runs/demo
 
-test: env cluster  ## every CPU test, SLURM ones included (starts the test cluster)
-	$(PY) -m pytest -q --durations=15
+test: env cluster  ## every CPU test, SLURM ones included (starts the test cluster); 2 workers
+	$(PY) -m pytest -q -n 2 --dist worksteal --durations=25
 
-test-fast: env  ## unit tests only (no SLURM, no end-to-end)
-	$(PY) -m pytest -q -m "not slurm and not e2e and not dist"
+test-fast: env  ## the unit tier: pure logic and the fake scheduler (no cluster, no model work)
+	$(PY) -m pytest -q -n 2 -m unit
 
 cluster:  ## start (or check) the local SLURM test cluster
 	scripts/slurm/start_cluster.sh

@@ -6,9 +6,9 @@ counts side by side.
     python benchmarks/eval_throughput.py --model M --batch-sizes auto --processes 1,4 \\
         --n-test 100 --out runs/bench/eval_dp.json     # 1 GPU vs 4 (one process per GPU)
 
-No Hub here, so the questions are MMLU-shaped stand-ins (kd.mmlu_local): all 57 subjects,
+No Hub here, so the questions are MMLU-shaped stand-ins (assets.mmlu): all 57 subjects,
 ``--n-test`` test questions each, 5 dev questions for the few-shot prompt, written in words the
-kd.tiny tokenizer knows, with MMLU-like lengths (question 30-90 words, choices 2-12 words; a
+assets.tiny tokenizer knows, with MMLU-like lengths (question 30-90 words, choices 2-12 words; a
 5-shot prompt is then ~550 tokens, real MMLU's are ~400-1000). Each batch size is one full
 ``kd.evaluate.run`` of the real ``mmlu`` group (the eval stage's code path, model load
 included): questions/s = questions / eval_seconds. ``auto`` is lm-eval's own search for the
@@ -35,7 +35,8 @@ def build_questions(root: Path, n_test: int, seed: int = 0,
                     few: bool = False) -> tuple[Path, int]:
     """All 57 subjects (``few``: one per category), MMLU-length questions; returns
     (lm-eval include_path, questions)."""
-    from kd.mmlu_local import DEFAULT_SUBJECTS, mmlu_subjects, write_dataset, write_task_overrides
+    from assets.mmlu import write_dataset
+    from kd.mmlu_local import DEFAULT_SUBJECTS, mmlu_subjects, write_task_overrides
 
     rng = random.Random(seed)
 

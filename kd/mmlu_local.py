@@ -1,4 +1,4 @@
-"""MMLU from a local directory: lm-eval task overrides, and a small fake MMLU for tests and demos.
+"""MMLU from a local directory: lm-eval task overrides.
 
 lm-eval's ``mmlu`` task reads the Hub dataset ``cais/mmlu``. Offline clusters and CI point it
 at a local directory instead, keeping the real task and group names, prompts and JSON keys:
@@ -15,8 +15,8 @@ at a local directory instead, keeping the real task and group names, prompts and
       huggingface-cli download cais/mmlu --repo-type dataset --local-dir /data/mmlu
       python -m kd.mmlu_local tasks --dataset /data/mmlu --out /data/mmlu_tasks
 
-* ``build_fake_mmlu`` writes random questions in that layout (one subject per category by
-  default), made of words the tiny test tokenizer knows (``kd.tiny``).
+* ``assets/mmlu.py`` (repository only, not installed) builds a small fake MMLU in that layout
+  for the demo and the tests.
 """
 
 from __future__ import annotations
@@ -24,16 +24,11 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
-import random
-import shutil
 from pathlib import Path
 
 CATEGORIES = ("humanities", "other", "social_sciences", "stem")
 # One real subject per category: the smallest dataset whose groups are all non-empty.
 DEFAULT_SUBJECTS = ("philosophy", "nutrition", "econometrics", "abstract_algebra")
-SPLITS = ("test", "validation", "dev")
-_DONE = ".kdlaunch-mmlu"
 _AGGREGATE = (
     "aggregate_metric_list:\n  - metric: acc\n    weight_by_size: true\nmetadata:\n  version: 2\n"
 )
@@ -69,7 +64,7 @@ def write_task_overrides(
         raise ValueError(
             f"{dataset_dir} has no README.md: it must be laid out like the Hub repo "
             "cais/mmlu (huggingface-cli download cais/mmlu --repo-type dataset "
-            "--local-dir DIR), or be built by kd.mmlu_local.build_fake_mmlu"
+            "--local-dir DIR), or be built by assets.mmlu.build_fake_mmlu"
         )
     task_dir.mkdir(parents=True, exist_ok=True)
     for stale in task_dir.glob("_mmlu*.yaml"):
@@ -111,86 +106,6 @@ def _by_category(subjects: tuple[str, ...]) -> dict[str, list[str]]:
     return groups
 
 
-def write_dataset(out_dir: str | Path, rows: dict[str, dict[str, list[dict]]]) -> Path:
-    """Write ``{subject: {split: [row, ...]}}`` as a cais/mmlu-shaped directory (atomically).
-
-    Rows have cais/mmlu's columns: ``question`` (str), ``subject`` (str), ``choices`` (4 str),
-    ``answer`` (0-3, stored as the ClassLabel A-D).
-    """
-    import datasets
-    import yaml
-
-    features = datasets.Features(
-        {
-            "question": datasets.Value("string"),
-            "subject": datasets.Value("string"),
-            "choices": datasets.Sequence(datasets.Value("string")),
-            "answer": datasets.ClassLabel(names=["A", "B", "C", "D"]),
-        }
-    )
-    out = Path(out_dir)
-    tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    configs = []
-    for subject, splits in rows.items():
-        (tmp / subject).mkdir(parents=True)
-        files = []
-        for split in SPLITS:
-            data = datasets.Dataset.from_list(splits.get(split, []), features=features)
-            data.to_parquet(str(tmp / subject / f"{split}-00000-of-00001.parquet"))
-            files.append({"split": split, "path": f"{subject}/{split}-*"})
-        configs.append({"config_name": subject, "data_files": files})
-    header = yaml.safe_dump({"configs": configs}, sort_keys=False)
-    (tmp / "README.md").write_text(f"---\n{header}---\n# Local MMLU-shaped dataset\n")
-    (tmp / _DONE).write_text(json.dumps(sorted(rows)) + "\n")
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
-    return out
-
-
-def build_fake_mmlu(
-    out_dir: str | Path,
-    subjects: tuple[str, ...] = DEFAULT_SUBJECTS,
-    *,
-    n_test: int = 4,
-    n_dev: int = 5,
-    answers: dict[str, list[int]] | None = None,
-    seed: int = 0,
-) -> Path:
-    """Random questions of words ``w0..w99`` (known to ``kd.tiny``'s tokenizer); idempotent.
-
-    ``answers[subject]`` fixes the test answers (length ``n_test``), so accuracies of a model
-    that always picks one letter are known in advance.
-    """
-    out = Path(out_dir)
-    if (out / _DONE).is_file():
-        return out
-    rng = random.Random(seed)
-    rows = {}
-    for subject in subjects:
-        fixed = (answers or {}).get(subject)
-        if fixed is not None and len(fixed) != n_test:
-            raise ValueError(f"answers[{subject!r}] has {len(fixed)} entries; n_test is {n_test}")
-        test = [
-            _question(rng, subject, fixed[i] if fixed else rng.randrange(4)) for i in range(n_test)
-        ]
-        dev = [_question(rng, subject, rng.randrange(4)) for _ in range(n_dev)]
-        rows[subject] = {"test": test, "validation": dev[:1], "dev": dev}
-    return write_dataset(out, rows)
-
-
-def _question(rng: random.Random, subject: str, answer: int) -> dict:
-    def words(lo: int, hi: int) -> str:
-        return " ".join(f"w{rng.randrange(100)}" for _ in range(rng.randint(lo, hi)))
-
-    return {
-        "question": words(5, 12),
-        "subject": subject,
-        "choices": [words(1, 3) for _ in range(4)],
-        "answer": answer,
-    }
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m kd.mmlu_local",
@@ -202,15 +117,9 @@ def main(argv: list[str] | None = None) -> None:
     tasks.add_argument("--dataset", required=True, help="cais/mmlu-shaped directory")
     tasks.add_argument("--out", required=True, help="task directory (EvalSpec.include_path)")
     tasks.add_argument("--subjects", nargs="+", help="only these subjects (default: all 57)")
-    fake = sub.add_parser("fake", help="build a small random MMLU (for demos and tests)")
-    fake.add_argument("--out", required=True)
-    fake.add_argument("--n-test", type=int, default=4)
     args = parser.parse_args(argv)
-    if args.command == "tasks":
-        subjects = tuple(args.subjects) if args.subjects else None
-        print(write_task_overrides(args.out, args.dataset, subjects))
-    else:
-        print(build_fake_mmlu(args.out, n_test=args.n_test))
+    subjects = tuple(args.subjects) if args.subjects else None
+    print(write_task_overrides(args.out, args.dataset, subjects))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,11 @@
 """Shared test fixtures: one cache of tiny models/tokenizers for the whole session (and across
-sessions: builders in kd/tiny.py are idempotent), GPU skipping."""
+sessions: builders in assets/ are idempotent), the real SLURM cluster, the fake scheduler, and
+the tiers: markers are assigned here from what a test uses (see TIERS)."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import subprocess
 from pathlib import Path
@@ -16,7 +19,42 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+# ---------------------------------------------------------------- tiers (markers follow cost)
+# unit:    pure logic, no real model/framework work, no cluster (the fake scheduler is unit)
+# compute: starts real torch / Megatron / lm-eval / datasets work (tiny models, CPU)
+# slurm:   the real SLURM test cluster;  e2e: a whole pipeline;  dist: gloo process groups;
+# gpu:     CUDA (skipped elsewhere). A test gets every marker that applies; `unit` only if none.
+COMPUTE_FIXTURES = {
+    "tiny_tokenizer", "tiny_teacher", "demo_assets", "demo_prefix", "dense_student",
+    "anymodel_student", "token_prefix", "mmlu_dataset", "mmlu_tasks", "always_c_model",
+    "always_c_anymodel", "kd_runs", "dense_tp1_run", "dense_tp2_run", "hetero_run",
+}
+COMPUTE_DIRS = ("tests/kd/", "tests/eval/", "tests/data/")  # every test there runs the stack
+# unit-looking tests that start real compute work in a subprocess (a child killed mid-save,
+# the compat table that imports Megatron-Bridge)
+COMPUTE_TESTS = ("tests/reliability/test_checkpoints.py::test_sig",
+                 "tests/docs/test_documented_commands.py::test_compat_table_command")
+TIERS = ("unit", "compute", "slurm", "e2e", "dist", "gpu")
+
+
+def _tier_markers(item) -> set[str]:
+    rel = item.nodeid
+    names = set(getattr(item, "fixturenames", ()))
+    marks = {m.name for m in item.iter_markers()} & set(TIERS)
+    if "slurm_cluster" in names:
+        marks.add("slurm")
+    if names & COMPUTE_FIXTURES or rel.startswith(COMPUTE_DIRS) or rel.startswith(COMPUTE_TESTS) \
+            or marks & {"dist", "e2e", "gpu"}:
+        marks.add("compute")
+    if not marks:
+        marks.add("unit")
+    return marks
+
+
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for name in _tier_markers(item) - {m.name for m in item.iter_markers()}:
+            item.add_marker(getattr(pytest.mark, name))
     try:
         import torch
 
@@ -27,8 +65,18 @@ def pytest_collection_modifyitems(config, items):
         return
     skip = pytest.mark.skip(reason="needs CUDA GPUs: run on the device machine (see CONTRIBUTING.md)")
     for item in items:
-        if "gpu" in item.keywords:
+        # the marker, not item.keywords: keywords hold every path part, so a checkout in a
+        # folder named "gpu" would skip the whole suite
+        if item.get_closest_marker("gpu"):
             item.add_marker(skip)
+
+
+@contextlib.contextmanager
+def build_lock(cache: Path):
+    """One builder at a time across processes (pytest-xdist workers share the fixture cache)."""
+    with open(cache / ".build.lock", "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -41,18 +89,33 @@ def fixture_cache() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer(fixture_cache: Path) -> Path:
-    from kd.tiny import build_tokenizer
+    from assets.tiny import build_tokenizer
 
-    return build_tokenizer(fixture_cache / "tokenizer")
+    with build_lock(fixture_cache):
+        return build_tokenizer(fixture_cache / "tokenizer")
 
 
 @pytest.fixture(scope="session")
 def demo_assets(fixture_cache: Path) -> dict:
-    """The embedded demo's assets (kd.demo): trained tiny teacher, pruned AnyModel student,
+    """The embedded demo's assets (assets.demo): trained tiny teacher, pruned AnyModel student,
     corpus, held-out kd_synth task and local MMLU, built once into the fixture cache."""
-    from kd.demo import build
+    from assets.demo import build
 
-    return build(fixture_cache / "demo")
+    with build_lock(fixture_cache):
+        return build(fixture_cache / "demo")
+
+
+@pytest.fixture(scope="session")
+def demo_prefix(demo_assets: dict, fixture_cache: Path) -> dict:
+    """Demo models + the demo corpus tokenized once (a ready Megatron prefix: no data stage)."""
+    from kd import data
+    from kd.specs import DataSource, DataSpec
+
+    spec = DataSpec(sources=(DataSource(name="synthetic", jsonl=str(demo_assets["corpus"])),),
+                    tokenizer=str(demo_assets["teacher"]), out_dir=str(fixture_cache / "demo_tokenized"))
+    with build_lock(fixture_cache):
+        result = data.run(spec)
+    return {**demo_assets, "prefix": result["blend"][0][1]}
 
 
 def asset_overrides(assets: dict) -> list[str]:
@@ -64,9 +127,10 @@ def asset_overrides(assets: dict) -> list[str]:
 
 @pytest.fixture(scope="session")
 def tiny_teacher(fixture_cache: Path, tiny_tokenizer: Path) -> Path:
-    from kd.tiny import build_llama
+    from assets.tiny import build_llama
 
-    return build_llama(fixture_cache / "teacher", tiny_tokenizer, layers=2, hidden=64, ffn=128)
+    with build_lock(fixture_cache):
+        return build_llama(fixture_cache / "teacher", tiny_tokenizer, layers=2, hidden=64, ffn=128)
 
 
 # ---------------------------------------------------------------- the real SLURM test cluster
@@ -101,6 +165,29 @@ def slurm_cluster() -> str:
     return proc.stdout.strip()
 
 
+# Tests that disturb the whole cluster (a node down, slurmctld stopped, an exclusive preemptor)
+# hold this lock exclusively; every other slurm test holds it shared, so parallel workers
+# (pytest-xdist) never run one beside them.
+CLUSTER_EXCLUSIVE = ("tests/reliability/test_faults.py::",)
+CLUSTER_LOCK = Path("/run/lock/kdlaunch-slurm-tests.lock")
+
+
+@pytest.fixture(autouse=True)
+def _cluster_sharing(request):
+    if "slurm" not in request.keywords:
+        yield
+        return
+    exclusive = request.node.nodeid.startswith(CLUSTER_EXCLUSIVE)
+    try:
+        fh = open(CLUSTER_LOCK, "a+")  # noqa: SIM115
+    except OSError:  # not root: no shared lock directory, no parallel cluster tests either
+        yield
+        return
+    with fh:
+        fcntl.flock(fh, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+
+
 @pytest.fixture
 def submitit_folder(slurm_cluster: str, tmp_path: Path) -> str:
     """A fresh submitit folder per test.
@@ -125,3 +212,34 @@ def slurm_executor(submitit_folder: str):
         slurm_setup=["export OMP_NUM_THREADS=1"],
     )
     return executor
+
+
+# ---------------------------------------------------------------- the fake scheduler (logic tier)
+FAKESCHED_BIN = REPO / "tests" / "fakesched" / "bin"
+
+
+@pytest.fixture
+def fake_slurm(tmp_path: Path, monkeypatch):
+    """A fake SLURM on PATH (tests/fakesched): sbatch/squeue/sacct/scancel/scontrol/sinfo/srun
+    with a state directory of its own; jobs run on this machine. Returns the state directory.
+    Whatever is still running at the end is stopped (only this test's jobs: its own state)."""
+    import json
+    import signal
+    import sys
+
+    state = tmp_path / "fakesched"
+    state.mkdir()
+    monkeypatch.setenv("PATH", f"{FAKESCHED_BIN}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("KD_FAKESCHED_DIR", str(state))
+    monkeypatch.setenv("KD_FAKESCHED_PYTHON", sys.executable)
+    monkeypatch.delenv("SBATCH_PARTITION", raising=False)
+    yield state
+    subprocess.run(["scancel", *[p.stem for p in (state / "jobs").glob("*.json")]],
+                   capture_output=True, check=False)
+    for path in (state / "jobs").glob("*.json"):
+        pid = json.loads(path.read_text()).get("pid")
+        if pid:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass

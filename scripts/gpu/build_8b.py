@@ -3,11 +3,11 @@
     python scripts/gpu/build_8b.py ROOT [--layers 32] [--docs 4000]
     python scripts/gpu/build_8b.py ROOT --tiny          # same recipe, CPU-sized (pre-flight)
 
-ROOT/tokenizer  word-level tokenizer with Llama-3.1's 128256 entries (kd.tiny.build_tokenizer)
+ROOT/tokenizer  word-level tokenizer with Llama-3.1's 128256 entries (assets.tiny.build_tokenizer)
 ROOT/teacher    Llama-3.1-8B dimensions: hidden 4096, 32 heads, 8 KV heads, FFN 14336, vocab
                 128256, rope theta 500000; ``--layers`` of them (32 = the real 8B, 8.03B
                 parameters), random init (normal, std 0.02) on the GPU in bf16
-ROOT/student    Puzzletron AnyModel cut from it (kd.tiny.build_pruned_anymodel): attention
+ROOT/student    Puzzletron AnyModel cut from it (assets.tiny.build_pruned_anymodel): attention
                 no-op in every 4th layer, every FFN cut to 4608 (48 % of the parameters at 32
                 layers: 3.87B; the embeddings do not shrink with depth, so a shallower pair is a
                 little above half)
@@ -34,7 +34,7 @@ NO_OP_ATTENTION_EVERY = 4
 
 
 def build_teacher(out: Path, tok_dir: Path, layers: int, dims: dict, device: str) -> Path:
-    from kd.tiny import DONE, _publish
+    from assets.tiny import DONE, _publish
 
     if (out / DONE).is_file():
         return out
@@ -87,7 +87,7 @@ def build(root: Path, layers: int, tiny: bool, docs: int) -> dict:
 
     device = compat.resolve_device("auto")
     compat.activate(device)  # import stubs modelopt needs (pulp, ...)
-    from kd.tiny import build_pruned_anymodel, build_tokenizer
+    from assets.tiny import build_pruned_anymodel, build_tokenizer
 
     dims = TINY if tiny else LLAMA_8B
     root.mkdir(parents=True, exist_ok=True)

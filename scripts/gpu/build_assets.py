@@ -3,15 +3,15 @@
     python scripts/gpu/build_assets.py [ROOT]            # default .cache/gpu_1b, ~1B teacher
     python scripts/gpu/build_assets.py ROOT --tiny       # the same layout, CPU-sized (pre-flight)
 
-ROOT/tokenizer     word-level tokenizer, 32000 entries (kd.tiny.build_tokenizer)
+ROOT/tokenizer     word-level tokenizer, 32000 entries (assets.tiny.build_tokenizer)
 ROOT/teacher       random-init Llama: 16 layers, hidden 2048, 16 heads, 8 KV heads, FFN 8192
                    (1.14B parameters with the 32000 x 2048 untied embeddings)
-ROOT/student       Puzzletron AnyModel student pruned from it (kd.tiny.build_pruned_anymodel:
+ROOT/student       Puzzletron AnyModel student pruned from it (assets.tiny.build_pruned_anymodel:
                    layer-0 attention no-op, layer-1 FFN halved)
 ROOT/student_small the benchmark's ~0.5B Puzzletron-style student (benchmarks/kd_throughput.py):
                    attention no-op in layers 0 and 8, every FFN cut to a quarter (0.54B)
-ROOT/corpus.jsonl  synthetic documents (kd.demo's language), the prepare_data stage's input
-ROOT/mmlu_data     small fake MMLU (kd.mmlu_local), ROOT/mmlu_tasks its lm-eval overrides
+ROOT/corpus.jsonl  synthetic documents (assets.demo's language), the prepare_data stage's input
+ROOT/mmlu_data     small fake MMLU (assets.mmlu), ROOT/mmlu_tasks its lm-eval overrides
 """
 
 from __future__ import annotations
@@ -32,9 +32,10 @@ def build(root: Path, tiny: bool, docs: int) -> dict:
     from kd import compat
 
     compat.activate(compat.resolve_device("auto"))  # import stubs modelopt needs (pulp, ...)
-    from kd.demo import write_corpus
-    from kd.mmlu_local import DEFAULT_SUBJECTS, build_fake_mmlu, write_task_overrides
-    from kd.tiny import build_llama, build_pruned_anymodel, build_tokenizer
+    from assets.demo import write_corpus
+    from assets.mmlu import build_fake_mmlu
+    from assets.tiny import build_llama, build_pruned_anymodel, build_tokenizer
+    from kd.mmlu_local import DEFAULT_SUBJECTS, write_task_overrides
 
     root.mkdir(parents=True, exist_ok=True)
     t0 = time.time()

@@ -176,7 +176,7 @@ RULES = (
     Rule("distill-gpu", r"python launch/distill\.py --cluster (slurm|pyxis_nemo|local_gpu) .*",
          "dry-run", "queues GPU jobs: run with --dry-run; placeholder paths must be refused"),
     # real, local: the embedded demo (= the local end-to-end test)
-    Rule("demo-assets", r"python -m kd\.demo \.cache/demo", "real",
+    Rule("demo-assets", r"python -m assets\.demo \.cache/demo", "real",
          "local: builds (here: checks, it is idempotent) the demo assets in .cache/demo"),
     Rule("demo-local", r"python launch/distill\.py --cluster local --config tiny_demo", "real",
          "local: the whole pipeline, with train.train_iters=60 and checkpoint selection "
@@ -261,7 +261,7 @@ def test_not_run_and_help_commands_exist(tmp_path):
             proc = run(["make", "-n", words[1]], REPO)
             assert proc.returncode == 0, (c, proc.stderr)
             if words[1] == "demo":  # its recipe is the runbook's two commands, run for real
-                assert "-m kd.demo .cache/demo" in proc.stdout, proc.stdout
+                assert "-m assets.demo .cache/demo" in proc.stdout, proc.stdout
                 assert "launch/distill.py --cluster local --config tiny_demo" in proc.stdout
         elif words[:3] == ["python", "-m", "pytest"]:
             assert (REPO / words[3]).exists(), c
@@ -420,10 +420,12 @@ def test_local_demo_commands(scratch, demo_assets):
         assert (scratch / "mmlu-tasks" / "_mmlu.yaml").is_file(), list((scratch / "mmlu-tasks").iterdir())
 
 
-# short overrides for the sweep run on the test cluster (the shipped file: 40 iterations, two
-# checkpoints per member, every eval in full)
+# short overrides for the sweep run on the test cluster (the shipped file: 2 x 2 members, 40
+# iterations, two checkpoints per member, every eval in full): both datasets (the sharing of
+# data prep and of the evals still shows) at one learning rate, 10 iterations, no candidates
 SWEEP_SHORT = {"overrides": ["train.train_iters=10", "train.lr_warmup_iters=2", "eval.limit=100"],
                "select": {"iterations": [], "task": "kd_synth"}}
+SWEEP_LR = "lr3e-3"
 
 
 @pytest.mark.e2e
@@ -437,21 +439,23 @@ def test_sweep_and_status_commands_on_slurm(slurm_cluster, scratch):
     sweeps.unlink()
     sweeps.mkdir()
     shipped = yaml.safe_load((REPO / "configs" / "sweeps" / "nightly_tiny.yaml").read_text())
-    (sweeps / "nightly_tiny.yaml").write_text(yaml.safe_dump({**shipped, **SWEEP_SHORT}, sort_keys=False))
-    members = ("full-lr3e-3", "full-lr1e-3", "small-lr3e-3", "small-lr1e-3")
+    grid = {"data": shipped["grid"]["data"], "lr": {SWEEP_LR: shipped["grid"]["lr"][SWEEP_LR]}}
+    (sweeps / "nightly_tiny.yaml").write_text(
+        yaml.safe_dump({**shipped, **SWEEP_SHORT, "grid": grid}, sort_keys=False))
+    members = tuple(f"{d}-{SWEEP_LR}" for d in grid["data"])  # full-lr3e-3, small-lr3e-3
 
     for c in commands_of("cluster-status"):
         assert run(c.text.split(), scratch, 120).returncode == 0, c
     for c in commands_of("sweep-dry-run"):
         proc = run_python(c.text, scratch, timeout=120)
-        assert proc.returncode == 0 and proc.stdout.count("pre-flight: ok") == 4, proc.stdout[-3000:]
+        assert proc.returncode == 0 and proc.stdout.count("pre-flight: ok") == 2, proc.stdout[-3000:]
     launches = commands_of("sweep-launch")
     first, *later = sorted(launches, key=lambda c: "--cluster ci" not in c.text)
     proc = run_python(first.text, scratch, timeout=300)
     assert proc.returncode == 0 and "job(s) submitted" in proc.stdout, proc.stdout + proc.stderr
     night = next((scratch / "runs" / "sweeps" / "nightly_tiny").iterdir())
     try:
-        _check_while_queued(scratch, night)
+        _check_while_queued(scratch, night, len(members))
         for c in later:  # the same night again (cron retry, --retry-failed): nothing submitted
             proc = run_python(c.text, scratch, timeout=120)
             assert proc.returncode == 0 and "0 job(s) submitted" in proc.stdout, (c, proc.stdout)
@@ -467,13 +471,13 @@ def test_sweep_and_status_commands_on_slurm(slurm_cluster, scratch):
     _check_when_done(scratch, night, members)
 
 
-def _check_while_queued(scratch: Path, night: Path) -> None:
+def _check_while_queued(scratch: Path, night: Path, n_members: int) -> None:
     for c in commands_of("sweep-check"):
         if "--date" not in c.text:
             proc = run_python(c.text, scratch, timeout=120)
             assert proc.returncode == 3, proc.stdout + proc.stderr
             md = (night / "trend" / "trend.md").read_text()
-            assert "(partial: 4 member(s) without results)" in md and "waiting: " in md, md
+            assert f"(partial: {n_members} member(s) without results)" in md and "waiting: " in md, md
             return
 
 
@@ -494,7 +498,8 @@ def _status_commands(scratch: Path, night: Path, members: tuple[str, ...]) -> No
         elif c.text.endswith("--cancel"):
             assert "cancelled 0 job(s)" in proc.stdout, proc.stdout
         elif not c.text.endswith("--wait"):
-            assert proc.stdout.count("COMPLETED") == 4, proc.stdout  # its own (not shared) stages
+            # its own stages: it prepares its dataset, and shares the teacher/student-before evals
+            assert proc.stdout.count("COMPLETED") == 5, proc.stdout
 
 
 def _check_when_done(scratch: Path, night: Path, members: tuple[str, ...]) -> None:
@@ -506,9 +511,9 @@ def _check_when_done(scratch: Path, night: Path, members: tuple[str, ...]) -> No
         for stage, rec in json.loads((night / m / "manifest.json").read_text())["stages"].items():
             if rec.get("job_id"):
                 owners.setdefault(stage, []).append(m)
-    # one data prep per dataset, one teacher eval and one student-before eval for all four
+    # one data prep per dataset, one teacher eval and one student-before eval for all members
     assert len(owners["prepare_data"]) == 2 and len(owners["eval_teacher"]) == 1
-    assert len(owners["eval_student_before"]) == 1 and len(owners["distill"]) == 4
+    assert len(owners["eval_student_before"]) == 1 and len(owners["distill"]) == len(members)
     for c in commands_of("sweep-check"):
         proc = run_python(c.text, scratch, timeout=120)
         if "--date" in c.text:  # another night, never launched here

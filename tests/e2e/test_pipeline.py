@@ -3,7 +3,7 @@ own job; distill on 2 nodes x 1 task, TP=2 over gloo). The local run (the embedd
 tests/docs/test_documented_commands.py::test_local_demo_commands: the documented demo command,
 checked with ``check_finished_run`` below.
 
-Both use the demo assets (kd.demo: trained tiny teacher, pruned AnyModel student, held-out
+Both use the demo assets (assets.demo: trained tiny teacher, pruned AnyModel student, held-out
 kd_synth task, local MMLU copy), built once into the shared fixture cache.
 """
 
@@ -28,7 +28,10 @@ def launch(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=timeout)
 
 
-def check_finished_run(run_dir: Path, out: str, stages: tuple[str, ...] = STAGES) -> dict:
+def check_finished_run(run_dir: Path, out: str, stages: tuple[str, ...] = STAGES,
+                       learned: bool = True) -> dict:
+    """Every stage done, the report written; with ``learned``, KD measurably helped (needs the
+    demo's 60 iterations: the local run checks it, the SLURM run checks the plumbing)."""
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert set(manifest["stages"]) == set(stages)
     for stage in stages:
@@ -42,8 +45,9 @@ def check_finished_run(run_dir: Path, out: str, stages: tuple[str, ...] = STAGES
     synth = {r: e["groups"]["kd_synth"]["acc"] for r, e in evals.items()}
     # what KD is for: the teacher beats the pruned student, distillation recovers part of the gap
     assert synth["teacher"] > synth["student_before"] + 0.2, synth
-    assert synth["student_after"] > synth["student_before"] + 0.1, synth
-    assert "Verdict on kd_synth: improved" in report
+    if learned:
+        assert synth["student_after"] > synth["student_before"] + 0.1, synth
+        assert "Verdict on kd_synth: improved" in report
     # every eval kept its per-question samples, so the verdicts are paired
     assert "paired z =" in report and "no paired test" not in report
     assert evals["student_before"]["model_kind"] == "anymodel"
@@ -60,10 +64,10 @@ def check_finished_run(run_dir: Path, out: str, stages: tuple[str, ...] = STAGES
 def test_slurm_pipeline(slurm_cluster, demo_assets, tmp_path):
     run_dir = tmp_path / "run"
     res = launch("--cluster", "ci", "--config", "tiny_demo", "--run-dir", str(run_dir), "--wait",
-                 "train.tp=2", "train.train_iters=60", *asset_overrides(demo_assets),
-                 timeout=1400)
+                 "train.tp=2", "train.train_iters=20", "train.save_interval=10",
+                 *asset_overrides(demo_assets), timeout=1400)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    manifest = check_finished_run(run_dir, res.stdout)
+    manifest = check_finished_run(run_dir, res.stdout, learned=False)
     ids = {s: r["job_id"] for s, r in manifest["stages"].items()}
     assert all(i.isdigit() for i in ids.values()) and len(set(ids.values())) == 7
     acct = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,State,NNodes,NodeList",
@@ -82,25 +86,28 @@ def test_slurm_pipeline(slurm_cluster, demo_assets, tmp_path):
 @pytest.mark.slurm
 @pytest.mark.timeout(900)
 def test_standalone_sbatch_scripts_run_on_slurm(slurm_cluster, demo_assets, tmp_path):
-    """The hand-submission form (--emit-sbatch) runs the same pipeline without submitit."""
+    """The hand-submission form (--emit-sbatch) runs without submitit: sbatch reads the
+    scripts, afterok chains them, srun starts TP=2 over two nodes. Evals use the same script
+    template (tests/golden has their text), so the short chain data -> distill -> export runs."""
     import time
 
     run_dir, scripts = tmp_path / "run", tmp_path / "scripts"
     res = launch("--cluster", "ci", "--config", "tiny_demo", "--run-dir", str(run_dir),
-                 "--emit-sbatch", str(scripts), "train.tp=2", "train.train_iters=20",
-                 "train.save_interval=10", *asset_overrides(demo_assets))
+                 "--emit-sbatch", str(scripts), "train.tp=2", "train.train_iters=10",
+                 "train.save_interval=5", "train.lr_warmup_iters=2", "eval.enabled=false",
+                 *asset_overrides(demo_assets))
     assert res.returncode == 0, res.stderr
     sub = subprocess.run(["bash", str(scripts / "submit.sh")], capture_output=True, text=True,
                          check=True)
     ids = dict(line.split(": job ") for line in sub.stdout.splitlines())
-    assert set(ids) == set(STAGES)
+    assert set(ids) == {"prepare_data", "distill", "export_hf"}
     deadline = time.time() + 800
-    while not (run_dir / "stages" / "report.done").exists():
+    while not (run_dir / "stages" / "export_hf.done").exists():
         states = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "State", "-j",
                                  ",".join(ids.values())], capture_output=True, text=True).stdout
         assert "FAILED" not in states and "CANCELLED" not in states, states
         assert time.time() < deadline, states
         time.sleep(5)
-    assert "| Before distillation |" in (run_dir / "report" / "report.md").read_text()
+    assert (run_dir / "export" / "hf" / "config.json").is_file()
     assert (run_dir / "distill" / "checkpoints" / "latest_checkpointed_iteration.txt"
-            ).read_text().strip() == "20"
+            ).read_text().strip() == "10"

@@ -7,7 +7,8 @@ import os
 from pathlib import Path
 
 import pytest
-from always_c import ANSWERS
+
+from tests.eval.always_c import ANSWERS
 
 REPO = Path(__file__).resolve().parents[2]
 # datasets caches the parquet -> arrow conversion; keep it out of the user's ~/.cache.
@@ -16,7 +17,7 @@ os.environ.setdefault("HF_DATASETS_CACHE", str(REPO / ".cache" / "hf-datasets"))
 
 @pytest.fixture(scope="session")
 def mmlu_dataset(fixture_cache: Path) -> Path:
-    from kd.mmlu_local import build_fake_mmlu
+    from assets.mmlu import build_fake_mmlu
 
     return build_fake_mmlu(
         fixture_cache / "mmlu-fake-v1", tuple(ANSWERS), n_test=4, answers=ANSWERS
@@ -63,7 +64,7 @@ def always_c_model(fixture_cache: Path, tiny_teacher: Path) -> Path:
 def always_c_anymodel(fixture_cache: Path, always_c_model: Path) -> Path:
     """The always-C model as a pruned Puzzletron AnyModel: no-op attention in layer 0, half FFN
     in layer 1. Both were silenced already, so it must still always answer C."""
-    from kd.tiny import build_pruned_anymodel
+    from assets.tiny import build_pruned_anymodel
 
     return build_pruned_anymodel(always_c_model, fixture_cache / "always-c-anymodel")
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import gen_task
 import pytest
-from always_c import ANSWERS, expected_acc
 
 from kd import eval_shards, evaluate, results
 from kd.specs import EvalSpec, replace_fields
+from tests.eval.always_c import ANSWERS, expected_acc
 
 GROUP_KEYS = ["mmlu", "mmlu_humanities", "mmlu_other", "mmlu_social_sciences", "mmlu_stem"]
 
@@ -258,7 +258,8 @@ def test_bfloat16_on_gpu(always_c_model, always_c_anymodel, mmlu_tasks, tmp_path
 def test_same_named_local_copies_are_not_served_from_each_others_cache(tiny_teacher, tmp_path):
     """`datasets` keys a local folder's cache by its name, not its contents: two different
     local MMLU copies both called mmlu_data must each be evaluated on their own questions."""
-    from kd.mmlu_local import DEFAULT_SUBJECTS, build_fake_mmlu, write_task_overrides
+    from assets.mmlu import build_fake_mmlu
+    from kd.mmlu_local import DEFAULT_SUBJECTS, write_task_overrides
 
     counts = {}
     for copy, n_test in (("a", 2), ("b", 3)):

@@ -30,12 +30,11 @@ def main() -> int:
     compat.activate("cpu")
     import torch
 
-    sys.path.insert(0, str(Path(__file__).parent))
-    from _parity import hf_logits
-
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
     from kd import export
     from kd.paths import iteration_dir
     from kd.specs import ExportSpec, spec_from_dict
+    from tests.kd._parity import hf_logits
 
     spec = spec_from_dict(ExportSpec, json.loads(Path(sys.argv[1]).read_text()))
     out = export.run(spec)

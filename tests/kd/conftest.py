@@ -17,13 +17,13 @@ from kd.dist_env import free_port, local_job_env
 from kd.specs import DistillSpec, KDOptions, replace_fields
 
 REPO = Path(__file__).resolve().parents[2]
-VOCAB = 256  # kd.tiny.build_tokenizer's default
+VOCAB = 256  # assets.tiny.build_tokenizer's default
 
 
 @pytest.fixture(scope="session")
 def dense_student(fixture_cache: Path, tiny_tokenizer: Path) -> Path:
     """A standard Llama student: same shape as the teacher, other random weights."""
-    from kd.tiny import build_llama
+    from assets.tiny import build_llama
 
     return build_llama(
         fixture_cache / "student_dense", tiny_tokenizer, layers=2, hidden=64, ffn=128, seed=1
@@ -33,7 +33,7 @@ def dense_student(fixture_cache: Path, tiny_tokenizer: Path) -> Path:
 @pytest.fixture(scope="session")
 def anymodel_student(fixture_cache: Path, tiny_teacher: Path) -> Path:
     """The teacher in Puzzletron AnyModel form, attention 0 no-op and FFN 1 halved."""
-    from kd.tiny import build_pruned_anymodel
+    from assets.tiny import build_pruned_anymodel
 
     return build_pruned_anymodel(tiny_teacher, fixture_cache / "student_anymodel")
 

@@ -11,10 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, losses_of, make_spec, run_python, tagged_json
 
 from kd.paths import iteration_dir, latest_iteration
 from kd.specs import replace_fields
+from tests.kd.conftest import REPO, losses_of, make_spec, run_python, tagged_json
 
 
 def test_entry_points_import_without_torch():

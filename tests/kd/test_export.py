@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run_python, tagged_json
 
 from kd.sections import Export
 from kd.specs import ExportSpec, replace_fields
+from tests.kd.conftest import REPO, run_python, tagged_json
 
 
 def _export_and_check(kd_runs: Path, name: str, spec: ExportSpec) -> dict:

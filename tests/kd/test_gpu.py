@@ -19,11 +19,11 @@ import statistics
 from pathlib import Path
 
 import pytest
-from conftest import REPO, losses_of, make_spec, run_python, run_ranks, tagged_json
 
 from kd.paths import latest_iteration
 from kd.sections import Export
 from kd.specs import ExportSpec
+from tests.kd.conftest import REPO, losses_of, make_spec, run_python, run_ranks, tagged_json
 
 pytestmark = pytest.mark.gpu
 ITERS, SEQ, MBS, GBS, WORLD = 20, 1024, 2, 8, 2
@@ -40,7 +40,7 @@ def two_gpus():
 
 @pytest.fixture(scope="module")
 def big_teacher(fixture_cache, tiny_tokenizer) -> Path:
-    from kd.tiny import build_llama
+    from assets.tiny import build_llama
 
     return build_llama(
         fixture_cache / "gpu_teacher",
@@ -57,7 +57,7 @@ def big_teacher(fixture_cache, tiny_tokenizer) -> Path:
 
 @pytest.fixture(scope="module")
 def big_student(fixture_cache, tiny_tokenizer) -> Path:
-    from kd.tiny import build_llama
+    from assets.tiny import build_llama
 
     return build_llama(
         fixture_cache / "gpu_student",
@@ -74,8 +74,8 @@ def big_student(fixture_cache, tiny_tokenizer) -> Path:
 
 @pytest.fixture(scope="module")
 def big_anymodel(fixture_cache, big_teacher) -> Path:
+    from assets.tiny import build_pruned_anymodel
     from kd import compat
-    from kd.tiny import build_pruned_anymodel
 
     compat.activate(compat.resolve_device("auto"))  # modelopt imports pulp: stubbed when absent
     return build_pruned_anymodel(big_teacher, fixture_cache / "gpu_anymodel")

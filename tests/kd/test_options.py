@@ -8,12 +8,12 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import REPO, make_spec, run_python, tagged_json
 
 from kd import checkpoints as ckpts
 from kd.paths import iteration_dir
 from kd.sections import Checkpoint, Logging, Optimizer
 from kd.specs import replace_fields
+from tests.kd.conftest import REPO, make_spec, run_python, tagged_json
 
 FILES = ("__0_0.distcp", "common.pt", ".metadata", "metadata.json", "train_state.pt")
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import REPO, losses_of, make_spec, run_python, run_ranks, tagged_json
 
 from kd.paths import latest_iteration
+from tests.kd.conftest import REPO, losses_of, make_spec, run_python, run_ranks, tagged_json
 
 
 @pytest.mark.dist

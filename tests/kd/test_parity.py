@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from conftest import REPO, run_python, run_ranks, tagged_json
+
+from tests.kd.conftest import REPO, run_python, run_ranks, tagged_json
 
 SCRIPT = str(REPO / "tests/kd/_parity.py")
 

@@ -29,7 +29,7 @@ def llama(layers, hidden, ffn, heads, kv, vocab):
             "num_attention_heads": heads, "num_key_value_heads": kv, "vocab_size": vocab}
 
 
-def pruned(teacher):  # kd.tiny.build_pruned_anymodel defaults: layer-0 attention off, FFN 1 halved
+def pruned(teacher):  # assets.tiny.build_pruned_anymodel defaults: layer-0 attention off, FFN 1 halved
     blocks = [{"attention": {"no_op": i == 0},
                "ffn": {"intermediate_size": teacher["intermediate_size"] // (2 if i == 1 else 1)}}
               for i in range(teacher["num_hidden_layers"])]

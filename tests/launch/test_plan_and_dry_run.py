@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -108,39 +107,37 @@ def test_launch_never_imports_heavy_libraries():
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
 
 
-def test_help_and_dry_run_are_fast():
-    t0 = time.perf_counter()
+def test_help_and_dry_run(tmp_path):
+    """--help and --dry-run answer without a cluster (that they import nothing heavy is
+    test_launch_never_imports_heavy_libraries: no wall-clock bound on a shared machine)."""
     subprocess.run([sys.executable, "launch/distill.py", "--help"], cwd=REPO, check=True,
                    capture_output=True)
-    t1 = time.perf_counter()
     res = subprocess.run([sys.executable, "launch/distill.py", "--cluster", "pyxis_nemo",
-                          "--config", "seed_llama31_8b", "--dry-run", "--run-dir", "/tmp/x"],
-                         cwd=REPO, capture_output=True, text=True)
-    t2 = time.perf_counter()
+                          "--config", "seed_llama31_8b", "--dry-run", "--run-dir",
+                          str(tmp_path / "run")], cwd=REPO, capture_output=True, text=True)
     out = res.stdout
     assert "===== sbatch: report =====" in out
     # the seed's models are not on this machine: the graph is printed, and pre-flight's refusal
     # makes --dry-run exit 2 so that it can serve as a check in scripts
     assert res.returncode == 2 and "student.path" in res.stderr, res.stderr
-    # generous bounds: these guard against a heavy import sneaking in (torch alone takes >2 s)
-    assert t1 - t0 < 2.0 and t2 - t1 < 3.0, (t1 - t0, t2 - t1)
+    assert not (tmp_path / "run").exists()
 
 
 def test_standalone_sbatch_matches_golden(tmp_path):
     from launch.submit import emit_sbatch
 
     exp, cl, g = seed_graph("pyxis_nemo")
-    out = Path("/tmp/kd-golden-standalone")
+    out = tmp_path / "standalone"
     emit_sbatch(g, cl, exp.name, out)
     parts = [f"===== {p.name} =====\n{p.read_text()}" for p in sorted(out.glob("*.sbatch"))]
     parts.append(f"===== submit.sh =====\n{(out / 'submit.sh').read_text()}")
-    text = "\n".join(parts)
+    text = "\n".join(parts).replace(str(out), "{OUT}")  # the golden names no temp path
     golden = GOLDEN / "standalone__seed__pyxis_nemo.txt"
     if os.environ.get("KD_UPDATE_GOLDEN"):
         golden.write_text(text)
     assert text == golden.read_text(), f"re-record with KD_UPDATE_GOLDEN=1 if intended ({golden})"
     distill = (out / "distill.sbatch").read_text()
-    assert "python -u -m kd.job distill --spec /tmp/kd-golden-standalone/specs/distill.json" in distill
+    assert f"python -u -m kd.job distill --spec {out}/specs/distill.json" in distill
     assert "export CUDA_DEVICE_MAX_CONNECTIONS=1" in distill  # slurm_templates/distill_env.sh
     subprocess.run(["bash", "-n", str(out / "submit.sh")], check=True)  # valid bash
 

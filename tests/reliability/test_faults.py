@@ -1,12 +1,15 @@
-"""Runtime faults on the real SLURM test cluster, one short distill run serving all three:
+"""Runtime faults on the real SLURM test cluster, one short distill run serving all four:
 
 (a) the node of rank 0 is taken down while it saves (then resumed): SLURM requeues the job, it
     resumes from the last complete checkpoint, at most one save interval is redone;
 (c) that kill lands mid-save: the half-written ``iter_*`` is never picked by any reader and is
     quarantined (kept) on the next start;
-(b) slurmctld is stopped for ~20 s mid-run and restarted: the run completes, and status says the
-    controller cannot be asked while accounting still answers.
-Every fault is restored in a ``finally`` (the cluster is shared).
+(d) the second allocation is preempted by an exclusive job on the ``high`` partition (SLURM
+    requeues it after the grace time); the third allocation resumes from the last complete save;
+(b) slurmctld is stopped for ~20 s in the third allocation and restarted: the run completes,
+    and status says the controller cannot be asked while accounting still answers.
+Every fault is restored in a ``finally`` (the cluster is shared). Requeue bookkeeping (one job
+id, dependents wait for the last allocation) is tests/fakesched's.
 """
 
 from __future__ import annotations
@@ -22,12 +25,17 @@ import pytest
 
 from kd import checkpoints as ck
 from launch import status
-from tests.reliability.test_requeue import demo_prefix, sacct_rows  # noqa: F401  (fixture)
 
 REPO = Path(__file__).resolve().parents[2]
 CTLD_PID = Path("/run/slurm/slurmctld.pid")
 pytestmark = [pytest.mark.slurm, pytest.mark.e2e]
 EVIDENCE: dict = {}
+
+
+def sacct_rows(job_id: str) -> list[list[str]]:
+    out = subprocess.run(["sacct", "-X", "-D", "-n", "-P", "-o", "JobIDRaw,State,Start,End",
+                          "-j", job_id], capture_output=True, text=True).stdout
+    return [line.split("|") for line in out.splitlines() if line]
 
 
 def wait_for(pred, timeout: float, step: float = 0.2):
@@ -64,8 +72,8 @@ def status_text(run_dir: Path) -> tuple[str, int]:
     return r.stdout + r.stderr, r.returncode
 
 
-@pytest.mark.timeout(400)
-def test_node_down_mid_save_and_controller_outage(slurm_cluster, demo_prefix, tmp_path):  # noqa: F811
+@pytest.mark.timeout(500)
+def test_node_down_preemption_and_controller_outage(slurm_cluster, demo_prefix, tmp_path):
     run_dir = tmp_path / "run"
     train_iters, save_interval = 60, 5
     cmd = [sys.executable, "launch/distill.py", "--cluster", "ci", "--config", "tiny_demo",
@@ -75,7 +83,8 @@ def test_node_down_mid_save_and_controller_outage(slurm_cluster, demo_prefix, tm
            f"data.sources=[{{name: synthetic, prefix: {demo_prefix['prefix']}}}]",
            "train.tp=2", f"train.train_iters={train_iters}", f"train.save_interval={save_interval}",
            "train.micro_batch_size=16", "train.global_batch_size=64", "train.eval_interval=1000",
-           "cluster.max_requeues=5"]
+           # USR2 45 s before the limit (preemption sends it too); 30 min: no time-limit requeue
+           "cluster.signal_delay_s=45", "cluster.save_time_s=10", "cluster.max_requeues=5"]
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
     manifest = json.loads((run_dir / "manifest.json").read_text())
@@ -111,9 +120,18 @@ def test_node_down_mid_save_and_controller_outage(slurm_cluster, demo_prefix, tm
         if node:
             subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"], check=False)
 
-    # the requeued allocation started: (b) stop the controller ~20 s while it trains
+    # (d) the requeued allocation trains: an exclusive `high` job on every node preempts it
     wait_for(lambda: log0().count("stage distill starting") >= 2 and
              "successfully loaded checkpoint" in log0(), 200, 0.5)
+    time.sleep(3)  # a few iterations in
+    preemptor = subprocess.run(["sbatch", "--parsable", "-p", "high", "-N", "4", "--exclusive",
+                                "-t", "2", "-J", "kd-preemptor", "-o", "/dev/null",
+                                "--wrap", "sleep 5"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+
+    # the third allocation resumed: (b) stop the controller ~20 s while it trains
+    wait_for(lambda: log0().count("stage distill starting") >= 3 and
+             log0().count("successfully loaded checkpoint") >= 2, 200, 0.5)
     try:
         stop_ctld()
         time.sleep(3)
@@ -148,5 +166,18 @@ def test_node_down_mid_save_and_controller_outage(slurm_cluster, demo_prefix, tm
     EVIDENCE["quarantined"] = quarantined
     rows = sacct_rows(job_id)
     assert rows[-1][1] == "COMPLETED" and any(r[1] in ("NODE_FAIL", "REQUEUED") for r in rows[:-1]), rows
+    assert len(rows) >= 3, rows  # node failure, preemption, the final allocation
+
+    # (d) the preemptor ran between two allocations of ours, on every node, overlapping none;
+    # the allocation after it resumed from the save the preemption signal triggered
+    _, p_state, p_start, p_end = sacct_rows(preemptor)[-1]
+    EVIDENCE["preemptor"] = [p_state, p_start, p_end]
+    assert p_state == "COMPLETED" and rows[0][2] < p_start < rows[-1][3], (p_start, rows)
+    assert not any(r[2] < p_end and p_start < r[3] for r in rows), (p_start, p_end, rows)
+    before_third = "stage distill starting".join(log.split("stage distill starting")[:3])
+    saved = [int(n) for n in re.findall(r"successfully saved checkpoint from iteration\s+(\d+)",
+                                        before_third)]
+    EVIDENCE["saved_before_preemption"] = saved
+    assert saved and loaded[-1] == max(saved), (saved, loaded)  # the last complete save
     Path(tmp_path / "evidence.json").write_text(json.dumps(EVIDENCE, indent=1, default=str))
     print(json.dumps(EVIDENCE, indent=1, default=str))

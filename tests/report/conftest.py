@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from seed_tables import REGRESSION, SUCCESS, write_case
+
+from tests.report.seed_tables import REGRESSION, SUCCESS, write_case
 
 
 @pytest.fixture

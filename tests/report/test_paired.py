@@ -14,10 +14,10 @@ import math
 from pathlib import Path
 
 import pytest
-from seed_tables import REGRESSION, SUCCESS, write_case
 
 from kd import report, results
 from kd.specs import ReportSpec
+from tests.report.seed_tables import REGRESSION, SUCCESS, write_case
 
 # one subject per MMLU category, as in the local MMLU copy
 LEAVES = {"mmlu_humanities": "mmlu_philosophy", "mmlu_other": "mmlu_nutrition",

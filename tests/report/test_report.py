@@ -11,10 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from seed_tables import REGRESSION, SUCCESS, lm_eval_results, write_case
 
 from kd import report, results
 from kd.specs import ReportSpec
+from tests.report.seed_tables import REGRESSION, SUCCESS, lm_eval_results, write_case
 
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN = REPO / "tests" / "golden" / "report"

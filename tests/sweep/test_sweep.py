@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -143,7 +142,6 @@ def test_launch_side_stays_light():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == "[]"
-    assert Path(REPO / "launch" / "sweep.py").stat().st_size > 0
 
 
 def test_dry_run_runs_each_members_preflight(sweep_yaml, tmp_path, capsys):

@@ -1,7 +1,7 @@
 """Assets of the embedded demo: a synthetic language, a teacher that has learned it, a
 Puzzletron-style pruned student, and held-out tasks that show what KD recovers.
 
-    python -m kd.demo .cache/demo        # idempotent; about a minute on 2 CPU cores
+    python -m assets.demo .cache/demo        # idempotent; about a minute on 2 CPU cores
 
 The language: the word two positions back decides the next word (``w[i] = rule[w[i-2]]``
 nine times in ten, otherwise a random word), so predicting it needs attention. The teacher
@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from kd.tiny import build_pruned_anymodel, build_tokenizer
+from assets.tiny import build_pruned_anymodel, build_tokenizer
 
 N_WORDS = 200  # w0..w199: words of the language (the tokenizer knows w0..w233)
 RULE_P = 0.9
@@ -132,7 +132,8 @@ def train_teacher(out: Path, tokenizer_dir: Path, corpus: Path, *, steps: int = 
 
 def build(root: str | Path, *, teacher_steps: int = 600, train_docs: int = 4000) -> dict:
     """Every demo asset under ``root``; returns their paths. Idempotent."""
-    from kd.mmlu_local import DEFAULT_SUBJECTS, build_fake_mmlu, write_task_overrides
+    from assets.mmlu import build_fake_mmlu
+    from kd.mmlu_local import DEFAULT_SUBJECTS, write_task_overrides
 
     root = Path(root).absolute()
     root.mkdir(parents=True, exist_ok=True)
