@@ -143,6 +143,33 @@ def kd_flops_per_token(student: Path, teacher: Path, seq: int) -> float:
 
 # --------------------------------------------------------------------------- one rank
 
+def install_chunked_loss() -> bool:
+    """Have the distillation provider build kd/kd_loss.py's chunked loss in place of ModelOpt's
+    ``LogitsKLLoss`` (this benchmark's ``ours_chunked`` variant only: the distill stage keeps
+    ModelOpt's loss, which measured faster). Wraps ``setup_distillation_config``, looked up by
+    the provider at call time; idempotent. Returns True when newly installed."""
+    import modelopt.torch.distill.plugins.megatron as mtd_mcore
+
+    from kd.kd_loss import chunked_loss_class, log
+
+    original = mtd_mcore.setup_distillation_config
+    if getattr(original, "_kd_chunked", False):
+        return False
+    chunked = chunked_loss_class()
+
+    def setup(config_or_path, student_cfg, teacher_cfg):
+        cfg = original(config_or_path, student_cfg, teacher_cfg)
+        for key, loss in list((cfg.criterion or {}).items()):
+            if type(loss) is mtd_mcore.LogitsKLLoss and not loss._reverse:
+                cfg.criterion[key] = chunked(student_cfg, temperature=loss._temperature)
+                log.info("kd_loss: chunked logit KL loss for %s", key)
+        return cfg
+
+    setup._kd_chunked = True
+    mtd_mcore.setup_distillation_config = setup
+    return True
+
+
 
 def worker(spec_file: Path, attention: str, kd_loss: str = "full") -> int:
     """One rank of one variant: kd.distill's config, ``attention`` spec, no checkpoints.
@@ -174,7 +201,7 @@ def worker(spec_file: Path, attention: str, kd_loss: str = "full") -> int:
         from kd.job import console_logger
 
         console_logger(chunked.log.name)  # its "chunked logit KL loss for ..." line: the proof
-        chunked.install()
+        install_chunked_loss()
     timer = PhaseTimer(device == "cuda", int(os.environ.get("KD_BENCH_WARMUP", "0")))
     timer.install()
     configure = kdd.configure_provider

@@ -16,8 +16,9 @@ exponentials are all-reduced over the TP group (forward only: the gradient above
 communication), and the returned per-token loss is the rank's partial sum, which ModelOpt's
 loss reduction sums over TP (``tp_reduce=True``), as for its own loss.
 
-``install()`` makes Megatron-Bridge's distillation provider build this loss wherever it would
-build ``LogitsKLLoss`` (not the top-k or reverse variants, which keep ModelOpt's).
+The distill stage keeps ModelOpt's ``LogitsKLLoss`` (it measured faster at the 8B widths);
+``benchmarks/kd_throughput.py`` (variant ``ours_chunked``) swaps this one in, only in its own
+worker process, for the side-by-side measurement.
 """
 
 from __future__ import annotations
@@ -119,28 +120,3 @@ def chunked_loss_class():
 
     return ChunkedLogitsKLLoss
 
-
-def install() -> bool:
-    """Have the distillation provider build the chunked loss in place of ``LogitsKLLoss``.
-
-    Wraps ``modelopt.torch.distill.plugins.megatron.setup_distillation_config`` (looked up by
-    the provider at call time); idempotent. Returns True when newly installed.
-    """
-    import modelopt.torch.distill.plugins.megatron as mtd_mcore
-
-    original = mtd_mcore.setup_distillation_config
-    if getattr(original, "_kd_chunked", False):
-        return False
-    chunked = chunked_loss_class()
-
-    def setup(config_or_path, student_cfg, teacher_cfg):
-        cfg = original(config_or_path, student_cfg, teacher_cfg)
-        for key, loss in list((cfg.criterion or {}).items()):
-            if type(loss) is mtd_mcore.LogitsKLLoss and not loss._reverse:
-                cfg.criterion[key] = chunked(student_cfg, temperature=loss._temperature)
-                log.info("kd_loss: chunked logit KL loss for %s", key)
-        return cfg
-
-    setup._kd_chunked = True
-    mtd_mcore.setup_distillation_config = setup
-    return True

@@ -109,10 +109,13 @@ def demo_assets(fixture_cache: Path) -> dict:
 def demo_prefix(demo_assets: dict, fixture_cache: Path) -> dict:
     """Demo models + the demo corpus tokenized once (a ready Megatron prefix: no data stage)."""
     from kd import data
+    from kd.sections import Data
     from kd.specs import DataSource, DataSpec
 
-    spec = DataSpec(sources=(DataSource(name="synthetic", jsonl=str(demo_assets["corpus"])),),
-                    tokenizer=str(demo_assets["teacher"]), out_dir=str(fixture_cache / "demo_tokenized"))
+    spec = DataSpec(data=Data(sources=(DataSource(name="synthetic",
+                                                  jsonl=str(demo_assets["corpus"])),),
+                              tokenizer=str(demo_assets["teacher"]), workers=1),
+                    out_dir=str(fixture_cache / "demo_tokenized"))
     with build_lock(fixture_cache):
         result = data.run(spec)
     return {**demo_assets, "prefix": result["blend"][0][1]}

@@ -72,9 +72,8 @@ def always_c_anymodel(fixture_cache: Path, always_c_model: Path) -> Path:
 @pytest.fixture(scope="session")
 def mmlu_and_gen_tasks(tmp_path_factory, mmlu_dataset: Path) -> Path:
     """The local MMLU overrides plus ``kd_gen``, the tiny generative task (gen_task.py)."""
-    from gen_task import write_gen_task
-
     from kd.mmlu_local import write_task_overrides
+    from tests.eval.gen_task import write_gen_task
 
     root = tmp_path_factory.mktemp("mmlu-gen-tasks")
     tasks = write_task_overrides(root / "tasks", mmlu_dataset, tuple(ANSWERS))

@@ -7,11 +7,11 @@ import json
 import shutil
 from pathlib import Path
 
-import gen_task
 import pytest
 
 from kd import eval_shards, evaluate, results
 from kd.specs import EvalSpec, replace_fields
+from tests.eval import gen_task
 from tests.eval.always_c import ANSWERS, expected_acc
 
 GROUP_KEYS = ["mmlu", "mmlu_humanities", "mmlu_other", "mmlu_social_sciences", "mmlu_stem"]
