@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -70,9 +71,17 @@ def test_slurm_pipeline(slurm_cluster, demo_assets, tmp_path):
     manifest = check_finished_run(run_dir, res.stdout, learned=False)
     ids = {s: r["job_id"] for s, r in manifest["stages"].items()}
     assert all(i.isdigit() for i in ids.values()) and len(set(ids.values())) == 7
-    acct = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,State,NNodes,NodeList",
-                           "-j", ",".join(ids.values())], capture_output=True, text=True).stdout
-    rows = {line.split("|")[0]: line.split("|") for line in acct.splitlines()}
+    # --wait returns once every stage's done marker is written; the last job may still be
+    # leaving RUNNING for a few seconds (submitit writes its result after the stage)
+    deadline = time.monotonic() + 90
+    while True:
+        acct = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,State,NNodes,NodeList",
+                               "-j", ",".join(ids.values())], capture_output=True, text=True).stdout
+        rows = {line.split("|")[0]: line.split("|") for line in acct.splitlines()}
+        if time.monotonic() > deadline or not any(
+                rows.get(i, ["", "RUNNING"])[1] in ("RUNNING", "COMPLETING") for i in ids.values()):
+            break
+        time.sleep(2)
     assert all(rows[i][1] == "COMPLETED" for i in ids.values()), acct
     assert rows[ids["distill"]][2] == "2", acct  # the distill job spans two nodes
     log = (run_dir / "jobs" / "distill" / f"{ids['distill']}_0_log.out").read_text()
