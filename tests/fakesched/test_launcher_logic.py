@@ -14,6 +14,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -206,7 +207,14 @@ def test_fake_formats_match_what_submitit_parses(fake_slurm, tmp_path):
     # the sacct command submitit's watcher issues, read by submitit's own parser
     from submitit.slurm.slurm import SlurmInfoWatcher
 
-    text = subprocess.run(["sacct", "-o", "JobID,State,NodeList", "--parsable2", "-j", job.job_id,
-                           "-j", bad.job_id], capture_output=True, text=True, check=True).stdout
-    info = SlurmInfoWatcher().read_info(text)
+    # the result pickle lands before the fake job's process records its final state (as with
+    # real SLURM): read until neither job is RUNNING, bounded
+    for _ in range(60):
+        text = subprocess.run(["sacct", "-o", "JobID,State,NodeList", "--parsable2", "-j",
+                               job.job_id, "-j", bad.job_id],
+                              capture_output=True, text=True, check=True).stdout
+        info = SlurmInfoWatcher().read_info(text)
+        if "RUNNING" not in (info[job.job_id]["State"], info[bad.job_id]["State"]):
+            break
+        time.sleep(0.5)
     assert info[job.job_id]["State"] == "COMPLETED" and info[bad.job_id]["State"] == "FAILED"
