@@ -125,5 +125,10 @@ want assets8b && phase assets8b 600 python scripts/gpu/build_8b.py "$B8" \
 want lossbench && phase lossbench 300 python benchmarks/kd_loss_bench.py \
   --out "$W/results/kd_loss_bench.json"
 want bench8b && phase bench8b 3000 bash -c bench8b
+# eval of the 8B-shaped teacher on 1 GPU and on all of them (kd/eval_shards.py, one process per
+# GPU, model load included), same questions, scores checked identical by the benchmark
+want evalbench8b && phase evalbench8b 900 python benchmarks/eval_throughput.py \
+  --model "$B8/teacher" --batch-sizes "${KD_EVAL_BS:-32}" --processes "1,$NGPU" \
+  --n-test "${KD_EVAL_NTEST:-20}" --work "$W/evalbench8b" --out "$W/results/eval_8b_${NGPU}gpu.json"
 say "pipeline finished"
 touch "$W/finished"
