@@ -180,7 +180,7 @@ RULES = (
          "local: builds (here: checks, it is idempotent) the demo assets in .cache/demo"),
     Rule("demo-local", r"python launch/distill\.py --cluster local --config tiny_demo", "real",
          "local: the whole pipeline, with train.train_iters=60 and checkpoint selection "
-         "over its three saves (DEMO_SHORT)"),
+         "over its two saves (DEMO_SHORT)"),
     Rule("report", r"python launch/report\.py .*", "real",
          "local: A/B/C.json = the demo run's eval results, report/ in the scratch copy"),
     Rule("mmlu-local", r"python -m kd\.mmlu_local tasks .*", "real",
@@ -347,11 +347,11 @@ def test_dry_run_commands(tmp_path):
     assert not (scratch / "runs").exists()  # nothing was created
 
 
-# the local demo run: 60 iterations, saved every 20; checkpoint selection over the three saves
+# the local demo run: 60 iterations, saved every 30; checkpoint selection over the two saves (30, 60)
 # by kd_synth on a quick eval of 2 questions per subject
-DEMO_SHORT = ("train.train_iters=60", "train.save_interval=20", "train.eval_interval=20",
+DEMO_SHORT = ("train.train_iters=60", "train.save_interval=30", "train.eval_interval=30",
               "select.every_save=true", "select.by=kd_synth", "select.limit=2")
-SELECT_STAGES = ("prepare_data", "distill", "candidate_20", "candidate_40", "candidate_60",
+SELECT_STAGES = ("prepare_data", "distill", "candidate_30", "candidate_60",
                  "select", "eval_student_before", "eval_teacher", "eval_student_after", "report")
 
 
@@ -397,7 +397,7 @@ def test_local_demo_commands(scratch, demo_assets):
     (run_dir,) = (scratch / "runs").glob("tiny_demo-*")
     manifest = check_finished_run(run_dir, proc.stdout, SELECT_STAGES)
     assert manifest["experiment"]["train"]["micro_batch_size"] == 8  # auto: 16 / (8 x DP 1)
-    check_selection(run_dir, (20, 40, 60))
+    check_selection(run_dir, (30, 60))
     again = run_python(demo, scratch, *DEMO_SHORT, "--run-dir", str(run_dir))
     assert again.returncode == 0, again.stdout
     assert again.stdout.count("complete, skipped") == len(SELECT_STAGES), again.stdout
