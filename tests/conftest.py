@@ -51,6 +51,80 @@ def _tier_markers(item) -> set[str]:
     return marks
 
 
+# ---------------------------------------------------------------- order (2+ xdist workers)
+# `--dist worksteal` first hands worker i the i-th contiguous chunk of the collection (sizes
+# N//k, then what is left over the others) and later lets an idle worker steal from the end of
+# another's queue. So the order decides who runs what first:
+# - chunk 0: the cluster-exclusive faults run first, then the other real-cluster tests;
+# - chunk 1: the local demo (longer than the faults run, so the exclusive lock is free again
+#   when it ends), then the documented sweep on the cluster;
+# - then the longest compute tests, round-robin over the chunks after 0, then the rest.
+# No worker then sits blocked on the cluster lock while another holds it exclusively (seen:
+# 160 s of a blocked worker per CI run), and the longest tests do not start last.
+SLURM_FIRST = (
+    "tests/reliability/test_faults.py::",  # CLUSTER_EXCLUSIVE
+    "tests/e2e/test_pipeline.py::test_slurm_pipeline",
+    "tests/e2e/test_pipeline.py::test_standalone_sbatch_scripts_run_on_slurm",
+    "tests/bad_inputs/test_bad_boundary.py::test_concurrent_launches_queue_one_job_set",
+)
+SECOND_CHUNK = (
+    "tests/docs/test_documented_commands.py::test_local_demo_commands",
+    "tests/docs/test_documented_commands.py::test_sweep_and_status_commands_on_slurm",
+)
+COMPUTE_FIRST = (
+    "tests/kd/test_export.py::",
+    "tests/kd/test_benchmark.py::",
+    "tests/kd/test_parallel.py::",
+    "tests/kd/test_options.py::",
+    "tests/eval/test_eval_benchmark.py::",
+    "tests/kd/test_distill.py::",
+    "tests/kd/test_parity.py::",
+)
+
+
+def _rank(item, prefixes: tuple[str, ...]) -> int:
+    return next((i for i, p in enumerate(prefixes) if item.nodeid.startswith(p)), len(prefixes))
+
+
+def order_for_workers(items: list, workers: int) -> list:
+    """The collection in the order described above (stable otherwise)."""
+    second = sorted((i for i in items if _rank(i, SECOND_CHUNK) < len(SECOND_CHUNK)),
+                    key=lambda i: _rank(i, SECOND_CHUNK))
+    items = [i for i in items if i not in second]
+    slurm = sorted((i for i in items if i.get_closest_marker("slurm")),
+                   key=lambda i: _rank(i, SLURM_FIRST))
+    rest = sorted((i for i in items if not i.get_closest_marker("slurm")),
+                  key=lambda i: _rank(i, COMPUTE_FIRST))
+    heavy = [i for i in rest if _rank(i, COMPUTE_FIRST) < len(COMPUTE_FIRST)]
+    light = rest[len(heavy):]
+    sizes, left = [], len(items) + len(second)
+    for k in range(workers, 0, -1):  # xdist's split: len(pending) // workers_left
+        sizes.append(left // k)
+        left -= sizes[-1]
+    chunks = [slurm, second] + [[] for _ in range(workers - 2)]
+    for n, item in enumerate(heavy):  # round-robin over the chunks after the first
+        chunks[1 + (n + 1) % (workers - 1)].append(item)
+    for chunk, size in zip(chunks, sizes, strict=True):  # fill each chunk to its size
+        take = max(0, size - len(chunk))
+        chunk += light[:take]
+        light = light[take:]
+    chunks[-1] += light
+    return [item for chunk in chunks for item in chunk]
+
+
+class _WorkerOrder:
+    @pytest.hookimpl(trylast=True)  # after -m / -k deselection: the chunk sizes are final
+    def pytest_collection_modifyitems(self, config, items):
+        workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+        if workers >= 2 and any(i.get_closest_marker("slurm") for i in items):
+            items[:] = order_for_workers(items, workers)
+
+
+def pytest_configure(config):
+    config.pluginmanager.register(_WorkerOrder(), "kdlaunch-worker-order")
+
+
+@pytest.hookimpl(tryfirst=True)  # the tier markers exist before -m selects on them
 def pytest_collection_modifyitems(config, items):
     for item in items:
         for name in _tier_markers(item) - {m.name for m in item.iter_markers()}:

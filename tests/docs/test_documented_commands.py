@@ -166,7 +166,7 @@ RULES = (
     Rule("fetch-wheels", r"scripts/gpu/fetch_wheels\.sh", "not-run",
          "downloads wheels from the internet; syntax-checked"),
     # help: device machine and benchmarks
-    Rule("gpu-shell", r"(source |bash )?scripts/gpu/\S+\.sh( .*)?", "help",
+    Rule("gpu-shell", r"([A-Z0-9_]+=\S+ )*(source |bash )?scripts/gpu/\S+\.sh( .*)?", "help",
          "runs on the GPU machine (CUDA, device wheels); syntax-checked with bash -n"),
     Rule("gpu-python", r"python scripts/gpu/\S+\.py( .*)?", "help",
          "needs the GPU machine or its run logs; --help"),
