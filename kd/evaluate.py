@@ -34,6 +34,7 @@ import importlib.metadata
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from functools import partial
@@ -318,7 +319,8 @@ def task_manager(tasks, include_path: str | None = None):
     from those folders (the task name and its first ``_`` part) plus ``include_path``, in the
     same order as the full one (lm-eval's folder first, ``include_path`` overriding it). It is
     used only when every requested name and everything its groups name (recursively) resolves
-    in it; otherwise the full index is built, as lm-eval would.
+    in it, and no YAML file outside those folders carries a tag it reaches; otherwise the full
+    index is built, as lm-eval would.
     """
     import lm_eval.tasks
     from lm_eval.tasks import TaskManager
@@ -344,12 +346,10 @@ def _unresolved(index: dict, names: list[str], root: Path, folders: list[str]) -
     """Names (and, for groups, the names in their ``task:`` lists) missing from ``index``, and
     tags that a YAML file of lm-eval outside ``folders`` also names (a tag can gather tasks of
     several families; a plain text scan, ~0.3 s, finds them without parsing)."""
-    import yaml
-
-    class _Loader(yaml.SafeLoader):  # lm-eval YAML: ``!function`` tags are not needed here
-        pass
-
-    _Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
+    try:  # lm-eval's own loader (the one its index uses): follows include:, no !function calls
+        from lm_eval.tasks._yaml_loader import load_yaml
+    except ImportError:  # moved in another lm-eval version: the full index decides
+        return set(names)
     missing: set[str] = set()
     seen: set[str] = set()
     tags: set[str] = set()
@@ -370,28 +370,26 @@ def _unresolved(index: dict, names: list[str], root: Path, folders: list[str]) -
         if kind != "GROUP" or path is None:
             continue
         try:
-            cfg = yaml.load(Path(path).read_text(), Loader=_Loader) or {}
-        except (OSError, yaml.YAMLError):
-            missing.add(name)  # unreadable here: let the full index decide
+            cfg = load_yaml(path, resolve_func=False)
+        except Exception:  # noqa: BLE001
+            missing.add(name)  # unreadable or malformed here: let the full index decide
             continue
         members = cfg.get("task", [])
         todo += [m for m in (members if isinstance(members, list) else [members])
                  if isinstance(m, str)]
     if tags and not missing:
-        missing |= _tags_outside(tags, root, [Path(f) for f in folders])
+        missing |= _tags_outside(tags, root, folders)
     return missing
 
 
-def _tags_outside(tags: set[str], root: Path, folders: list[Path]) -> set[str]:
+def _tags_outside(tags: set[str], root: Path, folders: list[str]) -> set[str]:
     """Tags that a YAML file of lm-eval outside ``folders`` may give a task: the file names
     the tag, or ``include:``s (through any chain) a file that does."""
     import glob
-    import re
 
     word = re.compile(r"(?<![\w-])(" + "|".join(map(re.escape, sorted(tags))) + r")(?![\w-])")
-    include = re.compile(r"^include:\s*['\"]?([^'\"\s#]+)", re.MULTILINE)
     found: dict[str, str] = {}
-    includes: dict[str, str] = {}
+    includes: dict[str, list[str]] = {}
     todo = [os.path.normpath(p) for p in glob.glob(os.path.join(root, "**", "*.yaml"),
                                                     recursive=True)]
     seen = set(todo)
@@ -404,21 +402,39 @@ def _tags_outside(tags: set[str], root: Path, folders: list[Path]) -> set[str]:
             continue
         if m := word.search(text):
             found[path] = m.group(1)
-        if m := include.search(text):
-            target = includes[path] = os.path.normpath(
-                os.path.join(os.path.dirname(path), m.group(1)))
-            if target not in seen:
-                seen.add(target)
-                todo.append(target)
+        targets = includes[path] = [os.path.normpath(os.path.join(os.path.dirname(path), t))
+                                    for t in include_targets(text)]
+        todo += [t for t in targets if t not in seen]
+        seen.update(targets)
     grew = True
     while grew:  # a file inherits what the file it includes carries
         grew = False
-        for path, target in includes.items():
-            if path not in found and target in found:
-                found[path] = found[target]
+        for path, targets in includes.items():
+            carried = next((found[t] for t in targets if t in found), None)
+            if path not in found and carried:
+                found[path] = carried
                 grew = True
     inside = tuple(os.path.normpath(f) + os.sep for f in folders)
     return {tag for path, tag in found.items() if not path.startswith(inside)}
+
+
+_INCLUDE = re.compile(r"^include:[ \t]*([^\n]*)((?:\n[ \t]*-[^\n]*)*)", re.MULTILINE)
+
+
+def include_targets(text: str) -> list[str]:
+    """The files a task YAML ``include:``s, read from its text without parsing it: a scalar or
+    a block list of ``- a`` lines (both occur in lm-eval's tasks), or a flow list ``[a, b]``."""
+    out = []
+    for m in _INCLUDE.finditer(text):
+        head = m.group(1).split("#")[0].strip()
+        if head.startswith("["):
+            items = head.strip("[]").split(",")
+        elif head:
+            items = [head]
+        else:
+            items = [line.split("-", 1)[1] for line in m.group(2).splitlines() if line.strip()]
+        out += [i.split("#")[0].strip().strip("'\"") for i in items]
+    return [i for i in out if i]
 
 
 def _simple_evaluate(lm_eval, lm, spec: EvalSpec, manager) -> dict:

@@ -71,3 +71,14 @@ def test_a_group_reaching_outside_its_folder_falls_back_to_the_full_index(full_i
     manager = task_manager(["mgsm_direct"])
     assert len(manager.all_tasks) > 10000
     assert {k for k, e in manager.task_index.items() if "mgsm_direct" in e.tags} == members
+
+
+def test_include_targets_reads_scalars_and_lists():
+    from kd.evaluate import include_targets
+
+    assert include_targets("include: ../mgsm/direct/mgsm_direct_es.yaml\ntask: x\n") == [
+        "../mgsm/direct/mgsm_direct_es.yaml"]
+    assert include_targets("task: x\ninclude:\n  - _a.yaml  # base\n  - 'b_yaml'\nfoo: 1\n") == [
+        "_a.yaml", "b_yaml"]
+    assert include_targets('include: [one.yaml, "two.yaml"]\n') == ["one.yaml", "two.yaml"]
+    assert include_targets("task: x\n# include: not.yaml\n") == []
