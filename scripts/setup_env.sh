@@ -27,8 +27,14 @@ for dir in ${PIP_FIND_LINKS:-} $("$PY" -m pip config get global.find-links 2>/de
   [ -d "$dir" ] && [[ " ${links[*]-} " != *" $dir "* ]] && links+=(--find-links "$dir")
 done
 
+# --compile-bytecode: uv, unlike pip, leaves the .pyc files out. Where PYTHONDONTWRITEBYTECODE
+# is set (this CI machine, many container images) Python then never writes them either, and
+# every process (each stage job, each test subprocess) compiles torch, Megatron and lm-eval
+# from source again: measured, that doubled the CPU time of the whole test suite.
 if [ "${KD_INSTALLER:-uv}" = uv ] && quiet_pip install -q uv >/dev/null 2>&1; then
-  install() { "$VENV/bin/uv" pip install -q --python "$PY" ${links[@]+"${links[@]}"} "$@"; }
+  install() {
+    "$VENV/bin/uv" pip install -q --compile-bytecode --python "$PY" ${links[@]+"${links[@]}"} "$@"
+  }
 else
   quiet_pip install -q --upgrade pip
   install() { quiet_pip install -q "$@"; }
