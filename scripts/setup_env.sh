@@ -8,7 +8,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${KD_VENV:-.venv}
 STAMP="$VENV/.kdlaunch-env-ok"
-if [ -f "$STAMP" ] && cmp -s "$STAMP" requirements/cpu.txt; then
+# what the stamp records: the pinned stack and how it was installed (a venv made before
+# --compile-bytecode below is rebuilt once)
+stamp_text() { cat requirements/cpu.txt; echo "# installed with compiled bytecode"; }
+if [ -f "$STAMP" ] && cmp -s "$STAMP" <(stamp_text); then
   exit 0
 fi
 python3 -m venv "$VENV"
@@ -45,5 +48,5 @@ install --no-deps megatron-core==0.16.1 megatron-bridge==0.3.1 \
   nvidia-modelopt==0.47.0 nvidia-resiliency-ext==0.4.1
 install -r requirements/cpu.txt
 install --no-deps -e .
-cp requirements/cpu.txt "$STAMP"
+stamp_text > "$STAMP"
 echo "environment ready: $VENV"
