@@ -25,6 +25,7 @@ import pytest
 
 from kd import checkpoints as ck
 from launch import status
+from tests.conftest import START_SCRIPT
 
 REPO = Path(__file__).resolve().parents[2]
 CTLD_PID = Path("/run/slurm/slurmctld.pid")
@@ -48,11 +49,6 @@ def wait_for(pred, timeout: float, step: float = 0.2):
     raise AssertionError(f"timed out after {timeout} s waiting for {pred.__name__}")
 
 
-def ctld_up() -> bool:
-    r = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=10)
-    return "is UP" in r.stdout
-
-
 def stop_ctld() -> int:
     pid = int(CTLD_PID.read_text())
     subprocess.run(["kill", "-TERM", str(pid)], check=True)
@@ -60,22 +56,13 @@ def stop_ctld() -> int:
     return pid
 
 
-def nodes_registered() -> bool:
-    states = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], capture_output=True, text=True,
-                            timeout=10).stdout.split()
-    return bool(states) and not any(s.startswith("unk") for s in states)
-
-
 def start_ctld() -> None:
-    if not ctld_up():
-        subprocess.run(["slurmctld"], stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
-        wait_for(ctld_up, 30, 0.5)
-        # a restarted controller knows a node only once its slurmd registers again; until then
-        # the node is UNKNOWN and a test after this one (the cluster is shared) cannot use it
-        try:
-            wait_for(nodes_registered, 60, 1)
-        except AssertionError:
-            pass  # restoring is best effort: the test's own result stands
+    """Bring the cluster back whole with its own start script (idempotent): it starts
+    slurmctld and waits until every node has registered again (a restarted controller lists a
+    node UNKNOWN until its slurmd does; the tests after this one share the cluster)."""
+    proc = subprocess.run(["bash", str(START_SCRIPT)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def status_text(run_dir: Path) -> tuple[str, int]:
@@ -177,9 +164,11 @@ def test_node_down_preemption_and_controller_outage(slurm_cluster, demo_prefix, 
     quarantined = sorted(p.name for p in (ckpt / ck.QUARANTINE).glob("iter_*")) \
         if (ckpt / ck.QUARANTINE).is_dir() else []
     EVIDENCE["quarantined"] = quarantined
-    # the done marker is written before submitit's own epilogue: the job may be RUNNING a bit
-    rows = wait_for(lambda: (r := sacct_rows(job_id)) and r[-1][1] not in ("RUNNING", "COMPLETING")
-                    and r, 60, 0.5)
+    def job_settled():  # the done marker comes before submitit's own epilogue
+        rows = sacct_rows(job_id)
+        return rows if rows and rows[-1][1] not in ("RUNNING", "COMPLETING") else None
+
+    rows = wait_for(job_settled, 60, 0.5)
     assert rows[-1][1] == "COMPLETED" and any(r[1] in ("NODE_FAIL", "REQUEUED") for r in rows[:-1]), rows
     assert len(rows) >= 3, rows  # node failure, preemption, the final allocation
 
