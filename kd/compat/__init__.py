@@ -321,6 +321,34 @@ WORKAROUNDS: tuple[Workaround, ...] = (
         in probes.source_text("megatron.core.optimizer.distrib_optimizer"),
     ),
     Workaround(
+        "mcore-distributed-optimizer-fresh-step",
+        _MCORE,
+        _MCORE_016,
+        "without Apex or TE, DistributedOptimizer.state_dict() asserts one Adam 'step' over "
+        "the parameter states; loading a checkpoint calls it on a fresh optimizer, which has "
+        "none, so every resume with train.distributed_optimizer on dies "
+        "(AssertionError at distrib_optimizer.py:642); a fresh optimizer reports step 0",
+        "bridge",
+        lambda device: not probes.have_apex_or_te_optimizer(),
+        patches.fix_distributed_optimizer_fresh_state,
+        probes.distributed_optimizer_needs_steps,
+    ),
+    Workaround(
+        "mcore-distributed-optimizer-shared-step",
+        _MCORE,
+        _MCORE_016,
+        "without Apex or TE, DistributedOptimizer.load_state_dict() gives every parameter's "
+        "Adam state one shared 'step' tensor (torch's Adam increments it in place once per "
+        "parameter), and the dp_reshardable parameter-state copy then overwrites it with the "
+        "loading template's value: after a resume the bias correction is wrong and the losses "
+        "leave the uninterrupted run's; each parameter gets its own tensor holding the "
+        "checkpoint's step",
+        "bridge",
+        lambda device: not probes.have_apex_or_te_optimizer(),
+        patches.fix_distributed_optimizer_shared_step,
+        probes.distributed_optimizer_shares_step,
+    ),
+    Workaround(
         "cpu-bridge-warmup-jit",
         _BRIDGE,
         _BRIDGE_03,
@@ -451,5 +479,19 @@ WORKAROUNDS: tuple[Workaround, ...] = (
         "needs two same-named local lm-eval task copies through lm-eval's loader; "
         "tests/eval/test_evaluate.py::test_same_named_local_copies_are_not_served_from_each_"
         "others_cache is that case",
+    ),
+    Workaround(
+        "bridge-pp-distillation-eval-shapes",
+        _BRIDGE,
+        _BRIDGE_03,
+        "with pipeline parallelism, ModelOpt's DistillationModel sends student and teacher "
+        "activations concatenated between stages; Bridge's training step sizes the pipeline "
+        "schedule's buffers for that (get_tensor_shapes_adjust_fn_for_distillation) but "
+        "evaluate() does not, so the first validation dies in gloo/NCCL with twice the bytes "
+        "expected (fixed upstream in Megatron-Bridge PR #2345)",
+        "bridge",
+        lambda device: True,
+        patches.fix_pp_distillation_eval_shapes,
+        probes.eval_schedule_misses_distillation_shapes,
     ),
 )

@@ -228,3 +228,128 @@ def patch_distributed_optimizer() -> None:
     build = cls._build_model_and_main_param_groups.__func__
     cls._build_model_and_main_param_groups = classmethod(with_cuda_names(build))
     cls.__init__ = with_cuda_names(cls.__init__)
+
+
+def fix_pp_distillation_eval_shapes() -> None:
+    """Bridge's evaluate() runs the non-interleaved pipeline schedule without the
+    ``adjust_tensor_shapes_fn`` its training step passes: with PP > 1 every stage but the last
+    of a ModelOpt DistillationModel sends student and teacher activations concatenated (twice
+    the hidden size), and the next stage posts a receive for the student's half only. Give
+    evaluate's schedule the same shape adjustment (for the shapes of that call) as training."""
+    from megatron.bridge.training import eval as bridge_eval
+    from megatron.core import parallel_state
+    from megatron.core.pipeline_parallel import schedules
+    from modelopt.torch.distill.plugins.megatron import (
+        get_tensor_shapes_adjust_fn_for_distillation,
+    )
+
+    original = bridge_eval.get_forward_backward_func
+    if getattr(original, "_kd_fixed", False):
+        return
+
+    def with_distillation_shapes(schedule):
+        @functools.wraps(schedule)
+        def run_schedule(*args, **kwargs):
+            if (
+                kwargs.get("adjust_tensor_shapes_fn") is None
+                and "model" in kwargs
+                and parallel_state.model_parallel_is_initialized()
+            ):
+                seq_length = kwargs["seq_length"]
+                kwargs["adjust_tensor_shapes_fn"] = get_tensor_shapes_adjust_fn_for_distillation(
+                    kwargs["model"],
+                    seq_length=seq_length,
+                    micro_batch_size=kwargs["micro_batch_size"],
+                    decoder_seq_length=kwargs.get("decoder_seq_length") or seq_length,
+                )
+            return schedule(*args, **kwargs)
+
+        return run_schedule
+
+    def get_forward_backward_func(*args, **kwargs):
+        schedule = original(*args, **kwargs)
+        # the only schedule that takes adjust_tensor_shapes_fn (the others assert it is None)
+        if schedule is schedules.forward_backward_pipelining_without_interleaving:
+            return with_distillation_shapes(schedule)
+        return schedule
+
+    get_forward_backward_func._kd_fixed = True
+    bridge_eval.get_forward_backward_func = get_forward_backward_func
+
+
+def fix_distributed_optimizer_fresh_state() -> None:
+    """Without Apex or TE, megatron-core's ``DistributedOptimizer.state_dict()`` reads Adam's
+    ``step`` from every parameter's state and asserts there is exactly one value. A checkpoint
+    is loaded into a fresh optimizer (``sharded_state_dict(is_loading=True)`` calls
+    ``state_dict()`` first), whose torch Adam has no state yet: the set is empty and every
+    resume dies. A fresh optimizer has taken 0 steps: say so, and touch nothing else (the
+    value only shapes the template that the loaded checkpoint then fills)."""
+    import torch
+    from megatron.core.optimizer import distrib_optimizer
+
+    cls = distrib_optimizer.DistributedOptimizer
+    original = cls.state_dict
+    if getattr(original, "_kd_fresh_state", False):
+        return
+
+    @functools.wraps(original)
+    def state_dict(self):
+        inner = self.optimizer
+        fresh = not distrib_optimizer.HAVE_APEX_OR_TE and not any(
+            "step" in state for state in getattr(inner, "state", {}).values()
+        )
+        if not fresh:
+            return original(self)
+        real = inner.state_dict
+
+        def with_no_steps_taken():
+            content = real()
+            content["state"] = {0: {"step": torch.tensor(0.0)}}
+            return content
+
+        inner.state_dict = with_no_steps_taken
+        try:
+            return original(self)
+        finally:
+            del inner.state_dict
+
+    state_dict._kd_fresh_state = True
+    cls.state_dict = state_dict
+
+
+def fix_distributed_optimizer_shared_step() -> None:
+    """Without Apex or TE, ``DistributedOptimizer.load_state_dict`` restores Adam's ``step``
+    wrongly in two ways: it assigns ONE tensor to every parameter's state (torch's Adam then
+    increments it in place once per parameter per iteration), and with the ``dp_reshardable``
+    format the parameter-state copy that follows overwrites it with the loading template's
+    value (a fresh optimizer's). Either way the bias correction after a resume is not the one
+    the uninterrupted run uses, and the losses drift away from its curve. After loading, give
+    each parameter its own tensor holding the step of the checkpoint's parameter groups."""
+    import torch
+    from megatron.core.optimizer import distrib_optimizer
+
+    cls = distrib_optimizer.DistributedOptimizer
+    original = cls.load_state_dict
+    if getattr(original, "_kd_own_steps", False):
+        return
+
+    @functools.wraps(original)
+    def load_state_dict(self, state_dict):
+        result = original(self, state_dict)
+        if distrib_optimizer.HAVE_APEX_OR_TE:
+            return result
+        groups = ((state_dict or {}).get("optimizer") or {}).get("param_groups") or []
+        steps = {float(g["step"]) for g in groups if g.get("step") is not None}
+        if len(steps) != 1:
+            raise RuntimeError(
+                f"distributed optimizer checkpoint: expected one Adam step over the parameter "
+                f"groups, found {sorted(steps)}"
+            )
+        step = steps.pop()
+        for state in self.optimizer.state.values():
+            if "step" in state:
+                state["step"] = torch.tensor(step, dtype=torch.float32)
+        return result
+
+    load_state_dict._kd_own_steps = True
+    cls.load_state_dict = load_state_dict

@@ -140,3 +140,43 @@ def index_files_written_in_place() -> bool:
     ]
     return all("numpy.save(path_to_" in t and "os.replace" not in t and "rename" not in t
                for t in texts)
+
+
+def eval_schedule_misses_distillation_shapes() -> bool:
+    """Bridge's training step passes ModelOpt's ``adjust_tensor_shapes_fn`` (student + teacher
+    activations between pipeline stages) to the pipeline schedule; its ``evaluate`` does not."""
+    train = function_source("megatron.bridge.training.train", "train_step")
+    evaluate = function_source("megatron.bridge.training.eval", "evaluate")
+    return (
+        "get_tensor_shapes_adjust_fn_for_distillation" in train
+        and bool(evaluate)
+        and "adjust_tensor_shapes_fn" not in evaluate
+    )
+
+
+def distributed_optimizer_needs_steps() -> bool:
+    """megatron-core's DistributedOptimizer.state_dict() (no Apex/TE) still asserts exactly one
+    Adam ``step`` over the parameter states, which a fresh optimizer does not have."""
+    source = function_source(
+        "megatron.core.optimizer.distrib_optimizer", "state_dict", "DistributedOptimizer"
+    )
+    return 'for s in inner_state_dict["state"].values()' in source and "len(steps) == 1" in source
+
+
+def have_apex_or_te_optimizer() -> bool:
+    """Whether megatron-core's optimizers use Apex's or TE's fused Adam (then its ``step``
+    lives in the parameter groups and the no-Apex/TE paths are not taken)."""
+    import importlib.util
+
+    return any(
+        importlib.util.find_spec(name) is not None for name in ("transformer_engine", "apex")
+    )
+
+
+def distributed_optimizer_shares_step() -> bool:
+    """DistributedOptimizer.load_state_dict (no Apex/TE) still assigns one ``step`` tensor to
+    every parameter's state."""
+    source = function_source(
+        "megatron.core.optimizer.distrib_optimizer", "load_state_dict", "DistributedOptimizer"
+    )
+    return 's["step"] = step\n' in source
