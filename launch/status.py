@@ -11,8 +11,17 @@ stage failed or was cancelled, 2 on a usage error, 3 when neither the SLURM cont
 nor accounting (sacct) could be asked (the table is then only the manifest's last known states).
 When one of them cannot be asked, a line above the table says which and what the table is based
 on. A job requeued after a node failure or preemption shows REQUEUED ("requeued after node
-failure, restart 1"); a failed stage shows the first real error over all its ranks' logs, with
-rank and host.
+failure, restart 1").
+
+A failed stage shows its first error, with rank and host: the exception that ended a rank's
+process (type and the first line of its message) and the frame that raised it, e.g.
+``first error: rank 0 on n1: AssertionError (at megatron/core/optimizer/distrib_optimizer.py:642
+in state_dict: assert len(steps) == 1)``. Logs are read through the prefixes launchers add
+(torch's ``[rank0]:``, srun's ``0:``); of a chain of exceptions the last counts, unless it only
+wraps the one before (SystemExit, ChildFailedError); an exception that only echoes another
+rank's death (gloo/NCCL connection errors, watchdog, SIGTERM) counts only when no rank shows
+anything else (then the earliest); a rank killed without a traceback shows its error line
+(``Killed``, slurmstepd's OOM kill).
 """
 
 from __future__ import annotations
@@ -38,8 +47,24 @@ ERROR_WORDS = ("Error", "error:", "Traceback", "Killed", "CANCELLED", "DUE TO TI
 ECHO_ERRORS = ("Connection closed by peer", "Connection reset by peer", "[gloo]", "NCCL WARN",
                "Broken pipe", "BrokenPipeError", "ProcessGroupNCCL", "watchdog", "ChildFailedError",
                "SIGTERM", "Terminated", "CANCELLED AT", "DUE TO", "srun: error",
-               "submitit WARNING", "Bypassing signal")
-EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupted|Exit)\b")
+               "submitit WARNING", "Bypassing signal", "Received data size doesn't match",
+               "gloo/transport", "DistBackendError", "remote process exit", "ncclRemoteError",
+               "NCCL communicator was aborted")
+# the line closing a traceback: ``ValueError: msg``, ``torch.OutOfMemoryError: ...``, ``AssertionError``
+EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Interrupted|Exit)\b")
+# any other class name (``DistillInterrupted``, ``StopIteration``), used only where a traceback
+# has no line like the above: a dotted name with a lower-case letter, then ``:`` or the end
+TRACEBACK_END = re.compile(r"^[A-Za-z_][\w.]*[a-z][\w.]*(:|$)")
+# exceptions that only wrap the one that ended the process: in a chain, the one before is shown
+WRAPPER_EXCEPTIONS = ("SystemExit", "ChildFailedError", "FailedJobError", "UncompletedJobError")
+CHAIN_LINES = ("During handling of the above exception, another exception occurred:",
+               "The above exception was the direct cause of the following exception:")
+# what launchers put before every line: ``[rank0]: `` / ``[rank0]:[W...]`` (torch.distributed),
+# ``[default0]:`` (torchrun --tee), `` 0: `` (srun --label)
+LINE_PREFIX = re.compile(r"^(?: *\d+:(?: |$)|\[(?:rank|default)\d+\]: ?)")
+FRAME_LINE = re.compile(r'^ {2}File "(?P<file>[^"]+)", line (?P<line>\d+)(?:, in (?P<fn>.+))?$')
+STAMP = re.compile(r"\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d")  # submitit's and our logging's
+CODE_MAX = 80  # a frame's code line longer than this is left out of the status line
 EXIT_SLURM_UNREACHABLE = 3  # neither squeue nor sacct answered: the table is the manifest's
 
 
@@ -129,59 +154,183 @@ def rank_logs(log: str, job_id: str) -> list[tuple[int, Path]]:
 
 
 def _is_cause(line: str) -> bool:
-    return any(w in line for w in ERROR_WORDS) and not any(e in line for e in ECHO_ERRORS)
+    return any(w in line for w in ERROR_WORDS) and not _is_echo(line)
+
+
+def _is_echo(line: str) -> bool:
+    return any(e in line for e in ECHO_ERRORS)
 
 
 def first_error(log: str, job_id: str) -> dict | None:
-    """{rank, host, line, context} of the first real error over every rank's log.
+    """{rank, host, line, exception, frame, context} of the first real error over every rank's
+    log; ``line`` is what status prints: the exception and the frame that raised it.
 
-    A rank's error that only echoes another rank's death (``[gloo] Connection closed by peer``,
-    NCCL watchdog, SIGTERM) is skipped; the exception line closing a traceback is preferred
-    over the ``Traceback`` header. Ranks are compared by the timestamp the error appears at
-    when their lines carry one, else by rank.
+    Of each rank's log, the exception that ended the process counts: the last traceback's (a
+    wrapper closing a chain, ``SystemExit``/``ChildFailedError``, gives way to the exception it
+    wraps). Lines are read without the prefixes launchers put before them (``[rank0]: ``,
+    srun's ``0: ``). An exception that only echoes another rank's death (``[gloo] Connection
+    closed by peer``, NCCL watchdog, SIGTERM) counts only when no rank has anything else; an
+    error line outside any traceback (``Killed``, slurmstepd's OOM kill) beats such echoes.
+    Of the ranks at the same level, the earliest by the timestamp before the error wins (lines
+    without one come last), then the lowest rank.
     """
     found = []
     host_of: dict[int, str] = {}
     for task, path in rank_logs(log, job_id):
         try:
-            lines = path.read_text(errors="replace").splitlines()
+            raw = path.read_text(errors="replace").splitlines()
         except OSError:
             continue
-        for ln in lines:
+        for ln in raw:
             m = re.search(r"host ([\w.-]+)", ln)
             if m and task not in host_of and "starting" in ln:
                 host_of[task] = m.group(1)
-        hit = _exception_line(lines)
+        hit = _log_error([_unprefixed(ln) for ln in raw])
         if hit is not None:
-            i = hit
-            found.append((_stamp(lines, i) or "~", task, i, lines[i].strip(),
-                          lines[max(0, i - 3): i + 1]))
+            level, exc = hit
+            found.append((level, _stamp(raw, exc.index) or "~", task, exc,
+                          raw[max(0, exc.index - 3): exc.index + 1]))
     if not found:
         return None
-    stamp, task, _, line, ctx = min(found, key=lambda f: (f[0], f[1]))
-    return {"rank": task, "host": host_of.get(task, "?"), "line": line, "context": ctx}
+    _, _, task, exc, ctx = min(found, key=lambda f: f[:3])
+    return {"rank": task, "host": host_of.get(task, "?"), "line": exc.show(),
+            "exception": exc.text, "frame": exc.frame, "context": ctx}
 
 
-def _exception_line(lines: list[str]) -> int | None:
-    """Index of the first line that is a cause: the exception line closing a traceback (the
-    first unindented line after ``Traceback``), else the first error-looking line; lines that
-    only echo another rank's death are skipped."""
-    in_tb = False
+class _Exception:
+    """One exception as a log shows it: the line index, its first line, the raising frame."""
+
+    def __init__(self, index: int, text: str, frame: str = "") -> None:
+        self.index, self.text, self.frame = index, text, frame
+
+    @property
+    def name(self) -> str:
+        return self.text.split(":", 1)[0].rsplit(".", 1)[-1]
+
+    def show(self) -> str:
+        return f"{self.text} (at {self.frame})" if self.frame else self.text
+
+
+def _unprefixed(line: str) -> str:
+    """A log line without the launchers' prefixes (srun's label, torch's ``[rank0]:``)."""
+    for _ in range(3):
+        m = LINE_PREFIX.match(line)
+        if not m:
+            break
+        line = line[m.end():]
+    return line.rstrip()
+
+
+def _log_error(lines: list[str]) -> tuple[int, _Exception] | None:
+    """(level, error) of one rank's log (prefixes removed): level 0 the exception that ended
+    the process, 1 the first error line outside tracebacks, 2 the first exception that only
+    echoes another rank's failure; None when the log shows none of these."""
+    chains, in_tracebacks = _tracebacks(lines)
+    shown = [_raised(chain) for chain in chains]
+    real = [e for e in shown if not _is_echo(e.text)]
+    if real:
+        return 0, ([e for e in real if e.name not in WRAPPER_EXCEPTIONS] or real)[-1]
     for i, ln in enumerate(lines):
-        if ln.startswith("Traceback"):
-            in_tb = True
+        if i not in in_tracebacks and not ln.startswith(" ") and _is_cause(ln):
+            return 1, _Exception(i, ln.strip())
+    return (2, shown[0]) if shown else None
+
+
+def _raised(chain: list[_Exception]) -> _Exception:
+    """The exception of a chain to report: the last, unless it only wraps an earlier one."""
+    for exc in reversed(chain):
+        if exc.name not in WRAPPER_EXCEPTIONS:
+            return exc
+    return chain[-1]
+
+
+def _tracebacks(lines: list[str]) -> tuple[list[list[_Exception]], set[int]]:
+    """The exception chains in a log, in order (each oldest first, as Python prints them), and
+    the indices of the lines that belong to tracebacks."""
+    chains: list[list[_Exception]] = []
+    inside: set[int] = set()
+    linked = False
+    i = 0
+    while i < len(lines):
+        if lines[i].startswith("Traceback (most recent call last)"):
+            exc, end = _traceback(lines, i + 1)
+            inside.update(range(i, end))
+            if exc is not None:
+                j = end  # the message's further lines, up to a blank line or a log line
+                while j < len(lines) and lines[j].strip() and not _starts_traceback(lines[j]) \
+                        and not STAMP.search(lines[j]):
+                    inside.add(j)
+                    j += 1
+                if linked and chains:
+                    chains[-1].append(exc)
+                else:
+                    chains.append([exc])
+            linked = False
+            i = end
             continue
-        if in_tb and EXCEPTION_LINE.match(ln):
-            in_tb = False
-            if not any(e in ln for e in ECHO_ERRORS):
-                return i
-    return next((i for i, ln in enumerate(lines) if _is_cause(ln)), None)
+        if lines[i].strip() in CHAIN_LINES:
+            linked = True
+        i += 1
+    return chains, inside
+
+
+def _traceback(lines: list[str], i: int) -> tuple[_Exception | None, int]:
+    """The exception closing the traceback whose frames start at line i (None when the log
+    ends or another traceback starts first), and the index after it. Unindented lines that
+    other threads printed in between are skipped."""
+    frame: re.Match | None = None
+    code = ""
+    loose = None  # a closing line of another shape, if no exception line comes
+    while i < len(lines):
+        ln = lines[i]
+        if _starts_traceback(ln):
+            break
+        m = FRAME_LINE.match(ln)
+        if m:
+            frame, code, loose = m, "", None
+        elif ln.startswith(" "):
+            if frame is not None and not code and ln.startswith("    ") \
+                    and not set(ln.strip()) <= set("^~ "):
+                code = ln.strip()
+        elif EXCEPTION_LINE.match(ln):
+            return _Exception(i, _message(lines, i), _where(frame, code)), i + 1
+        elif loose is None and frame is not None and TRACEBACK_END.match(ln):
+            loose = i
+        i += 1
+    if loose is not None:
+        return _Exception(loose, _message(lines, loose), _where(frame, code)), loose + 1
+    return None, i
+
+
+def _starts_traceback(line: str) -> bool:
+    return line.startswith("Traceback (most recent call last)") or line.strip() in CHAIN_LINES
+
+
+def _message(lines: list[str], i: int) -> str:
+    """The exception line's first line of message (the next line when it starts on one)."""
+    text = lines[i].strip()
+    name, colon, msg = text.partition(":")
+    if colon and not msg.strip() and i + 1 < len(lines):
+        nxt = lines[i + 1].strip()
+        if any(c.isalnum() for c in nxt) and not _starts_traceback(nxt):
+            return f"{name}: {nxt}"
+    return text
+
+
+def _where(frame: re.Match | None, code: str) -> str:
+    """``file:line in function: code`` of a traceback frame (an installed package's file from
+    its package directory on; the code only when short)."""
+    if frame is None:
+        return ""
+    path = re.sub(r"^.*/(site|dist)-packages/", "", frame["file"])
+    out = f"{path}:{frame['line']}" + (f" in {frame['fn']}" if frame["fn"] else "")
+    return out + (f": {code}" if code and len(code) <= CODE_MAX else "")
 
 
 def _stamp(lines: list[str], i: int) -> str | None:
     """The last timestamp at or before line i (submitit/our logging print ISO-like times)."""
     for ln in reversed(lines[: i + 1]):
-        m = re.search(r"\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d", ln)
+        m = STAMP.search(ln)
         if m:
             return m.group(0).replace("T", " ")
     return None
