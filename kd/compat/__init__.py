@@ -494,4 +494,18 @@ WORKAROUNDS: tuple[Workaround, ...] = (
         patches.fix_pp_distillation_eval_shapes,
         probes.eval_schedule_misses_distillation_shapes,
     ),
+    Workaround(
+        "mcore-index-torn-writes",
+        _MCORE,
+        _MCORE_016,
+        "GPTDataset and BlendedDataset numpy.save their index files under the final names and "
+        "a later start takes a set as built once every name exists: a kill while the last file "
+        "of a set is written (node failure, SIGKILL after KillWait) leaves it truncated and "
+        "every restart dies loading it (mmap length is greater than file size); the files are "
+        "written to a temporary name and renamed, and torn ones are deleted (and rebuilt)",
+        "bridge",
+        lambda device: True,
+        patches.atomic_index_writes,
+        probes.index_files_written_in_place,
+    ),
 )

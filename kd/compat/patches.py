@@ -353,3 +353,118 @@ def fix_distributed_optimizer_shared_step() -> None:
 
     load_state_dict._kd_own_steps = True
     cls.load_state_dict = load_state_dict
+
+
+# --------------------------------------------------------------------------- dataset index files
+INDEX_TMP_SUFFIX = ".kdtmp"  # an index file being written; renamed to its final name when done
+
+
+class _AtomicIndexNumpy:
+    """``numpy`` as megatron-core's dataset modules see it, except ``save``: the file is
+    written under a temporary name beside the final one (flocked while it is written), fsynced,
+    then renamed, so the final name only ever holds a complete file."""
+
+    def __init__(self, numpy):
+        self._numpy = numpy
+
+    def __getattr__(self, name):
+        return getattr(self._numpy, name)
+
+    def save(self, file, arr, allow_pickle=True, **kwargs):
+        import fcntl
+        import os
+        import uuid
+
+        if not isinstance(file, (str, os.PathLike)):
+            return self._numpy.save(file, arr, allow_pickle=allow_pickle, **kwargs)
+        path = os.fspath(file)
+        path = path if path.endswith(".npy") else path + ".npy"  # what numpy.save does
+        tmp = f"{path}.{uuid.uuid4().hex[:8]}{INDEX_TMP_SUFFIX}"
+        try:
+            with open(tmp, "wb") as fh:
+                fcntl.flock(fh, fcntl.LOCK_EX)  # held until closed: a live writer's file
+                self._numpy.save(fh, arr, allow_pickle=allow_pickle, **kwargs)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        with contextlib.suppress(OSError):  # the rename itself survives a node failure
+            dir_fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+
+
+def drop_torn_index_files(cache, description_hash: str) -> list[str]:
+    """Delete, from ``cache``, the index files of one dataset (``<hash>-*.npy``) that do not
+    load (truncated by a kill during an in-place write: older kdlaunch, or another writer) and
+    the temporary files of writers that died; megatron-core then finds the set incomplete and
+    rebuilds it. A temporary file still flocked belongs to a live writer and is kept. Returns
+    the deleted paths."""
+    import fcntl
+    from pathlib import Path
+
+    import numpy
+
+    root = Path(cache)
+    if not root.is_dir():
+        return []
+    gone = []
+    for path in sorted(root.glob(f"{description_hash}-*.npy")):
+        try:
+            numpy.load(path, mmap_mode="r", allow_pickle=False)
+            continue
+        except (ValueError, OSError, EOFError):
+            pass
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            gone.append(str(path))
+    for path in sorted(root.glob(f"{description_hash}-*{INDEX_TMP_SUFFIX}")):
+        try:
+            with open(path, "rb") as fh:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)  # fails while its writer lives
+                path.unlink()
+                gone.append(str(path))
+        except OSError:
+            continue
+    return gone
+
+
+def atomic_index_writes() -> None:
+    """megatron-core's GPTDataset and BlendedDataset ``numpy.save`` their index files under
+    the final names, and the next start takes the set as built once every name exists: a kill
+    midway through the last file of a set (node failure, SLURM's SIGKILL after KillWait) leaves
+    a truncated file that every later start loads and dies on (``mmap length is greater than
+    file size``). Their ``numpy.save`` becomes write-to-temporary-then-rename, and before a
+    dataset looks at its cache, the rank that builds drops what does not load (files torn
+    before this fix, dead writers' temporary files) so the set is rebuilt."""
+    import torch
+    from megatron.core.datasets import blended_dataset, gpt_dataset
+
+    for module, cls, method in (
+        (gpt_dataset, gpt_dataset.GPTDataset, "_build_document_sample_shuffle_indices"),
+        (blended_dataset, blended_dataset.BlendedDataset, "_build_indices"),
+    ):
+        if not isinstance(module.numpy, _AtomicIndexNumpy):
+            module.numpy = _AtomicIndexNumpy(module.numpy)
+        original = getattr(cls, method)
+        if getattr(original, "_kd_checked", False):
+            continue
+
+        def checked(self, *args, _original=original, **kwargs):
+            cache = getattr(self.config, "path_to_cache", None)
+            builder = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+            if cache and builder:
+                for path in drop_torn_index_files(cache, self.unique_description_hash):
+                    # print: Bridge's logging setup filters every WARNING record out by then
+                    print(f"kd.compat: deleted a torn dataset index file (rebuilt): {path}",
+                          flush=True)
+            return _original(self, *args, **kwargs)
+
+        functools.update_wrapper(checked, original)
+        checked._kd_checked = True
+        setattr(cls, method, checked)
