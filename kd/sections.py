@@ -35,6 +35,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Union
 
+from kd.results import GROUPS as RESULT_GROUPS  # stdlib-only, like this module
+
 Check = Callable[[Any], "str | tuple[str, Any, str] | None"]
 
 
@@ -250,6 +252,19 @@ def _split(v: Any) -> str | None:
     return None
 
 
+def sharded_optimizer(value: object, dp: int) -> bool:
+    """``train.distributed_optimizer`` resolved: ``auto`` shards the optimizer whenever dp > 1
+    (the launcher also follows a resumed run's checkpoints: launch/layout.py)."""
+    text = str(value).strip().lower()
+    if text == "auto":
+        return dp > 1
+    if text in ("true", "on", "yes", "1"):
+        return True
+    if text in ("false", "off", "no", "0"):
+        return False
+    raise ValueError(f"train.distributed_optimizer={value!r}: choose auto, true or false")
+
+
 @dataclass(frozen=True)
 class Train(Section):
     # tp, pp, micro_batch_size, recompute: "auto" lets launch/layout.py choose from the memory
@@ -269,7 +284,8 @@ class Train(Section):
     # measured on one 4 x H100 node (benchmarks/results/h100x4_2026-11-28_issue8.json)
     overlap_grad_reduce: bool = False
     # auto | true | false: Megatron's distributed optimizer (Adam states sharded over DP ranks);
-    # auto = on whenever DP > 1 (launch/memory.py distributed_optimizer() resolves it)
+    # auto = on whenever DP > 1, or as the run's checkpoints were saved when it resumes (the
+    # launcher resolves it to true/false: launch/layout.py, rule in sharded_optimizer())
     distributed_optimizer: bool | str = knob("auto", one_of("auto", True, False))
     global_batch_size: int = knob(4, positive)
     train_iters: int = knob(100, positive)
@@ -283,6 +299,10 @@ class Train(Section):
     seed: int = 1234
     precision: str = knob("bf16", one_of("bf16", "fp32"))  # the launcher uses fp32 without GPUs
     split: str = knob("99,1,0", _split)  # train/valid/test split of the blend
+
+    def sharded_optimizer(self, dp: int) -> bool:
+        """``distributed_optimizer`` resolved for ``dp`` data-parallel ranks (the one rule)."""
+        return sharded_optimizer(self.distributed_optimizer, dp)
 
     def check(self) -> None:
         if self.min_lr > self.lr:
@@ -405,12 +425,24 @@ def _batch_size(v: Any) -> str | None:
     return positive(v)
 
 
+MMLU_SHOTS = 5  # dev examples per MMLU subject: the most shots the eval stage can give
+
+
+def _num_fewshot(v: Any) -> str | None:
+    if _number(v) and 0 <= v <= MMLU_SHOTS:
+        return None
+    return (f"MMLU has {MMLU_SHOTS} dev examples per subject, so the eval stage takes "
+            f"0..{MMLU_SHOTS} shots: set eval.num_fewshot to 0..{MMLU_SHOTS}")
+
+
 @dataclass(frozen=True)
 class Eval(Section):
     enabled: bool = True
+    # mmlu first: the eval stage and the report read the mmlu group and its 4 categories
+    # (kd/results.py GROUPS); extra lm-eval tasks (multiple-choice or generative) follow it
     tasks: tuple[str, ...] = knob(("mmlu",), each(matches(
         r"[A-Za-z0-9][A-Za-z0-9_.\-]*", "not an lm-eval task name (letters, digits, '_', '-', '.')")))
-    num_fewshot: int = knob(5, at_least(0))
+    num_fewshot: int = knob(MMLU_SHOTS, _num_fewshot)
     limit: int | float | None = knob(None, positive)  # per subject, as lm-eval defines it: N or a fraction < 1
     batch_size: int | str = knob(1, _batch_size)
     dtype: str = knob("bfloat16", one_of(*EVAL_DTYPES))  # the launcher uses float32 without GPUs
@@ -420,9 +452,20 @@ class Eval(Section):
         if self.enabled and not self.tasks:
             raise FieldError("tasks", (), "", "{s}tasks is empty: name at least one lm-eval task "
                              "(e.g. [mmlu]) or set eval.enabled=false")
+        if self.enabled and self.tasks[0] != "mmlu":
+            shown = list(dict.fromkeys(("mmlu", *self.tasks)))
+            raise FieldError("tasks", list(self.tasks), "", f"{{s}}tasks={list(self.tasks)}: "
+                             f"start with 'mmlu' (the eval stage and the report read the mmlu "
+                             f"group and its 4 categories); extra tasks follow it, e.g. "
+                             f"{{s}}tasks={shown}")
+        twice = sorted({t for t in self.tasks if self.tasks.count(t) > 1})
+        if self.enabled and twice:
+            raise FieldError("tasks", list(self.tasks), "", f"{{s}}tasks={list(self.tasks)} "
+                             f"names {', '.join(twice)} more than once: list each task once")
 
 
 VAL_LOSS = "val_loss"  # select.by: the student's validation loss that distill logs
+MMLU_GROUPS = tuple(RESULT_GROUPS)  # mmlu and its 4 categories, as every results file holds them
 
 
 @dataclass(frozen=True)
@@ -527,10 +570,17 @@ class Experiment(Section):
         if not ev.enabled:
             raise FieldError("select.by", sel.by, "", f"select.by={sel.by}: scoring candidates "
                              f"needs the eval stage (eval.enabled=true), or select by val_loss")
-        if not (sel.by == "mmlu" or sel.by.startswith("mmlu_") or sel.by in ev.tasks):
-            raise FieldError("select.by", sel.by, "", f"select.by={sel.by}: not an MMLU group and "
-                             f"not in eval.tasks {list(ev.tasks)}: use mmlu, an mmlu_* category, "
-                             f"one of eval.tasks, or val_loss")
+        if sel.by in ev.tasks or sel.by in MMLU_GROUPS:
+            return
+        groups = ", ".join(MMLU_GROUPS)
+        if sel.by.startswith("mmlu"):
+            raise FieldError("select.by", sel.by, "", f"select.by={sel.by}: no such MMLU group "
+                             f"(the results hold {groups}) and not in eval.tasks "
+                             f"{list(ev.tasks)}: use one of those groups, one of eval.tasks, "
+                             f"or val_loss")
+        raise FieldError("select.by", sel.by, "", f"select.by={sel.by}: not an MMLU group and "
+                         f"not in eval.tasks {list(ev.tasks)}: use mmlu, an MMLU category "
+                         f"({groups}), one of eval.tasks, or val_loss")
 
 
 # ---------------------------------------------------------------- the one converter

@@ -32,6 +32,7 @@ from kd.sections import (  # noqa: F401 - the experiment schema, re-exported
     one_of,
     positive,
 )
+from launch import shell
 from launch.schema import ConfigError, apply_override, build, parse_override, read_yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,9 +64,12 @@ def _not_blank(v: Any) -> str | None:
 
 @dataclass(frozen=True)
 class Container(Section):
-    image: str | None = None  # pyxis/enroot image, e.g. nvcr.io#nvidia/nemo:26.02
-    mounts: tuple[str, ...] = knob((), each(lambda m: None if ":" in m else
-                                           "is not SRC:DST[:FLAGS]"))  # "src:dst[:flags]"
+    # pyxis/enroot image, e.g. nvcr.io#nvidia/nemo:26.02 (srun --container-image=...)
+    image: str | None = knob(None, lambda v: None if v is None
+                             else shell.container_image_problem(v))
+    # "src:dst[:flags]" each (srun --container-mounts=..., joined by ','); the run directory is
+    # mounted too (checked where the flag is built: launch/executors.py)
+    mounts: tuple[str, ...] = knob((), each(shell.container_mount_problem))
     workdir: str | None = None
 
 

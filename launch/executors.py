@@ -44,7 +44,11 @@ def container_srun_args(cluster: Cluster, run_dir: Path) -> list[str]:
     c = cluster.container
     if not c.image:
         return []
-    mounts = [f"{run_dir}:{run_dir}", *c.mounts]
+    run = shell.container_mount_path(
+        "--run-dir", run_dir, "cluster.container.image is set, so the run directory is mounted "
+        "into the container as RUN:RUN", "choose a --run-dir (for a sweep: a root, where its "
+        "runs go) whose path has no ',', ':' or whitespace")
+    mounts = [f"{run}:{run}", *c.mounts]
     args = [f"--container-image={c.image}", f"--container-mounts={','.join(mounts)}"]
     if c.workdir:
         args.append(f"--container-workdir={c.workdir}")

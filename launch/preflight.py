@@ -142,6 +142,8 @@ def check_paths(exp: Experiment) -> None:
             raise ConfigError(f"export.hf_template={exp.export.hf_template!r} has no config.json")
     if exp.eval.enabled and exp.eval.include_path:
         _need_dir(exp.eval.include_path, "eval.include_path", "a folder of lm-eval task YAMLs")
+    if exp.data.index_cache:
+        check_index_cache(exp.data.index_cache)
     for i, s in enumerate(exp.data.sources):
         where = f"data.sources[{i}]"
         if s.jsonl:
@@ -158,6 +160,22 @@ def check_paths(exp: Experiment) -> None:
                     f"{where}.prefix={s.prefix!r}: {' and '.join(s.prefix + m for m in missing)} "
                     f"missing; a Megatron dataset prefix needs both .bin and .idx (give the path "
                     f"without extension, e.g. data/wiki_text_document)")
+
+
+def check_index_cache(path: str) -> None:
+    """``data.index_cache`` is a directory Megatron reads and writes index files in (distill
+    creates it, and a lock file in it): refuse a file, or a path under a file."""
+    p = Path(os.path.expanduser(path)).absolute()
+    fix = ("point data.index_cache at a directory (it is created when missing), or remove it "
+           "to use the run's own data/index_cache")
+    if p.exists() and not p.is_dir():
+        raise ConfigError(f"data.index_cache={path!r}: is a file, not a directory; {fix}")
+    probe = p
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(f"data.index_cache={path!r}: {probe} is a file, so the directory "
+                          f"cannot be created; {fix}")
 
 
 # ---------------------------------------------------------------- models

@@ -17,14 +17,14 @@ from dataclasses import replace
 from pathlib import Path
 
 from kd.paths import SELECT_STAGE, RunPaths, candidate_stage
-from kd.sections import VAL_LOSS, Select
+from kd.sections import MMLU_GROUPS, VAL_LOSS, Select
 from kd.specs import CandidateSpec, SelectSpec, replace_fields
 
 
 def quick_tasks(by: str, tasks: tuple[str, ...]) -> tuple[str, ...]:
     """The quick eval's tasks: MMLU (the eval stage always starts with it) and the task
     selection goes by."""
-    if by in ("mmlu", VAL_LOSS) or by.startswith("mmlu_"):
+    if by == VAL_LOSS or by in MMLU_GROUPS:
         return ("mmlu",)
     if by not in tasks:  # Experiment.check refuses it first, naming select.by
         raise ValueError(f"select.by={by!r}: not among eval.tasks {list(tasks)}; select by "

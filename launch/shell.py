@@ -125,6 +125,69 @@ def sbatch_value(field: str, value: Any) -> Any:
     return value
 
 
+# ---------------------------------------------------------------- pyxis container flags
+# srun --container-image=IMAGE --container-mounts=SRC:DST[:FLAGS][,SRC:DST[:FLAGS]...]: pyxis
+# (args.c) splits the mounts at ',', each mount at ':' (FLAGS joined by '+'), and writes each as
+# one enroot fstab line "SRC DST OPTIONS", whose fields are separated by whitespace. A value
+# that carries one of those separators is read as more (or other) mounts, paths or flags.
+_WHITESPACE = re.compile(r"\s")
+_MOUNT_FLAG = r"[A-Za-z0-9_.=-]+"
+_MOUNT_FLAGS = re.compile(rf"{_MOUNT_FLAG}(?:\+{_MOUNT_FLAG})*\Z")
+
+
+def container_image_problem(image: Any) -> str | None:
+    """Why ``image`` cannot be the value of ``--container-image``, or None."""
+    text = str(image)
+    if not text.strip():
+        return "is empty: give an image (e.g. nvcr.io#nvidia/nemo:26.02) or remove the key"
+    if _WHITESPACE.search(text):
+        return ("contains whitespace: an image reference has none, and what follows it would "
+                "not be an srun flag but part of the image name (srun flags go in "
+                "cluster.srun_args); give the image alone, e.g. nvcr.io#nvidia/nemo:26.02")
+    return None
+
+
+def container_mount_problem(mount: Any) -> str | None:
+    """Why ``mount`` cannot be one entry of ``--container-mounts``, or None."""
+    text = str(mount)
+    form = ("SRC:DST[:FLAGS], e.g. /lustre/data:/data or /lustre/data:/data:ro (SRC and DST "
+            "absolute or ./relative paths without ':', FLAGS joined by '+', e.g. ro+rprivate)")
+    if "," in text:
+        return ("contains ',', which separates --container-mounts entries (it would add a mount "
+                "of its own): give each mount as its own list item, " + form)
+    if _WHITESPACE.search(text):
+        return ("contains whitespace, which pyxis/enroot mount entries cannot carry: use paths "
+                "without spaces (e.g. a symlink to the directory)")
+    parts = text.split(":")
+    if len(parts) not in (2, 3) or not all(parts):
+        return "is not " + form
+    src, dst = parts[0], parts[1]
+    if not (src.startswith(("/", ".")) or src in ("tmpfs", "umount")):
+        return f"source {src!r} is not an absolute or ./relative path (pyxis takes no other): " \
+               f"write {form}"
+    if not dst.startswith(("/", ".")):
+        return f"target {dst!r} is not an absolute or ./relative path (pyxis takes no other): " \
+               f"write {form}"
+    if len(parts) == 3 and not _MOUNT_FLAGS.match(parts[2]):
+        return f"has mount flags {parts[2]!r}: join them with '+', e.g. ro or ro+rprivate"
+    return None
+
+
+def container_mount_path(field: str, path: Any, why: str, fix: str) -> str:
+    """A path mounted as ``PATH:PATH`` (the run directory): checked, then refused when it
+    carries a separator of ``--container-mounts`` (``why``: why it is mounted; ``fix``: what
+    to choose instead)."""
+    text = check(field, path)
+    bad = [repr(c) for c in (",", ":") if c in text]
+    bad += ["whitespace"] if _WHITESPACE.search(text) else []
+    if bad:
+        raise UnsafeValue(
+            f"{field} {text}: contains {' and '.join(bad)}; {why}, and pyxis splits "
+            f"--container-mounts at ',' (between mounts) and ':' (SRC:DST[:FLAGS]), enroot at "
+            f"whitespace, so other paths than this one would be mounted: {fix}")
+    return text
+
+
 def refuse_secrets(tree: Any, root: str) -> None:
     """Walk a JSON-like tree (manifest, resolved config): refuse any string that holds a secret.
 

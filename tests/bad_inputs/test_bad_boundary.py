@@ -36,6 +36,7 @@ HF = "hf_" + "AbCdEfGhIjKlMnOpQrStUvWxYz012345678"
 GHP = "ghp_" + "aB3" * 12
 GHPAT = "github_pat_" + "11ABCDEFG0" + "x" * 60
 AKIA = "AKIA" + "IOSFODNN7EXAMPLE"
+IMAGE = "cluster.container.image=nvcr.io#nvidia/nemo:26.02"
 
 
 # ---------------------------------------------------------------- runner and world
@@ -137,6 +138,15 @@ def _launch_cases():
     add("run-dir-newline-emit", [], "--run-dir", run_dir="run\ntouch {M}", emit="emit",
         mode="emit")
     add("emit-dir-newline", [], "--emit-sbatch", emit="emit\ntouch {M}", mode="emit")
+    # the run directory is mounted as RUN:RUN into a pyxis container: ',' would add a mount of
+    # the host's /etc, ':' and whitespace would split the entry (launch/shell.py)
+    add("run-dir-comma-container", [IMAGE], "--run-dir", run_dir="run,/etc:/host_etc")
+    add("run-dir-comma-container-launch", [IMAGE], "--run-dir", run_dir="run,/etc:/host_etc",
+        mode="launch")
+    add("run-dir-comma-container-emit", [IMAGE], "--run-dir", run_dir="run,x", emit="emit",
+        mode="emit")
+    add("run-dir-colon-container", [IMAGE], "--run-dir", run_dir="run:x")
+    add("run-dir-space-container", [IMAGE], "--run-dir", run_dir="my run")
     # secrets, by value and by name
     add("srun-export-hf-token", [f'cluster.srun_args=["--export=ALL,HF_TOKEN={HF}"]'],
         "cluster.srun_args[0]")
@@ -201,6 +211,23 @@ ACCEPTED = [  # hostile but quotable: accepted, rendered quoted, never executed
     ('cluster.setup=["export HF_TOKEN=$HF_TOKEN"]', "export HF_TOKEN=$HF_TOKEN"),
     ("cluster.env.CKPT_DIR=/data/hf_checkpoints_llama31instructmodel", "CKPT_DIR="),
 ]
+
+
+def test_run_dir_separators_only_matter_in_a_container(world, capsys):
+    """A ',' in the run directory is refused only where it reaches --container-mounts; without
+    a container image it is an ordinary directory name (kept: sbatch takes it as is)."""
+    code, out, err = run_cli(distill_cli.main, ["--cluster", "ci", "--config", "tiny_demo",
+                                                "--run-dir", "run,x", "--dry-run", "name=bnd",
+                                                *world["base"]], capsys)
+    assert code == 0, err
+    assert "run,x/jobs/" in out and "--container-mounts" not in out
+    code, out, err = run_cli(distill_cli.main, ["--cluster", "ci", "--config", "tiny_demo",
+                                                "--run-dir", "run_x", "--dry-run", "name=bnd",
+                                                *world["base"], IMAGE], capsys)
+    assert code == 0, err
+    mounts = re.findall(r"--container-mounts=(\S+)", out)
+    assert mounts and all(m.rstrip("'") == f"{world['work']}/run_x:{world['work']}/run_x"
+                          for m in mounts), mounts
 
 
 @pytest.mark.parametrize("override, rendered", ACCEPTED, ids=[a[1] for a in ACCEPTED])
@@ -472,6 +499,9 @@ def _sweep_cases():
                            "grid: {lr: {a: [train.lr=1e-3]}}\n", [], "alarm.z"),
         "empty-grid": ("name: s\nbase: tiny_demo\ngrid: {lr: {}}\n", [], "grid.lr"),
         "unknown-key": ("name: s\nbase: tiny_demo\ngird: {}\n", [], "gird"),
+        "root-comma-container": ("name: s\nbase: tiny_demo\ncluster: ci\nroot: 'r,/etc:/x'\n"
+                                 "overrides: {BASE}\ngrid: {lr: {a: [train.lr=1e-3]}}\n",
+                                 [IMAGE.removeprefix("cluster.")], "--run-dir"),
     }
 
 

@@ -224,7 +224,7 @@ def test_device_and_dtype_resolution():
     [
         ({"role": "student"}, "role"),
         ({"tasks": ("mmlu_stem",)}, "start with .mmlu."),
-        ({"tasks": ("mmlu", "kd_synth", "kd_synth")}, "once each"),
+        ({"tasks": ("mmlu", "kd_synth", "kd_synth")}, "more than once"),
         ({"num_fewshot": 6}, "0..5"),
         ({"limit": 0}, "limit"),
         ({"dtype": "fp8"}, "dtype"),
