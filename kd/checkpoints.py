@@ -15,7 +15,11 @@ globs ``iter_*`` sees them. Stdlib only: ``launch/`` (login node) uses it too.
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 TRACKER = "latest_checkpointed_iteration.txt"
@@ -163,3 +167,86 @@ def prune(checkpoints: str | Path, keep_last: int | None,
         shutil.rmtree(trash, ignore_errors=True)
         gone.append(it)
     return gone
+
+
+# ---------------------------------------------------------------- the layout a save was made at
+LAYOUTS = "layouts.json"  # kdlaunch's record, one entry per start of distill with a new layout
+
+
+@dataclass(frozen=True)
+class SavedLayout:
+    """The parallel layout the latest complete checkpoint was saved at. ``dp`` is None for
+    checkpoints saved before kdlaunch recorded layouts (read from Bridge's run_config.yaml)."""
+
+    iteration: int
+    tp: int
+    pp: int
+    dp: int | None
+    distributed_optimizer: bool
+
+    def describe(self) -> str:
+        dp = "?" if self.dp is None else self.dp
+        return (f"tp={self.tp} pp={self.pp} dp={dp} distributed optimizer "
+                f"{'on' if self.distributed_optimizer else 'off'}")
+
+
+def record_layout(checkpoints: str | Path, start: int, *, tp: int, pp: int, dp: int,
+                  distributed_optimizer: bool) -> list[dict]:
+    """Append the layout of this start (training from iteration ``start``) to ``layouts.json``
+    when it differs from the last entry; written atomically (rank 0 only)."""
+    path = Path(checkpoints) / LAYOUTS
+    entries = _read_layouts(path)
+    entry = {"from_iteration": int(start), "tp": int(tp), "pp": int(pp), "dp": int(dp),
+             "distributed_optimizer": bool(distributed_optimizer)}
+    last = entries[-1] if entries else None
+    if last is None or {k: v for k, v in last.items() if k != "from_iteration"} != {
+            k: v for k, v in entry.items() if k != "from_iteration"}:
+        entries.append(entry)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(entries, indent=1) + "\n")
+        os.replace(tmp, path)
+    return entries
+
+
+def saved_layout(checkpoints: str | Path) -> SavedLayout | None:
+    """The layout of the latest complete checkpoint, or None when there is none."""
+    ckpt = Path(checkpoints)
+    it = latest_complete(ckpt)
+    if it is None:
+        return None
+    made_by = [e for e in _read_layouts(ckpt / LAYOUTS) if e["from_iteration"] < it]
+    if made_by:
+        e = made_by[-1]
+        return SavedLayout(it, e["tp"], e["pp"], e["dp"], e["distributed_optimizer"])
+    return _layout_from_run_config(ckpt / f"iter_{it:07d}" / "run_config.yaml", it)
+
+
+def _read_layouts(path: Path) -> list[dict]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    keys = ("from_iteration", "tp", "pp", "dp", "distributed_optimizer")
+    if not isinstance(data, list) or not all(isinstance(e, dict) and all(k in e for k in keys)
+                                              for e in data):
+        return []
+    return data
+
+
+def _layout_from_run_config(path: Path, iteration: int) -> SavedLayout | None:
+    """Bridge's own record of the save (YAML, read with regexes: stdlib only)."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return None
+
+    def first(key: str) -> str | None:
+        m = re.search(rf"^\s*{key}:\s*(\S+)\s*$", text, re.M)
+        return m.group(1) if m else None
+
+    tp, pp, sharded = (first("tensor_model_parallel_size"), first("pipeline_model_parallel_size"),
+                       first("use_distributed_optimizer"))
+    if not (tp and tp.isdigit() and pp and pp.isdigit() and sharded in ("true", "false")):
+        return None
+    return SavedLayout(iteration, int(tp), int(pp), None, sharded == "true")

@@ -130,6 +130,7 @@ def _train(spec: DistillSpec, env, exit_signal: int | None) -> dict:
     wandb_environment(spec)
     compat.scoped.start_cpu_process_group(device, env.rank, env.world_size)
     quarantine_incomplete_checkpoints(spec, env.rank)
+    check_saved_layout(spec, env.world_size, uses_distributed_optimizer(spec, env.world_size))
     config = build_config(spec, device, exit_signal=exit_signal)
     prune_checkpoints(spec, env.rank)
     compat.scoped.lock_index_builds(index_cache_dir(spec), env.rank)
@@ -139,6 +140,10 @@ def _train(spec: DistillSpec, env, exit_signal: int | None) -> dict:
     log.info("%s", compat.summary())  # after the scoped workarounds above were decided
 
     start = latest_iteration(checkpoints_dir(spec)) or 0
+    if env.rank == 0:
+        ckpts.record_layout(checkpoints_dir(spec), start, tp=spec.train.tp, pp=spec.train.pp,
+                            dp=data_parallel_size(spec, env.world_size),
+                            distributed_optimizer=config.ddp.use_distributed_optimizer)
     student = config.model  # the distillation provider is the student's provider
     log.info(
         "distill: %s from iteration %d to %d (world %d, tp %d, pp %d, micro-batch %d, "
@@ -242,6 +247,24 @@ def build_config(spec: DistillSpec, device: str, exit_signal: int | None = None)
     )
 
 
+def check_saved_layout(spec: DistillSpec, world_size: int, sharded: bool) -> None:
+    """Refuse, before loading, a checkpoint this layout cannot load (the launcher refuses it
+    before queueing; this covers a spec run by hand): another tp/pp, or the distributed
+    optimizer switched on or off (the two optimizers save different state). Another dp is
+    fine: the distributed optimizer's dp_reshardable format reshards over data parallelism."""
+    saved = ckpts.saved_layout(checkpoints_dir(spec))
+    if saved is None:
+        return
+    now = (f"tp={spec.train.tp} pp={spec.train.pp} dp={data_parallel_size(spec, world_size)} "
+           f"distributed optimizer {'on' if sharded else 'off'}")
+    if (saved.tp, saved.pp, saved.distributed_optimizer) != (spec.train.tp, spec.train.pp, sharded):
+        raise ValueError(
+            f"the checkpoint at iteration {saved.iteration} in {checkpoints_dir(spec)} was saved "
+            f"at {saved.describe()}; this start has {now}: resume with train.tp={saved.tp} "
+            f"train.pp={saved.pp} train.distributed_optimizer="
+            f"{str(saved.distributed_optimizer).lower()}, or start a new run directory")
+
+
 def quarantine_incomplete_checkpoints(spec: DistillSpec, rank: int) -> list[Path]:
     """Rank 0 moves saves that a kill interrupted out of ``checkpoints/`` (kd.checkpoints) before
     training, so neither Megatron nor any reader of ``iter_*`` names can pick them; the others
@@ -306,19 +329,20 @@ def data_parallel_size(spec: DistillSpec, world_size: int | None = None) -> int:
 
 
 def uses_distributed_optimizer(spec: DistillSpec, world_size: int | None = None) -> bool:
-    """Megatron's distributed optimizer (Adam states sharded over DP): on by default when DP > 1."""
-    from launch.memory import distributed_optimizer
-
-    return distributed_optimizer(spec.train.distributed_optimizer, data_parallel_size(spec, world_size))
+    """Megatron's distributed optimizer (Adam states sharded over DP). The launcher resolves
+    ``train.distributed_optimizer`` to true/false (following a resumed run's checkpoints); a
+    spec written by hand may still say ``auto``: on when DP > 1."""
+    return spec.train.sharded_optimizer(data_parallel_size(spec, world_size))
 
 
 def ddp_config(spec: DistillSpec, on_gpu: bool, sharded: bool):
     """DDP settings: gradient buckets reduced (scattered with the distributed optimizer) in fp32
-    on GPU; overlaps with backward / forward only where asked (``train.overlap_grad_reduce``),
-    the parameter all-gather overlap only together with the distributed optimizer."""
+    on GPU; overlaps with backward / forward only where asked (``train.overlap_grad_reduce``, on
+    CPU too: gloo runs it, and the layout matrix resumes it), the parameter all-gather overlap
+    only together with the distributed optimizer."""
     from megatron.bridge.training.config import DistributedDataParallelConfig
 
-    overlap = on_gpu and spec.train.overlap_grad_reduce
+    overlap = spec.train.overlap_grad_reduce
     return DistributedDataParallelConfig(
         use_distributed_optimizer=sharded,
         grad_reduce_in_fp32=on_gpu,

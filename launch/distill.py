@@ -119,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         cluster = cfg.load_cluster(args.cluster, cl_over)
         from launch import layout
 
-        experiment, chosen = layout.load_experiment(args.config, exp_over, cluster)
+        resumed = validate_dir("--run-dir", args.run_dir) if args.run_dir else None
+        experiment, chosen = layout.load_experiment(args.config, exp_over, cluster, resumed)
         if chosen.auto:
             print(chosen.describe())
         exp_resolved = to_dict(experiment)

@@ -28,6 +28,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from kd.checkpoints import SavedLayout, saved_layout
+from kd.paths import RunPaths
 from launch.config import Cluster, Experiment, tasks_per_node
 from launch.memory import distributed_optimizer, estimate, head_counts
 from launch.schema import ConfigError
@@ -37,7 +39,7 @@ AUTO_FILL = 0.80  # of cluster.gpu_memory_gib: the estimate is within 7 % of 18 
 # a cap, not a measured optimum: 8 x 2048 tokens per micro-batch already reached 39 % MFU
 # (4.7 x micro-batch 1, benchmarks/results/h200x4_2026-11-28_issue8_val.json)
 MAX_AUTO_MBS = 8
-FIELDS = ("tp", "pp", "micro_batch_size", "recompute")
+FIELDS = ("tp", "pp", "micro_batch_size", "recompute", "distributed_optimizer")
 
 
 @dataclass(frozen=True)
@@ -50,31 +52,42 @@ class Layout:
     estimate_gib: float | None  # estimated peak per GPU, None without GPUs
     budget_gib: float | None
     auto: tuple[str, ...]  # the fields that were chosen here
+    distributed_optimizer: bool = False
+    resumes: SavedLayout | None = None  # the checkpoint this launch resumes, when there is one
 
     def describe(self) -> str:
         chosen = ", ".join(f"train.{f}" for f in self.auto) or "nothing (all pinned)"
         mem = ""
         if self.estimate_gib is not None:
             mem = f"; estimated peak {self.estimate_gib:.1f} GiB of {self.budget_gib:.1f} GiB"
+        resume = ""
+        if self.resumes is not None:
+            resume = (f"; resumes the checkpoint at iteration {self.resumes.iteration}, saved at "
+                      f"{self.resumes.describe()}")
         return (f"layout: tp={self.tp} pp={self.pp} dp={self.dp} "
                 f"micro_batch_size={self.micro_batch_size} recompute={self.recompute} "
-                f"(auto: {chosen}{mem})")
+                f"distributed_optimizer={'on' if self.distributed_optimizer else 'off'} "
+                f"(auto: {chosen}{mem}{resume})")
 
 
 def is_auto(value: object) -> bool:
     return value == AUTO
 
 
-def load_experiment(ref: str, overrides: list[str], cluster: Cluster) -> tuple[Experiment, Layout]:
-    """``config.load_experiment`` + ``resolve``: what planning and the pre-flight take."""
+def load_experiment(ref: str, overrides: list[str], cluster: Cluster,
+                    run_dir: str | Path | None = None) -> tuple[Experiment, Layout]:
+    """``config.load_experiment`` + ``resolve``: what planning and the pre-flight take.
+    ``run_dir``: the run this launch continues, if any (its checkpoints fix the layout)."""
     from launch import config as cfg
 
-    return resolve(cfg.load_experiment(ref, overrides), cluster)
+    saved = saved_layout(RunPaths(Path(run_dir)).checkpoints) if run_dir else None
+    return resolve(cfg.load_experiment(ref, overrides), cluster, saved)
 
 
 def require_resolved(exp: Experiment) -> None:
     """Planning and the pre-flight work on numbers: refuse an experiment with ``auto`` left."""
-    left = [f"train.{f}" for f in FIELDS if is_auto(getattr(exp.train, f))]
+    # (an ``auto`` distributed optimizer has a definite value for a given dp: sections.py's rule)
+    left = [f"train.{f}" for f in FIELDS[:4] if is_auto(getattr(exp.train, f))]
     if left:
         raise ValueError(f"{', '.join(left)} still 'auto': resolve the experiment first "
                          f"(launch.layout.resolve or launch.layout.load_experiment)")
@@ -112,9 +125,16 @@ def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
-def resolve(exp: Experiment, cluster: Cluster) -> tuple[Experiment, Layout]:
+def resolve(exp: Experiment, cluster: Cluster,
+            saved: SavedLayout | None = None) -> tuple[Experiment, Layout]:
+    """Every ``auto`` of ``exp.train`` resolved. ``saved``: the layout of the checkpoint the run
+    resumes from: ``auto`` tp, pp and distributed optimizer follow it (a checkpoint loads only
+    into the tp/pp and the optimizer kind it was saved with; dp may change), and a pinned value
+    that differs is refused here, before anything is queued."""
+    auto = tuple(f for f in FIELDS if is_auto(getattr(exp.train, f)))
+    if saved is not None:
+        exp = _follow_checkpoint(exp, saved)
     t = exp.train
-    auto = tuple(f for f in FIELDS if is_auto(getattr(t, f)))
     world = cluster.nodes * tasks_per_node(cluster)
     needs_estimate = bool(set(auto) & {"tp", "micro_batch_size"})
     readable = all((Path(os.path.expanduser(m.path)) / "config.json").is_file()
@@ -137,7 +157,8 @@ def resolve(exp: Experiment, cluster: Cluster) -> tuple[Experiment, Layout]:
             mbs = max(d for d in _divisors(max(1, t.global_batch_size // dp))
                       if d <= MAX_AUTO_MBS)
         rc = "none" if is_auto(t.recompute) else t.recompute
-        layout = Layout(tp, pp, dp, mbs, rc, None, None, auto)
+        layout = Layout(tp, pp, dp, mbs, rc, None, None, auto,
+                        distributed_optimizer(t.distributed_optimizer, dp), saved)
         return _apply(exp, layout), layout
     student = _config(exp.student.path, "student.path")
     teacher = _config(exp.teacher.path, "teacher.path")
@@ -145,8 +166,33 @@ def resolve(exp: Experiment, cluster: Cluster) -> tuple[Experiment, Layout]:
                     gpu_memory_gib=cluster.gpu_memory_gib, global_batch_size=t.global_batch_size,
                     seq_length=t.seq_length, cp=t.cp, tp=t.tp, pp=t.pp,
                     micro_batch_size=t.micro_batch_size, recompute=t.recompute,
-                    sharded=getattr(t, "distributed_optimizer", AUTO))
+                    sharded=t.distributed_optimizer)
+    layout = dataclasses.replace(
+        layout, auto=auto, resumes=saved,
+        distributed_optimizer=distributed_optimizer(t.distributed_optimizer, layout.dp))
     return _apply(exp, layout), layout
+
+
+def _follow_checkpoint(exp: Experiment, saved: SavedLayout) -> Experiment:
+    """``exp`` with its ``auto`` tp, pp and distributed optimizer set as ``saved``; a pinned
+    value that differs is refused, naming both layouts."""
+    t = exp.train
+    want = {"tp": saved.tp, "pp": saved.pp, "distributed_optimizer": saved.distributed_optimizer}
+    pinned_now = {k: getattr(t, k) for k in want if not is_auto(getattr(t, k))}
+    if "distributed_optimizer" in pinned_now:
+        pinned_now["distributed_optimizer"] = distributed_optimizer(
+            pinned_now["distributed_optimizer"], 1)
+    clash = [f"train.{k}={str(v).lower()}" for k, v in pinned_now.items() if v != want[k]]
+    if clash:
+        raise ConfigError(
+            f"{', '.join(clash)}: this run directory's checkpoint at iteration "
+            f"{saved.iteration} was saved at {saved.describe()}, and a Megatron checkpoint "
+            f"loads only at its own tp, pp and optimizer kind (dp may change); set "
+            f"train.tp={saved.tp} train.pp={saved.pp} train.distributed_optimizer="
+            f"{str(saved.distributed_optimizer).lower()} (or leave them auto) to resume it, or "
+            f"use another --run-dir for a new run")
+    pinned = {k: v for k, v in want.items() if is_auto(getattr(t, k))}
+    return dataclasses.replace(exp, train=dataclasses.replace(t, **pinned)) if pinned else exp
 
 
 def choose(student: dict, teacher: dict, *, world: int, gpus_per_node: int,
@@ -211,5 +257,6 @@ def choose(student: dict, teacher: dict, *, world: int, gpus_per_node: int,
 def _apply(exp: Experiment, layout: Layout) -> Experiment:
     train = dataclasses.replace(exp.train, tp=layout.tp, pp=layout.pp,
                                 micro_batch_size=layout.micro_batch_size,
-                                recompute=layout.recompute)
+                                recompute=layout.recompute,
+                                distributed_optimizer=layout.distributed_optimizer)
     return dataclasses.replace(exp, train=train)

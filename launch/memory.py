@@ -110,18 +110,10 @@ def parameters(cfg: dict, tp: int = 1) -> int:
 
 
 def distributed_optimizer(value: object, dp: int) -> bool:
-    """``train.distributed_optimizer`` resolved: ``auto`` shards the optimizer whenever dp > 1.
+    """``train.distributed_optimizer`` resolved (``kd.sections.sharded_optimizer``: the rule)."""
+    from kd.sections import sharded_optimizer
 
-    The one place that resolves it: the layout, the pre-flight and kd/distill.py all call this.
-    """
-    text = str(value).strip().lower()
-    if text == "auto":
-        return dp > 1
-    if text in ("true", "on", "yes", "1"):
-        return True
-    if text in ("false", "off", "no", "0"):
-        return False
-    raise ValueError(f"train.distributed_optimizer={value!r}: choose auto, true or false")
+    return sharded_optimizer(value, dp)
 
 
 def estimate(student: dict, teacher: dict, *, tp: int, pp: int = 1, seq: int, mbs: int,

@@ -72,6 +72,8 @@ SECOND_CHUNK = (
     "tests/docs/test_documented_commands.py::test_sweep_and_status_commands_on_slurm",
 )
 COMPUTE_FIRST = (
+    "tests/kd/test_layout_matrix.py::",
+    "tests/reliability/test_restart_at_start.py::",
     "tests/kd/test_export.py::",
     "tests/kd/test_benchmark.py::",
     "tests/kd/test_parallel.py::",

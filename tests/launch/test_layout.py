@@ -49,7 +49,7 @@ def test_8b_pair_on_an_8_gpu_node_gets_the_smallest_tp_that_fits(shaped):
     assert fits(LLAMA_8B, LLAMA_8B, t, budget)
     smaller = out.train.__class__(**{**vars(t), "tp": t.tp // 2, "micro_batch_size": 1})
     assert t.tp > 1 and not fits(LLAMA_8B, LLAMA_8B, smaller, budget)  # tp/2 would not fit
-    assert lay.auto == ("tp", "pp", "micro_batch_size", "recompute")
+    assert lay.auto == ("tp", "pp", "micro_batch_size", "recompute", "distributed_optimizer")
     assert f"tp={t.tp}" in lay.describe() and "estimated peak" in lay.describe()
 
 
@@ -90,7 +90,7 @@ def test_pinned_values_are_kept_and_only_the_rest_chosen(shaped):
     exp = shaped(BIG_S, BIG_T, "train.tp=2", "train.micro_batch_size=auto",
                  "train.global_batch_size=16", "train.seq_length=2048")
     out, lay = layout.resolve(exp, cfg.load_cluster("local_gpu"))
-    assert out.train.tp == 2 and lay.dp == 2 and lay.auto == ("pp", "micro_batch_size", "recompute")
+    assert out.train.tp == 2 and lay.dp == 2 and lay.auto == ("pp", "micro_batch_size", "recompute", "distributed_optimizer")
     assert out.train.micro_batch_size == 8  # 16 / dp 2 = 8 per rank, and it fits a 1B pair
 
 
@@ -152,3 +152,94 @@ def test_planning_and_preflight_refuse_an_unresolved_experiment(make_experiment)
             step()
     resolved, _ = layout.resolve(exp, cluster)
     assert plan(resolved, cluster, "/tmp/unused").job("distill").spec.train.tp == 1
+
+
+# ------------------------------------------------ a run that resumes keeps its checkpoint's layout
+def saved_checkpoint(run_dir: Path, iteration: int, *, tp: int, pp: int, dp: int,
+                     sharded: bool) -> Path:
+    """A complete save (the files kd.checkpoints requires) and kd.distill's layout record."""
+    from kd import checkpoints as ckpts
+    from kd.paths import RunPaths
+
+    ckpt = RunPaths(run_dir).checkpoints
+    it = ckpt / f"iter_{iteration:07d}"
+    it.mkdir(parents=True)
+    for name in ckpts.REQUIRED_FILES:
+        (it / name).write_text("x")
+    (ckpt / ckpts.TRACKER).write_text(str(iteration))
+    ckpts.record_layout(ckpt, 0, tp=tp, pp=pp, dp=dp, distributed_optimizer=sharded)
+    return ckpt
+
+
+def test_auto_follows_the_checkpoint_of_a_resumed_run(make_experiment, tmp_path):
+    """A DP2 run (distributed optimizer on) relaunched on one node: ``auto`` would turn the
+    distributed optimizer off at DP1, and the other optimizer cannot load the save."""
+    saved_checkpoint(tmp_path / "run", 20, tp=1, pp=1, dp=2, sharded=True)
+    cluster = cfg.load_cluster("local")  # one rank: dp 1
+    exp_file = str(make_experiment())
+    fresh, lay = layout.load_experiment(exp_file, ["train.tp=auto", "train.pp=auto"], cluster)
+    assert fresh.train.distributed_optimizer is False and lay.resumes is None
+    out, lay = layout.load_experiment(exp_file, ["train.tp=auto", "train.pp=auto"], cluster,
+                                      tmp_path / "run")
+    assert (out.train.tp, out.train.pp, lay.dp) == (1, 1, 1)
+    assert out.train.distributed_optimizer is True and lay.distributed_optimizer
+    assert "resumes the checkpoint at iteration 20, saved at tp=1 pp=1 dp=2 distributed " \
+           "optimizer on" in lay.describe()
+
+
+def test_a_pinned_layout_the_checkpoint_cannot_load_is_refused(make_experiment, tmp_path):
+    saved_checkpoint(tmp_path / "run", 20, tp=1, pp=1, dp=2, sharded=True)
+    cluster = cfg.load_cluster("local")
+    exp_file = str(make_experiment())
+    for pinned, named in ((["train.tp=auto", "train.pp=auto",
+                            "train.distributed_optimizer=false"],
+                           "train.distributed_optimizer=false"),
+                          (["train.tp=2", "train.pp=1"], "train.tp=2")):
+        with pytest.raises(ConfigError, match=rf"{named}: this run directory's checkpoint at "
+                           r"iteration 20 was saved at tp=1 pp=1 dp=2 distributed optimizer "
+                           r"on.*set train.tp=1 train.pp=1 train.distributed_optimizer=true"):
+            layout.load_experiment(exp_file, pinned, cluster, tmp_path / "run")
+
+
+def test_a_checkpoint_without_the_layout_record_is_read_from_bridge_run_config(tmp_path):
+    """Saves from before kdlaunch recorded layouts: Bridge's run_config.yaml says tp/pp and
+    the optimizer kind (dp unknown)."""
+    from kd import checkpoints as ckpts
+
+    ckpt = saved_checkpoint(tmp_path / "run", 10, tp=1, pp=1, dp=2, sharded=True)
+    (ckpt / ckpts.LAYOUTS).unlink()
+    (ckpt / "iter_0000010" / "run_config.yaml").write_text(
+        "ddp:\n  use_distributed_optimizer: false\nmodel:\n  pipeline_model_parallel_size: 2\n"
+        "  tensor_model_parallel_size: 4\n")
+    saved = ckpts.saved_layout(ckpt)
+    assert (saved.iteration, saved.tp, saved.pp, saved.dp, saved.distributed_optimizer) == (
+        10, 4, 2, None, False)
+    assert saved.describe() == "tp=4 pp=2 dp=? distributed optimizer off"
+
+
+def test_the_layout_record_names_the_layout_of_each_save(tmp_path):
+    from kd import checkpoints as ckpts
+
+    ckpt = saved_checkpoint(tmp_path / "run", 10, tp=1, pp=1, dp=2, sharded=True)
+    ckpts.record_layout(ckpt, 10, tp=1, pp=1, dp=2, distributed_optimizer=True)  # same: no entry
+    ckpts.record_layout(ckpt, 10, tp=1, pp=1, dp=4, distributed_optimizer=True)  # relaunched
+    assert len(json.loads((ckpt / ckpts.LAYOUTS).read_text())) == 2
+    assert ckpts.saved_layout(ckpt).dp == 2  # iteration 10 was saved by the first start
+    (ckpt / "iter_0000020").mkdir()
+    for name in ckpts.REQUIRED_FILES:
+        (ckpt / "iter_0000020" / name).write_text("x")
+    (ckpt / ckpts.TRACKER).write_text("20")
+    assert ckpts.saved_layout(ckpt).dp == 4
+
+
+def test_launch_refuses_a_clashing_layout_before_queueing(make_experiment, tmp_path, capsys):
+    from launch.distill import main
+
+    run = tmp_path / "run"
+    saved_checkpoint(run, 20, tp=1, pp=1, dp=2, sharded=True)
+    code = main(["--cluster", "local", "--config", str(make_experiment()), "--run-dir", str(run),
+                 "train.tp=auto", "train.pp=auto", "train.distributed_optimizer=false"])
+    out = capsys.readouterr()
+    assert code == 2, out
+    assert "train.distributed_optimizer=false: this run directory's checkpoint" in out.err + out.out
+    assert not (run / "manifest.json").exists() and not (run / "jobs").exists()
