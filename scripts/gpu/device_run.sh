@@ -25,7 +25,7 @@ while running && [ $SECONDS -lt $end ] && [ "$(failed_count)" = "$seen" ]; do sl
 # results: at most 8 files come back
 cp "$W/progress.log" "$OUT/" 2>/dev/null
 cat "$W"/results/*.json* > "$OUT/results.jsonl" 2>/dev/null
-(cd "$W" && find logs runs pytest bench4 bench2 bench8b evalbench evalbench8b val_big val_seq2048 val_recompute -type f \( -name "*.log" -o -name "*.out" -o -name "*.json" \
+(cd "$W" && find logs runs pytest pytest_resume bench4 bench2 bench8b evalbench evalbench8b val_big val_seq2048 val_recompute -type f \( -name "*.log" -o -name "*.out" -o -name "*.json" \
   -o -name "*.md" -o -name "*.done" \) -size -20M 2>/dev/null | tar czf "$OUT/logs.tgz" -T -)
 echo "== progress"; tail -n 30 "$W/progress.log" 2>/dev/null
 for f in "$W"/failed/*; do

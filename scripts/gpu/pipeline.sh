@@ -120,6 +120,9 @@ bench8b() {
 }
 export -f bench8b
 export B8 NGPU
+# one GPU: the distributed optimizer (with async save) resumes on CUDA
+want gpuresume && phase gpuresume 600 python -m pytest tests/kd/test_gpu_resume.py -s -q \
+  -p no:cacheprovider --basetemp="$W/pytest_resume"
 want assets8b && phase assets8b 600 python scripts/gpu/build_8b.py "$B8" \
   --layers "${KD_8B_LAYERS:-32}"
 want lossbench && phase lossbench 300 python benchmarks/kd_loss_bench.py \
