@@ -10,14 +10,26 @@ issue expects the gains:
 - ``sdpa``:      + attention through torch SDPA (``kd.layer_specs.SDPACoreAttention``);
 - ``auto_tp``:   + the parallel layout ``launch.layout.choose`` picks (smallest TP that fits,
   the rest data parallel), micro-batch still 1;
-- ``ours``:      + the micro-batch it picks (the largest that fits, at most 8): exactly what
-  the distill stage runs by default (train.tp/pp/micro_batch_size/recompute = auto);
-- ``ours_overlap``: + overlap of the data-parallel gradient all-reduce with backward
+- ``ours_plain``: + the micro-batch it picks (the largest that fits, at most 8): the distill
+  stage's defaults before issue 26 (no sequence parallelism, megatron-core's own compiled
+  SwiGLU and bias-dropout-add, unfused norms and RoPE);
+- ``ours``:      + sequence parallelism at TP > 1 (``train.sequence_parallel: auto``) and every
+  fusion of kd/fused.py (``train.fuse: auto``: compiled RMSNorm and RoPE too): exactly what the
+  distill stage runs by default now (train.tp/pp/micro_batch_size/recompute = auto);
+- ``ours_ct``:   ours + the compiled frozen teacher (``kd.compile_teacher: true``, issue 26.3);
+- ``ours_overlap``: ours + overlap of the data-parallel gradient all-reduce with backward
   (``train.overlap_grad_reduce``; off by default: it measured no gain on one 4 x H100 node);
 - ``ours_chunked``: ours + kd/kd_loss.py's chunked KD loss, the layout chosen with its smaller
   logit memory (issue 14.3);
 - ``anchor``: Model-Optimizer's ``examples/megatron_bridge/distill.py`` as its README runs it
   (TP as given, micro-batch 1, distributed optimizer, overlapped reduce and gather; SDPA).
+
+``reference``, ``sdpa``, ``auto_tp``, ``anchor`` and ``ours_plain`` run the element-wise work as
+the stage did before issue 26 (``FUSE_BEFORE``: megatron-core's compiled SwiGLU and
+bias-dropout-add on CUDA, which Megatron-Bridge's Llama provider switches on, nothing on CPU)
+and without sequence parallelism, which megatron-core's torch norm refuses: the guide's and
+Model-Optimizer's settings ask for it at TP > 1, but without TE they cannot have it. On one
+GPU (TP 1) sequence parallelism changes nothing; the fusions and the compiled teacher do.
 
 ``--repeats N`` runs the variants N times interleaved (A B C A B C) and reports the median of
 the repeats' medians and their spread; ``--gpu-memory-gib`` is the layout's memory and caps each
@@ -55,6 +67,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,22 +77,58 @@ STEP = re.compile(
     r"iteration\s+(\d+)/\s*\d+ \|.*?elapsed time per iteration \(ms\): ([0-9.]+)"
     r".*?total loss: ([0-9.Ee+-]+)"
 )
-# name -> (attention, tp: "given" | "auto", micro-batch: 1 | "auto", overlap, distributed
-# optimizer, KD loss: "full" = ModelOpt's LogitsKLLoss | "chunked" = kd/kd_loss.py)
+
+
+@dataclass(frozen=True)
+class Variant:
+    attention: str = "sdpa"  # "local" (megatron-core's DotProductAttention) | "sdpa"
+    tp: str = "auto"  # "given" (--tp) | "auto" (launch.layout.choose)
+    mbs: int | str = "auto"  # micro-batch: a number | "auto" (launch.layout.choose)
+    overlap: bool = False  # train.overlap_grad_reduce
+    sharded: str = "auto"  # train.distributed_optimizer: "true" | "false" | "auto"
+    kd_loss: str = "full"  # "full" = ModelOpt's LogitsKLLoss | "chunked" = kd/kd_loss.py
+    sequence_parallel: str = "auto"  # train.sequence_parallel: "off" | "auto" (on at TP > 1)
+    fuse: str = "auto"  # train.fuse: "before" (FUSE_BEFORE) | "auto" (all on CUDA)
+    compile_teacher: bool = False  # kd.compile_teacher
+
+
+BEFORE = dict(sequence_parallel="off", fuse="before")  # the stage before issue 26
 VARIANTS = {
-    "reference": ("local", "given", 1, False, "false", "full"),
-    "sdpa": ("sdpa", "given", 1, False, "false", "full"),
-    "auto_tp": ("sdpa", "auto", 1, False, "false", "full"),
-    # the distill stage's defaults: auto layout, distributed optimizer whenever dp > 1 (issue 14)
-    "ours": ("sdpa", "auto", "auto", False, "auto", "full"),
-    "ours_overlap": ("sdpa", "auto", "auto", True, "auto", "full"),
+    "reference": Variant("local", "given", 1, False, "false", **BEFORE),
+    "sdpa": Variant("sdpa", "given", 1, False, "false", **BEFORE),
+    "auto_tp": Variant("sdpa", "auto", 1, False, "false", **BEFORE),
+    # the distill stage's defaults before issue 26: auto layout, distributed optimizer whenever
+    # dp > 1 (issue 14), no SP, only megatron-core's own compiled SwiGLU / bias-dropout-add
+    "ours_plain": Variant(**BEFORE),
+    # the distill stage's defaults now: + sequence parallelism at TP > 1, every fusion
+    "ours": Variant(),
+    "ours_ct": Variant(compile_teacher=True),
+    "ours_overlap": Variant(overlap=True),
     # + the chunked KD loss (issue 14.3), the layout chosen with its smaller logit memory
-    "ours_chunked": ("sdpa", "auto", "auto", False, "auto", "chunked"),
+    "ours_chunked": Variant(kd_loss="chunked"),
     # Model-Optimizer's examples/megatron_bridge/distill.py as its README runs it, without TE:
     # TP = all GPUs of the node (--tp), its default --mbs 1, distributed optimizer, overlapped
     # gradient reduce and parameter gather
-    "anchor": ("sdpa", "given", 1, True, "true", "full"),
+    "anchor": Variant("sdpa", "given", 1, True, "true", **BEFORE),
 }
+
+
+def fuse_before(device: str) -> tuple[str, ...]:
+    """``train.fuse`` that reproduces the stage before issue 26: Megatron-Bridge's Llama provider
+    switched megatron-core's compiled SwiGLU and bias-dropout-add on (kd.distill disabled them on
+    CPU only); norms and RoPE ran unfused."""
+    return ("swiglu", "residual") if device == "cuda" else ()
+
+
+def variant_fields(v: Variant, device: str) -> dict:
+    """The spec fields (``kd.specs.replace_fields`` names) a variant sets beside the layout."""
+    return {
+        "overlap_grad_reduce": v.overlap,
+        "distributed_optimizer": {"true": True, "false": False}.get(v.sharded, v.sharded),
+        "sequence_parallel": False if v.sequence_parallel == "off" else v.sequence_parallel,
+        "fuse": fuse_before(device) if v.fuse == "before" else v.fuse,
+        "compile_teacher": v.compile_teacher,
+    }
 
 
 # --------------------------------------------------------------------------- FLOPs
@@ -208,8 +257,12 @@ def worker(spec_file: Path, attention: str, kd_loss: str = "full") -> int:
 
     def configure_with_attention(provider, *args, **kwargs):
         configure(provider, *args, **{**kwargs, "attention": attention})
-        spec_fn = getattr(provider.transformer_layer_spec, "__name__", "te")
-        print(f"KD_BENCH_SPEC rank {env.rank}: {spec_fn}", flush=True)
+        spec = provider.transformer_layer_spec
+        spec_fn = getattr(getattr(spec, "func", spec), "__name__", "te")  # a partial: fused norms
+        print(f"KD_BENCH_SPEC rank {env.rank}: {spec_fn} {getattr(spec, 'keywords', {})} "
+              f"sequence_parallel={provider.sequence_parallel} "
+              f"rope/swiglu/residual fusion={provider.apply_rope_fusion}/"
+              f"{provider.bias_activation_fusion}/{provider.bias_dropout_fusion}", flush=True)
 
     kdd.configure_provider = configure_with_attention
     config = kdd.build_config(spec, device)
@@ -450,6 +503,9 @@ def main(argv: list[str] | None = None) -> int:
         help="dense bf16 peak per GPU (H100/H200 SXM: 989)",
     )
     p.add_argument("--timeout", type=int, default=300, help="seconds per variant")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print each variant's layout and settings (KD_BENCH_PLAN lines) for "
+                   "--device, run nothing")
     p.add_argument("--work", type=Path, default=Path("runs/bench"))
     p.add_argument("--out", type=Path, default=Path("runs/bench/kd_throughput.json"))
     args = p.parse_args(argv)
@@ -477,6 +533,7 @@ def main(argv: list[str] | None = None) -> int:
         "F=2*P_matmul+sum_attn_layers 2*seq*n_heads*head_dim (causal)",
         "variants": {},
     }
+    from kd.sections import sequence_parallel
     from launch.layout import Layout, choose
     from launch.memory import distributed_optimizer, estimate
 
@@ -485,24 +542,36 @@ def main(argv: list[str] | None = None) -> int:
     memory = args.gpu_memory_gib or gpu_memory_gib()
     result["gpu_memory_gib"] = memory
 
-    def layout_of(tp, mbs, sharded, kd_loss):
-        if tp == "given" and mbs != "auto":  # the seed's / anchor's own settings, as they run
+    device = bench_device(args.device)
+    result["fuse_before"] = list(fuse_before(device))
+
+    def layout_of(v: Variant, fields: dict):
+        if v.tp == "given" and v.mbs != "auto":  # the seed's / anchor's own settings, as they run
             rc = "none" if args.recompute == "auto" else args.recompute
-            return Layout(args.tp, 1, args.world // args.tp, mbs, rc, 0.0, 0.0, ())
+            return Layout(args.tp, 1, args.world // args.tp, v.mbs, rc, 0.0, 0.0, (),
+                          sequence_parallel=sequence_parallel(fields["sequence_parallel"],
+                                                              args.tp))
         return choose(s_cfg, t_cfg, world=args.world, gpus_per_node=args.world,
                       gpu_memory_gib=memory, global_batch_size=args.gbs, seq_length=args.seq,
-                      tp=args.tp if tp == "given" else "auto", pp=1, micro_batch_size=mbs,
-                      recompute=args.recompute, sharded=sharded, kd_loss=kd_loss)
+                      tp=args.tp if v.tp == "given" else "auto", pp=1, micro_batch_size=v.mbs,
+                      recompute=args.recompute, sharded=v.sharded, kd_loss=v.kd_loss,
+                      sequence_parallel=fields["sequence_parallel"])
 
     names = args.variants.split(",")
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        p.error(f"--variants: unknown {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     runs: dict[str, list[dict]] = {name: [] for name in names}
     extra_env = {"KD_BENCH_WARMUP": str(args.warmup)}
     if args.gpu_memory_gib:
         extra_env["KD_BENCH_MEMORY_GIB"] = str(args.gpu_memory_gib)
     for repeat in range(args.repeats):
         for name in names:
-            attention, tp_mode, mbs_mode, overlap, sharded, kd_loss = VARIANTS[name]
-            lay = layout_of(tp_mode, mbs_mode, sharded, kd_loss)
+            v = VARIANTS[name]
+            attention, overlap, sharded, kd_loss = v.attention, v.overlap, v.sharded, v.kd_loss
+            fields = variant_fields(v, device)
+            lay = layout_of(v, fields)
+            fields["sequence_parallel"] = lay.sequence_parallel  # resolved, as the launcher does
             spec = replace_fields(
                 DistillSpec(student=str(args.student.absolute()),
                             teacher=str(args.teacher.absolute()),
@@ -522,9 +591,18 @@ def main(argv: list[str] | None = None) -> int:
                 device=args.device,
                 split="100,0,0",
                 recompute=lay.recompute,
-                overlap_grad_reduce=overlap,
-                distributed_optimizer={"true": True, "false": False}.get(sharded, sharded),
+                **fields,
             )
+            if args.dry_run:  # what each variant would run, nothing started
+                print("KD_BENCH_PLAN " + json.dumps({
+                    "variant": name, "device": device, "attention": attention, "tp": lay.tp,
+                    "dp": lay.dp, "micro_batch_size": lay.micro_batch_size,
+                    "recompute": lay.recompute, "overlap_grad_reduce": overlap,
+                    "distributed_optimizer": distributed_optimizer(sharded, lay.dp),
+                    "kd_loss": kd_loss, "sequence_parallel": spec.train.sequence_parallel,
+                    "fuse": list(spec.train.fusions(device)),
+                    "compile_teacher": spec.kd.compile_teacher}), flush=True)
+                continue
             args.work.mkdir(parents=True, exist_ok=True)
             spec_file = spec_to_json(spec, args.work / f"{name}.json")
             texts, wall, code = run_variant(
@@ -535,7 +613,7 @@ def main(argv: list[str] | None = None) -> int:
             est = estimate(s_cfg, t_cfg, tp=lay.tp, seq=args.seq, mbs=lay.micro_batch_size,
                            attention=attention, recompute=lay.recompute == "full", dp=lay.dp,
                            sharded_optimizer=distributed_optimizer(sharded, lay.dp),
-                           kd_loss=kd_loss).total
+                           kd_loss=kd_loss, sequence_parallel=lay.sequence_parallel).total
             measured = max(stats.get("peak_allocated_gib_per_rank") or [0])
             run = {
                 "attention": attention,
@@ -546,6 +624,9 @@ def main(argv: list[str] | None = None) -> int:
                 "overlap_grad_reduce": overlap,
                 "distributed_optimizer": distributed_optimizer(sharded, lay.dp),
                 "kd_loss": kd_loss,
+                "sequence_parallel": lay.sequence_parallel,
+                "fuse": list(spec.train.fusions(device)),
+                "compile_teacher": v.compile_teacher,
                 "rc": code,
                 "wall_s": round(wall, 1),
                 **stats,
@@ -558,6 +639,8 @@ def main(argv: list[str] | None = None) -> int:
             result["variants"] = {n: combine(r) for n, r in runs.items() if r}
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps({**result, "partial": True}, indent=2) + "\n")
+    if args.dry_run:
+        return 0
     for name in names:
         result["variants"][name] = combine(runs[name])
     v = result["variants"]
@@ -599,6 +682,15 @@ def combine(runs: list[dict]) -> dict:
     return out
 
 
+def bench_device(device: str) -> str:
+    """``--device`` resolved as the workers resolve it (kd.compat.resolve_device)."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def gpu_memory_gib() -> float:
     import torch
 
@@ -622,16 +714,20 @@ def table(result: dict) -> str:
     rows = [
         f"KD throughput on {result['device']}, TP={result['tp']}, world {result['world']}, "
         f"seq {result['seq']}, gbs {result['gbs']}",
-        "| variant | attention | TP | DP | mbs | overlap | KD loss | step ms (spread, repeats) "
+        "| variant | attention | TP | DP | mbs | overlap | KD loss | SP | fused | compiled teacher "
+        "| step ms (spread, repeats) "
         "| tokens/s/GPU | TFLOP/s/GPU | MFU | x reference | peak alloc GiB (max rank) "
         "| estimate GiB | loss first -> last |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, v in result["variants"].items():
         peak = max(v.get("peak_allocated_gib_per_rank") or [0])
         rows.append(
             f"| {name} | {v['attention']} | {v['tp']} | {v['dp']} | {v['micro_batch_size']} | "
             f"{'on' if v['overlap_grad_reduce'] else 'off'} | {v.get('kd_loss')} | "
+            f"{'on' if v.get('sequence_parallel') else 'off'} | "
+            f"{'+'.join(v.get('fuse') or []) or 'none'} | "
+            f"{'yes' if v.get('compile_teacher') else 'no'} | "
             f"{v.get('step_ms_median')} ({v.get('step_ms_spread')}, {v.get('repeats')}) | "
             f"{v.get('tokens_per_s_per_gpu')} | "
             f"{v.get('model_tflops_per_gpu')} | {v.get('mfu')} | "

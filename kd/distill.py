@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from kd import checkpoints as ckpts
+from kd import sections
 from kd.dist_env import export_env
 from kd.job import console_logger
 from kd.paths import latest_iteration
@@ -80,13 +81,16 @@ def validate(spec: DistillSpec, world_size: int) -> None:
     """Raise ValueError (with the fix) for settings that cannot work."""
     if spec.train.precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {spec.train.precision!r}")
-    model_parallel = spec.train.tp * spec.train.pp * spec.train.cp
-    if world_size % model_parallel:
+    if spec.world_size is not None and world_size != spec.world_size:
         raise ValueError(
-            f"world size {world_size} is not a multiple of tp*pp*cp={model_parallel}:"
-            " change the number of GPUs or the parallel sizes"
-        )
-    dp = world_size // model_parallel
+            f"this job has {world_size} ranks, but the launcher resolved the layout (tp "
+            f"{spec.train.tp}, pp {spec.train.pp}, dp {spec.data_parallel_size}) for "
+            f"{spec.world_size}: relaunch with launch/distill.py, which resolves it again for "
+            f"the nodes the job gets")
+    try:
+        dp = sections.data_parallel_size(world_size, spec.train.tp, spec.train.pp, spec.train.cp)
+    except ValueError as err:
+        raise ValueError(f"{err}: change the number of GPUs or the parallel sizes") from None
     if spec.train.global_batch_size % (spec.train.micro_batch_size * dp):
         raise ValueError(
             f"global_batch_size={spec.train.global_batch_size} must be a multiple of "
@@ -147,7 +151,8 @@ def _train(spec: DistillSpec, env, exit_signal: int | None) -> dict:
     student = config.model  # the distillation provider is the student's provider
     log.info(
         "distill: %s from iteration %d to %d (world %d, tp %d, pp %d, micro-batch %d, "
-        "recompute %s, overlap grad reduce %s, distributed optimizer %s, device %s)",
+        "recompute %s, overlap grad reduce %s, distributed optimizer %s, sequence parallel %s, "
+        "fuse %s, compiled teacher %s, device %s)",
         "resuming" if start else "starting",
         start,
         spec.train.train_iters,
@@ -158,6 +163,9 @@ def _train(spec: DistillSpec, env, exit_signal: int | None) -> dict:
         getattr(student, "recompute_granularity", None) or "none",
         config.ddp.overlap_grad_reduce,
         config.ddp.use_distributed_optimizer,
+        student.sequence_parallel,
+        ",".join(spec.train.fusions(device)) or "none",
+        spec.kd.compile_teacher,
         device,
     )
     t0 = time.time()
@@ -212,6 +220,10 @@ def build_config(spec: DistillSpec, device: str, exit_signal: int | None = None)
     for name, value in recompute_settings(spec).items():
         setattr(student, name, value)
     teacher = build_provider(spec.teacher, spec, device)
+    if spec.kd.compile_teacher:  # after the hook that loads its HF weights
+        from kd import fused
+
+        teacher.register_pre_wrap_hook(fused.compile_teacher)
     if student.vocab_size != teacher.vocab_size:
         raise ValueError(
             f"student vocab {student.vocab_size} != teacher vocab "
@@ -324,8 +336,7 @@ def data_parallel_size(spec: DistillSpec, world_size: int | None = None) -> int:
         import torch.distributed as dist
 
         world_size = dist.get_world_size() if dist.is_initialized() else 1
-    world = world_size
-    return max(1, world // (int(spec.train.tp) * int(spec.train.pp) * int(spec.train.cp)))
+    return sections.data_parallel_size(world_size, spec.train.tp, spec.train.pp, spec.train.cp)
 
 
 def uses_distributed_optimizer(spec: DistillSpec, world_size: int | None = None) -> bool:
@@ -372,7 +383,9 @@ def build_provider(hf_dir: str, spec: DistillSpec, device: str, load_weights: bo
         hf_dir, torch_dtype=dtype, trust_remote_code=spec.trust_remote_code
     )
     provider = bridge.to_megatron_provider(load_weights=load_weights)
-    configure_provider(provider, spec.train.tp, spec.train.pp, spec.train.cp, spec.train.seq_length, device, bf16)
+    configure_provider(provider, spec.train.tp, spec.train.pp, spec.train.cp, spec.train.seq_length, device, bf16,
+                       sequence_parallel=spec.train.sequence_parallel_on(),
+                       fuse=spec.train.fusions(device))
     return provider
 
 
@@ -385,36 +398,42 @@ def configure_provider(
     device: str,
     bf16: bool,
     attention: str = "sdpa",
+    sequence_parallel: bool | None = None,
+    fuse: tuple[str, ...] = (),
 ) -> None:
-    """Parallel sizes, dtype, and (without Transformer Engine) the local specs and fusions."""
+    """Parallel sizes, dtype, and (without Transformer Engine) the local specs and fusions.
+    ``sequence_parallel``: None = on whenever tp > 1; ``fuse``: names of kd.sections.FUSIONS
+    (train.fuse resolved), what runs through torch.compile without TE (kd/fused.py)."""
     import torch
 
-    from kd import compat
+    from kd import compat, fused
 
     provider.tensor_model_parallel_size = tp
     provider.pipeline_model_parallel_size = pp
     provider.context_parallel_size = cp
     provider.seq_length = seq_length
     provider.pipeline_dtype = torch.bfloat16 if bf16 else torch.float32
-    provider.sequence_parallel = tp > 1 and compat.have_te()
+    # without TE too: kd.fused.Norm (the local specs' norm) marks its weights for Megatron's
+    # all-reduce over TP, which is all that sequence parallelism needs from a norm
+    provider.sequence_parallel = tp > 1 if sequence_parallel is None else sequence_parallel
     if not compat.have_te():
         if cp > 1:
             raise ValueError("context parallelism needs Transformer Engine: set cp=1")
         from kd import layer_specs
 
-        provider.transformer_layer_spec = layer_specs.pick(provider, attention)
+        provider.transformer_layer_spec = layer_specs.pick(provider, attention,
+                                                           fuse_norm="norm" in fuse)
         _disable(
             provider,
-            "apply_rope_fusion",
             "persist_layer_norm",
             "masked_softmax_fusion",
             "gradient_accumulation_fusion",
         )
+        for name, value in fused.provider_flags(fuse, provider).items():  # rope, swiglu, residual
+            setattr(provider, name, value)
     if device == "cpu":
         _disable(
             provider,
-            "bias_activation_fusion",
-            "bias_dropout_fusion",
             "cross_entropy_loss_fusion",
             "bf16",
             "fp16",

@@ -13,6 +13,11 @@ iteration and stops, ``kd.distill.run`` raises ``DistillInterrupted``, and we th
 signal to submitit's handler, which requeues (bounded by ``max_num_timeout``); the next
 allocation resumes from that checkpoint, so at most one iteration is redone.
 
+Provenance. When the stage wrote its done marker, rank 0 adds what actually ran to it
+(``kd.provenance``: the versions of the packages this process imported, the active compat set,
+torch/CUDA/GPU/driver, hosts, SLURM job/step ids, restart count, Python, wall time), right
+after the stage returns; ``status --provenance`` and the report's "What ran" section read it.
+
 Kill path (scancel, node failure, preemption without a grace signal). submitit only logs
 SIGTERM, so training would go on until SIGKILL and could die inside a save it started after the
 signal. ``kd.distill.guard_saves_against_termination`` traps SIGTERM instead: no save starts
@@ -30,6 +35,8 @@ import signal
 import sys
 import time
 from typing import Any
+
+from kd import provenance
 
 try:  # submitit is on every node that runs jobs; keep the module importable without it
     from submitit.helpers import Checkpointable
@@ -51,13 +58,33 @@ class StageJob(Checkpointable):
         log.info("stage %s starting (module %s, host %s, restart %s)", self.stage, self.module,
                  os.environ.get("SLURMD_NODENAME") or os.uname().nodename, restarts)
         start = time.time()
-        module = importlib.import_module(self.module)
-        if self.module == "kd.distill":
-            result = self._distill(module)
-        else:
-            result = module.run(self.spec)
+        marker = getattr(self.spec, "done_marker", None)
+        before = provenance.marker_stat(marker)
+        try:
+            module = importlib.import_module(self.module)
+            if self.module == "kd.distill":
+                result = self._distill(module)
+            else:
+                result = module.run(self.spec)
+        finally:  # a marker this process wrote records what ran, even if the stage then raised
+            self._record_provenance(marker, before, start)
         log.info("stage %s finished in %.1f s", self.stage, time.time() - start)
         return result
+
+    def _record_provenance(self, marker: str | None, before: tuple | None, start: float) -> None:
+        """Add what ran (kd.provenance) to the done marker, when this process wrote it: rank 0
+        of the job, and only a marker written during this call (not one found already there).
+        Never fails the stage."""
+        try:
+            after = provenance.marker_stat(marker)
+            if after is None or after == before or provenance.rank() != 0:
+                return
+            record = provenance.collect(self.stage, start)
+            if provenance.amend_marker(marker, record):
+                log.info("stage %s %s", self.stage, provenance.summary_line(record))
+        except Exception as e:  # noqa: BLE001  the stage's work is done: never fail it here
+            log.warning("stage %s: provenance not recorded: %s: %s", self.stage,
+                        type(e).__name__, e)
 
     def _distill(self, module: Any) -> Any:
         submitit_handler = signal.getsignal(signal.SIGUSR2)

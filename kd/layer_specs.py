@@ -9,10 +9,18 @@ closure). Import this module only on compute nodes, after ``kd.compat.activate()
   flash / memory-efficient kernels on GPU, O(s) memory instead of O(s^2)).
 - ``hetero_local_spec`` / ``hetero_sdpa_spec``: Puzzletron AnyModel students (per-layer
   ``block_configs``: no-op attention or MLP, narrowed FFN, per-layer KV heads).
+
+Every norm of these specs (input_layernorm, pre_mlp_layernorm, q/k layernorm, the model's final
+norm) is ``kd.fused.Norm`` instead of megatron-core's ``WrappedTorchNorm``, which refuses
+sequence parallelism; so the dense specs return the whole block (``TransformerBlockSubmodules``:
+the final norm is a block field). ``fuse_norm=True`` compiles those norms (``train.fuse``);
+``pick`` then returns a ``functools.partial``, which Megatron-Bridge writes into
+``run_config.yaml`` as ``_target_`` + ``_partial_``.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch.nn.functional as F
@@ -87,28 +95,71 @@ class SDPACoreAttention(MegatronModule):
         return out.permute(2, 0, 1, 3).reshape(seq, batch, -1)  # -> [s, b, h*d]
 
 
-def local_spec(config):
+def _norm_spec(fused: bool):
+    from megatron.core.transformer.spec_utils import ModuleSpec
+
+    from kd.fused import Norm
+
+    return ModuleSpec(module=Norm, params={"fused": bool(fused)})
+
+
+def _is_torch_norm(module) -> bool:
+    """megatron-core's norm without TE and Apex (``WrappedTorchNorm``, also its ``LNImpl``)."""
+    from megatron.core.transformer.torch_norm import WrappedTorchNorm
+
+    return module is WrappedTorchNorm
+
+
+def _with_our_norms(layer, norm):
+    """``layer`` (a TransformerLayer ModuleSpec) with each of its torch norms set to ``norm``;
+    no-op parts (``IdentityOp``) and L2 q/k norms stay as they are."""
+    sub = layer.submodules
+    for name in ("input_layernorm", "pre_mlp_layernorm"):
+        if _is_torch_norm(getattr(sub, name, None)):
+            setattr(sub, name, norm)
+    attention = getattr(sub.self_attention, "submodules", None)
+    for name in ("q_layernorm", "k_layernorm"):
+        if attention is not None and _is_torch_norm(getattr(attention, name, None)):
+            setattr(attention, name, norm)
+    return layer
+
+
+def local_spec(config, vp_stage: int | None = None, fuse_norm: bool = False):
     from megatron.bridge.models.gpt_provider import local_layer_spec
+    from megatron.core.transformer.transformer_block import (
+        TransformerBlockSubmodules,
+        get_num_layers_to_build,
+    )
 
-    return local_layer_spec(config)
+    norm = _norm_spec(fuse_norm)
+    layer = _with_our_norms(local_layer_spec(config), norm)
+    layers = get_num_layers_to_build(config, vp_stage=vp_stage)
+    return TransformerBlockSubmodules(layer_specs=[layer] * layers, layer_norm=norm)
 
 
-def sdpa_local_spec(config):
-    spec = local_spec(config)
-    spec.submodules.self_attention.submodules.core_attention = SDPACoreAttention
-    return spec
+def sdpa_local_spec(config, vp_stage: int | None = None, fuse_norm: bool = False):
+    block = local_spec(config, vp_stage=vp_stage, fuse_norm=fuse_norm)
+    for layer in block.layer_specs:  # one shared spec object
+        layer.submodules.self_attention.submodules.core_attention = SDPACoreAttention
+    return block
 
 
-def hetero_local_spec(config, vp_stage: int | None = None):
+def hetero_local_spec(config, vp_stage: int | None = None, fuse_norm: bool = False):
     from megatron.core.models.gpt.heterogeneous.heterogeneous_layer_specs import (
         get_gpt_heterogeneous_layer_spec,
     )
 
-    return get_gpt_heterogeneous_layer_spec(config, use_te=False, vp_stage=vp_stage)
+    block = get_gpt_heterogeneous_layer_spec(config, use_te=False, vp_stage=vp_stage)
+    norm = _norm_spec(fuse_norm)
+    for layer in block.layer_specs:
+        _with_our_norms(layer, norm)
+    if _is_torch_norm(block.layer_norm):
+        block.layer_norm = norm
+    return block
 
 
-def hetero_sdpa_spec(config, vp_stage: int | None = None):
-    block = hetero_local_spec(config, vp_stage=vp_stage)
+def hetero_sdpa_spec(config, vp_stage: int | None = None, fuse_norm: bool = False):
+    block = hetero_local_spec(config, vp_stage=vp_stage, fuse_norm=fuse_norm)
     for layer in block.layer_specs:
         attention = layer.submodules.self_attention
         core = getattr(getattr(attention, "submodules", None), "core_attention", None)
@@ -121,10 +172,13 @@ def is_heterogeneous(provider) -> bool:
     return bool(getattr(provider, "heterogeneous_layers_config_encoded_json", ""))
 
 
-def pick(provider, attention: str = "sdpa"):
-    """The spec function for a provider without TE: heterogeneous or dense, SDPA or local."""
+def pick(provider, attention: str = "sdpa", fuse_norm: bool = False):
+    """The spec function for a provider without TE: heterogeneous or dense, SDPA or local;
+    with compiled norms when ``fuse_norm``."""
     if attention not in ("sdpa", "local"):
         raise ValueError(f"attention must be 'sdpa' or 'local', got {attention!r}")
     if is_heterogeneous(provider):
-        return hetero_sdpa_spec if attention == "sdpa" else hetero_local_spec
-    return sdpa_local_spec if attention == "sdpa" else local_spec
+        fn = hetero_sdpa_spec if attention == "sdpa" else hetero_local_spec
+    else:
+        fn = sdpa_local_spec if attention == "sdpa" else local_spec
+    return functools.partial(fn, fuse_norm=True) if fuse_norm else fn

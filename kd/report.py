@@ -310,6 +310,12 @@ def run(spec: ReportSpec) -> str:
     text = markdown(before, after, teacher, spec.title, samples)
     if spec.selection:
         text += "\n" + selection_section(spec.selection, out)
+    ran = what_ran_section(spec)
+    if ran:
+        text += "\n" + ran
+    spent = cost_section(spec)
+    if spent:
+        text += "\n" + spent
     _write_text(out / "report.md", text)
     _write_text(out / "report.csv", frame(before, after, teacher).to_csv(float_format="%.6g"))
     plot(before, after, teacher, out / "report.png", spec.title)
@@ -327,6 +333,77 @@ def selection_section(selection_file: str | Path, out: Path) -> str:
     record = sel.load(selection_file)
     sel.plot(record, out / "selection.png")
     return sel.markdown_section(record, "selection.png")
+
+
+def what_ran_section(spec: ReportSpec) -> str:
+    """"What ran": each stage's provenance (kd.provenance) from the done markers of the run
+    (``RUN/stages``, the report's own marker's folder) and of the runs whose evaluations this
+    one reused (a sweep's shared teacher eval), plus this report job; package versions that
+    differ between stages or from the login node's (the manifest's) are flagged. Empty when
+    the report is not part of a run (no done marker)."""
+    from kd import paths as kp
+    from kd import provenance as prov
+
+    if not spec.done_marker:
+        return ""
+    stages_dir = Path(spec.done_marker).parent
+    found = {p.stem: p for p in stages_dir.glob("*.done") if p.stem != "report"}
+    for stage, result in (("eval_student_before", spec.before), ("eval_teacher", spec.teacher),
+                          ("eval_student_after", spec.after)):
+        shared = Path(result).parent.parent / "stages" / f"{stage}.done"  # RUN/eval/<role>.json
+        if stage not in found and shared.is_file():
+            found[stage] = shared
+    order = {s: i for i, s in enumerate(kp.STAGES)}
+    stages = sorted(found, key=lambda s: (order.get(s, len(order)), s))
+    records: dict[str, dict | None] = {}
+    rows = []
+    for stage in stages:
+        rec, why = prov.read_marker(found[stage])
+        label = stage if found[stage].parent == stages_dir else \
+            f"{stage} (reused from `{found[stage].parent.parent}`)"
+        records[stage] = rec
+        rows.append(f"| {label} | " + (" | ".join(
+            (prov.hosts_text(rec), prov.job_text(rec), prov.wall_text(rec), prov.gpu_text(rec),
+             prov.compat_text(rec))) if rec else f"{why} | | | |") + " |")
+    me = prov.collect("report")
+    records["report"] = me
+    rows.append("| report (this job) | " + " | ".join(
+        (prov.hosts_text(me), prov.job_text(me), "-", prov.gpu_text(me), prov.compat_text(me)))
+        + " |")
+    try:
+        import json
+
+        manifest = json.loads((stages_dir.parent / "manifest.json").read_text())
+    except (OSError, ValueError):
+        manifest = None
+    versions = prov.version_rows(records, prov.login_versions(manifest))
+    recorded = sum(r is not None for r in records.values())
+    lines = ["## What ran", ""]
+    differs = prov.differences_line(versions)
+    if differs:
+        lines += [f"**Warning: {differs}.**", ""]
+    lines += ["From each stage's done marker (`launch/status.py RUN --provenance` shows the "
+              "same).", "",
+              "| Stage | Hosts | Job | Wall | GPU | Compat workarounds |", "|---|---|---|---|---|---|",
+              *rows, "",
+              f"Versions, each over the stages that imported it; the {prov.LOGIN}'s are what "
+              "the launcher saw installed there, not what ran (**bold**: differs):", ""]
+    for r in versions:
+        text = f"{r['package']} {prov.describe_versions(r, recorded)}"
+        lines.append(f"- **{text}**" if r["differs"] else f"- {text}")
+    return "\n".join(lines) + "\n"
+
+
+def cost_section(spec: ReportSpec) -> str:
+    """"Cost: predicted against measured" (kd.runcost): what the launcher predicted (the run's
+    manifest) against what the stages measured. Empty outside a run (no done marker) or for a
+    run launched without a prediction."""
+    from kd import runcost
+
+    if not spec.done_marker:
+        return ""
+    comparison = runcost.compare(Path(spec.done_marker).parent.parent)  # RUN/stages/report.done
+    return runcost.markdown(comparison) if comparison else ""
 
 
 def _write_text(path: Path, text: str) -> None:

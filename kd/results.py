@@ -53,7 +53,10 @@ files = ``acc,none``). ``n`` is the number of test questions behind the number (
 ``sample_len``). ``samples.members`` lists the leaf tasks whose questions make up each group, so
 a paired test can pool exactly the questions behind a group's score. ``acc_stderr`` is null when lm-eval had none
 (``bootstrap_iters=0``). ``load`` reads both this shape and lm-eval's own ``results_*.json``
-(or the dict ``simple_evaluate`` returns), so the report takes either.
+(or the dict ``simple_evaluate`` returns), so the report takes either. ``load`` (through
+``validate``) and ``load_samples`` refuse a file whose keys are missing, of the wrong type or
+inconsistent with each other (``ValueError`` naming the file and the key), so no reader meets a
+traceback on a damaged or hand-edited file.
 """
 
 from __future__ import annotations
@@ -225,12 +228,87 @@ def validate(record: dict, path: str | Path) -> dict:
         if not isinstance(entry.get("metric", PRIMARY_MC), str):
             raise ValueError(f"{path}: groups.{key}.metric is not a string (an lm-eval metric "
                              f"key such as 'acc,none')")
+        n = entry.get("n")
+        if n is not None and (not _count(n)):
+            raise ValueError(f"{path}: groups.{key}.n={n!r} is not a question count (an "
+                             f"integer >= 0, or null); re-run the eval that wrote it")
+    for key in ("settings", "task_versions", "versions", "cache"):
+        if record.get(key) is not None and not isinstance(record[key], dict):
+            raise ValueError(f"{path}: {key}={_short(record[key])} is not a mapping (or null); "
+                             f"re-run the eval that wrote it")
+    for key in ("model", "role", "model_kind", "timestamp"):
+        if record.get(key) is not None and not isinstance(record[key], str):
+            raise ValueError(f"{path}: {key}={_short(record[key])} is not a string (or null); "
+                             f"re-run the eval that wrote it")
+    _validate_settings(record.get("settings") or {}, path)
     ref = record.get("samples")
     if ref is not None and not (isinstance(ref, dict) and isinstance(ref.get("file"), str)
                                 and "/" not in ref["file"] and ref["file"] not in ("", ".", "..")):
         raise ValueError(f"{path}: samples must be null or a mapping whose 'file' names a file "
                          f"beside the results file; re-run the eval that wrote it")
+    if ref is not None:
+        _validate_samples_ref(ref, groups, path)
     return record
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:80] + "..."
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _validate_settings(settings: dict, path: str | Path) -> None:
+    """The settings the report shows and compares: of the right type, or null."""
+    tasks = settings.get("tasks")
+    if tasks is not None and not (isinstance(tasks, list)
+                                  and all(isinstance(t, str) for t in tasks)):
+        raise ValueError(f"{path}: settings.tasks={_short(tasks)} is not a list of task names; "
+                         f"re-run the eval that wrote it")
+    shots = settings.get("num_fewshot")
+    if shots is not None and not (_count(shots) or (isinstance(shots, list)
+                                                     and all(_count(s) for s in shots))):
+        raise ValueError(f"{path}: settings.num_fewshot={_short(shots)} is not a shot count "
+                         f"(an integer >= 0, a list of them, or null); re-run the eval that "
+                         f"wrote it")
+    limit = settings.get("limit")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float))
+                              or not math.isfinite(limit) or limit <= 0):
+        raise ValueError(f"{path}: settings.limit={_short(limit)} is not a number > 0 (or "
+                         f"null); re-run the eval that wrote it")
+
+
+def _validate_samples_ref(ref: dict, groups: dict, path: str | Path) -> None:
+    """A samples reference whose keys ``load_samples`` and the paired test read."""
+    fix = "re-run the eval that wrote it"
+    if ref.get("sha256") is not None and not (isinstance(ref["sha256"], str)
+                                              and re.fullmatch(r"[0-9a-f]{64}", ref["sha256"])):
+        raise ValueError(f"{path}: samples.sha256={_short(ref['sha256'])} is not a sha256 (64 "
+                         f"hex digits); {fix}")
+    if ref.get("questions") is not None and not _count(ref["questions"]):
+        raise ValueError(f"{path}: samples.questions={_short(ref['questions'])} is not a "
+                         f"question count; {fix}")
+    metrics = ref.get("metrics")
+    if metrics is not None and not (isinstance(metrics, dict) and all(
+            v is None or isinstance(v, str) for v in metrics.values())):
+        raise ValueError(f"{path}: samples.metrics={_short(metrics)} is not a mapping of task "
+                         f"-> metric name (or null); {fix}")
+    members = ref.get("members")
+    if members is not None and not (isinstance(members, dict) and all(
+            isinstance(v, list) and all(isinstance(t, str) for t in v)
+            for v in members.values())):
+        raise ValueError(f"{path}: samples.members={_short(members)} is not a mapping of group "
+                         f"-> list of task names (or null); {fix}")
+    for key, leaves in (members or {}).items():
+        if key not in groups:
+            raise ValueError(f"{path}: samples.members.{key}: no such group in 'groups' "
+                             f"({', '.join(groups)}): the file is inconsistent; {fix}")
+        unknown = [t for t in leaves if metrics is not None and t not in metrics]
+        if unknown:
+            raise ValueError(f"{path}: samples.members.{key} lists {', '.join(unknown[:3])}, "
+                             f"which samples.metrics does not: the file is inconsistent; {fix}")
 
 
 def comparable_settings(record: dict) -> dict:
@@ -466,6 +544,7 @@ def load_samples(results_file: str | Path, record: dict) -> dict | str:
         lines = gzip.decompress(data).decode().splitlines()
     except (OSError, EOFError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: not a gzipped JSONL samples file ({e})") from e
+    metrics = ref.get("metrics") or {}
     for i, line in enumerate(lines, 1):
         try:
             row = json.loads(line)
@@ -473,6 +552,17 @@ def load_samples(results_file: str | Path, record: dict) -> dict | str:
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
             raise ValueError(f"{path} line {i}: not a samples row ({e!r}); re-run the eval") from e
         _score(value[1], f"{path} line {i}: score", optional=False)
+        if key in scores:
+            raise ValueError(f"{path} line {i}: task {key[0]!r} doc_id {key[1]} appears twice; "
+                             f"the file is inconsistent: re-run the eval")
+        if ref.get("metrics") is not None and metrics.get(key[0]) is None:
+            raise ValueError(f"{path} line {i}: task {key[0]!r} has no metric in "
+                             f"{results_file} (samples.metrics); the files are inconsistent: "
+                             f"re-run the eval")
         scores[key] = value
-    return {"scores": scores, "metrics": ref.get("metrics") or {},
-            "members": ref.get("members") or {}}
+    questions = ref.get("questions")
+    if questions is not None and questions != len(scores):
+        raise ValueError(f"{path}: {len(scores)} questions, but {results_file} says "
+                         f"samples.questions={questions}; the files are inconsistent: re-run "
+                         f"the eval")
+    return {"scores": scores, "metrics": metrics, "members": ref.get("members") or {}}

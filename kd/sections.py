@@ -252,6 +252,17 @@ def _split(v: Any) -> str | None:
     return None
 
 
+def data_parallel_size(world: int, tp: int, pp: int, cp: int = 1) -> int:
+    """Data-parallel ranks of a layout: ``world / (tp x pp x cp)`` (the one formula: the
+    layout, the pre-flight and the distill stage all ask this). ValueError when the model-
+    parallel size does not divide the world."""
+    model_parallel = int(tp) * int(pp) * int(cp)
+    if int(world) < 1 or int(world) % model_parallel:
+        raise ValueError(f"world size {world} is not a multiple of tp x pp x cp = {tp} x {pp} x "
+                         f"{cp} = {model_parallel}")
+    return int(world) // model_parallel
+
+
 def sharded_optimizer(value: object, dp: int) -> bool:
     """``train.distributed_optimizer`` resolved: ``auto`` shards the optimizer whenever dp > 1
     (the launcher also follows a resumed run's checkpoints: launch/layout.py)."""
@@ -263,6 +274,38 @@ def sharded_optimizer(value: object, dp: int) -> bool:
     if text in ("false", "off", "no", "0"):
         return False
     raise ValueError(f"train.distributed_optimizer={value!r}: choose auto, true or false")
+
+
+FUSIONS = ("norm", "rope", "swiglu", "residual")  # train.fuse: what kd/fused.py compiles without TE
+
+
+def _fuse(v: Any) -> str | None:
+    if v == "auto":
+        return None
+    if isinstance(v, (list, tuple)) and all(x in FUSIONS for x in v) and len(set(v)) == len(v):
+        return None
+    return (f"write auto or a list of distinct names from {', '.join(FUSIONS)} "
+            f"(e.g. [norm, rope]; [] for none)")
+
+
+def sequence_parallel(value: object, tp: int) -> bool:
+    """``train.sequence_parallel`` resolved: ``auto`` is on whenever tp > 1."""
+    text = str(value).strip().lower()
+    if text == "auto":
+        return int(tp) > 1
+    if text in ("true", "on", "yes", "1"):
+        return True
+    if text in ("false", "off", "no", "0"):
+        return False
+    raise ValueError(f"train.sequence_parallel={value!r}: choose auto, true or false")
+
+
+def fusions(value: object, device: str) -> tuple[str, ...]:
+    """``train.fuse`` resolved: ``auto`` is every fusion on GPU and none on CPU (there
+    torch.compile costs tens of seconds per kernel and buys nothing worth it)."""
+    if value == "auto":
+        return FUSIONS if device == "cuda" else ()
+    return tuple(value)
 
 
 @dataclass(frozen=True)
@@ -287,6 +330,12 @@ class Train(Section):
     # auto = on whenever DP > 1, or as the run's checkpoints were saved when it resumes (the
     # launcher resolves it to true/false: launch/layout.py, rule in sharded_optimizer())
     distributed_optimizer: bool | str = knob("auto", one_of("auto", True, False))
+    # auto | true | false: sequence parallelism (norms, residuals, dropout split along the
+    # sequence over the TP ranks; kd.fused.Norm without TE); auto = on whenever tp > 1
+    sequence_parallel: bool | str = knob("auto", one_of("auto", True, False))
+    # auto | [norm, rope, swiglu, residual]: element-wise work through torch.compile without TE
+    # (kd/fused.py); auto = all on GPU, none on CPU
+    fuse: tuple[str, ...] | str = knob("auto", _fuse)
     global_batch_size: int = knob(4, positive)
     train_iters: int = knob(100, positive)
     lr: float = knob(1e-4, finite_positive)
@@ -304,6 +353,14 @@ class Train(Section):
         """``distributed_optimizer`` resolved for ``dp`` data-parallel ranks (the one rule)."""
         return sharded_optimizer(self.distributed_optimizer, dp)
 
+    def sequence_parallel_on(self, tp: int | None = None) -> bool:
+        """``sequence_parallel`` resolved for ``tp`` (default: this section's resolved tp)."""
+        return sequence_parallel(self.sequence_parallel, self.tp if tp is None else tp)
+
+    def fusions(self, device: str) -> tuple[str, ...]:
+        """``fuse`` resolved for ``device`` ("cuda" or "cpu")."""
+        return fusions(self.fuse, device)
+
     def check(self) -> None:
         if self.min_lr > self.lr:
             raise FieldError("min_lr", self.min_lr, "", f"{{s}}lr={self.lr}, {{s}}min_lr="
@@ -320,6 +377,10 @@ class Train(Section):
         if len(set(self.recompute_modules)) != len(self.recompute_modules):
             raise FieldError("recompute_modules", list(self.recompute_modules),
                              "a module is named twice")
+        if self.sequence_parallel is True and self.tp == 1:
+            raise FieldError("sequence_parallel", True, "", "{s}sequence_parallel=true needs "
+                             "tensor parallelism: set {s}tp > 1 (or auto), or "
+                             "{s}sequence_parallel=auto")
         mbs = self.micro_batch_size
         if isinstance(mbs, int) and self.global_batch_size % mbs:
             raise FieldError("global_batch_size", self.global_batch_size, "",
@@ -341,6 +402,8 @@ class KD(Section):
     intermediate_layer_pairs: tuple[tuple[str, str], ...] = ()
     skip_lm_loss: bool = True  # False mixes the student's CE loss in
     kd_loss_scale: float = knob(1.0, finite_positive)
+    # torch.compile the frozen teacher's whole forward (no autograd, static shapes; kd/fused.py)
+    compile_teacher: bool = False
 
 
 KDOptions = KD  # the name the distill stage uses

@@ -5,10 +5,10 @@ Two stages (each its own job, ``afterok`` edges in ``launch/plan.py``):
 * ``candidate_<N>`` (``run_candidate``): export iteration N to ``RUN/select/iter_NNNNNNN/export/hf``
   and, unless selection goes by validation loss only, score it on a quick held-out eval
   (a ``limit``-ed MMLU, plus the task selection goes by) into ``.../eval/student_after.json``.
-  The layout is a sub-run's, the one sweep candidates use (``launch/sweep_plan.py``).
+  The layout is a sub-run's (``RunPaths(RUN/select/iter_NNNNNNN)``).
 * ``select`` (``run``): read every candidate's score (a results file's group accuracy, or the
   student's validation loss that distill logged to TensorBoard at that iteration), pick the best
-  (``pick_best``, also what sweeps use), write ``RUN/select/selection.{json,md,png}`` and
+  (``pick_best``), write ``RUN/select/selection.{json,md,png}`` and
   materialise the winner as ``RUN/export/hf`` (hard links when candidates are kept, a rename
   otherwise; the losers' exports are then deleted, their scores kept). ``eval_student_after``
   runs on that export with the full eval settings.
@@ -17,6 +17,12 @@ Overfitting: the last iteration is flagged when it is worse than the best by mor
 ``noise_z`` combined stderrs (``sqrt(se_best**2 + se_last**2)``, the independent-samples test
 the report uses; both ask the same questions, so it is conservative). Validation loss has no
 stderr: any increase is reported, marked "noise not assessed".
+
+This is the one selection system: a sweep's ``select:`` only sets the experiment's ``select:``
+of its members (``launch/sweep_plan.py``), and the sweep history records each member's full eval
+of the iteration its ``selection.json`` names (``launch/history.py``). ``load`` is the one reader
+of ``selection.json`` (report, sweep check, a rerun of ``select``): it refuses a file with a
+missing, mistyped or inconsistent key, naming the file and the key.
 
 Stdlib only at import (``launch/`` and the report read it); matplotlib, TensorBoard and the
 export/eval stages are imported inside functions.
@@ -161,7 +167,7 @@ def run(spec: SelectSpec | CandidateSpec) -> dict:
     sel_dir = Path(spec.selection_dir)
     sel_file = sel_dir / "selection.json"
     if sel_file.is_file():  # a rerun: the decision stands (the losers may be gone already)
-        selection = json.loads(sel_file.read_text())
+        selection = load(sel_file)
         log.info("select: %s already chose iteration %d", sel_file, selection["selected"])
     else:
         selection = decide(spec)
@@ -221,18 +227,140 @@ def _link_or_copy(src: str, dst: str) -> None:
         shutil.copy2(src, dst)
 
 
-# ---------------------------------------------------------------- report section
+# ---------------------------------------------------------------- reading selection.json
+class SelectionFileError(ValueError):
+    """A ``selection.json`` that cannot be trusted; the message names the file, the key, the fix."""
+
+
+_REDO = ("move it away and run the select stage again (it keeps an existing selection.json, so "
+         "a damaged one must go first)")
+
+
 def load(path: str | Path) -> dict:
+    """Read and check ``RUN/select/selection.json`` (``decide``'s record). Anything missing,
+    mistyped or inconsistent is a :class:`SelectionFileError` naming the file and the key."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: not a readable selection file ({e})") from e
-    if data.get("schema") != SCHEMA:
-        raise ValueError(f"{path}: schema {data.get('schema')!r}, expected {SCHEMA!r}")
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        raise SelectionFileError(f"{path}: no such selection file; the select stage writes it "
+                                 f"(RUN/select/selection.json) once the candidates are "
+                                 f"scored") from None
+    except OSError as e:
+        raise SelectionFileError(f"cannot read selection file {path}: {e.strerror}") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise SelectionFileError(f"{path}: not a readable selection file (not UTF-8 JSON: "
+                                 f"{str(e)[:200]}); {_REDO}") from None
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+        got = data.get("schema") if isinstance(data, dict) else type(data).__name__
+        raise SelectionFileError(f"{path}: schema {got!r}, expected {SCHEMA!r} (kdlaunch's "
+                                 f"checkpoint selection record); {_REDO}")
+    return validate(data, path)
+
+
+def _bad(path: Path, key: str, value: object, what: str) -> SelectionFileError:
+    shown = repr(value)
+    shown = shown if len(shown) <= 80 else shown[:80] + "..."
+    return SelectionFileError(f"{path}: {key}={shown}: {what}; {_REDO}")
+
+
+def _finite(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _need(data: dict, key: str, ok, what: str, path: Path, where: str = "") -> object:
+    name = f"{where}{key}"
+    if key not in data:
+        raise SelectionFileError(f"{path}: {name} is missing; {_REDO}")
+    if not ok(data[key]):
+        raise _bad(path, name, data[key], what)
+    return data[key]
+
+
+def _optional(ok):
+    return lambda v: v is None or ok(v)
+
+
+def validate(data: dict, path: str | Path) -> dict:
+    """The checks of ``load`` on an already parsed record (see there)."""
+    path = Path(path)
+    by = _need(data, "by", lambda v: isinstance(v, str) and v != "", "expected a task or "
+               f"group name, or {VAL_LOSS}", path)
+    _need(data, "label", lambda v: isinstance(v, str), "expected a string", path)
+    higher = _need(data, "higher_is_better", lambda v: isinstance(v, bool), "expected true or "
+                   "false", path)
+    if higher != higher_is_better(by):
+        raise _bad(path, "higher_is_better", higher, f"inconsistent with by={by!r} "
+                   f"({'lower' if higher else 'higher'} is better for it)")
+    rows = _need(data, "candidates", lambda v: isinstance(v, list) and len(v) > 0
+                 and all(isinstance(r, dict) for r in v), "expected a non-empty list of "
+                 "mappings (one per candidate iteration)", path)
+    seen: set[int] = set()
+    for i, row in enumerate(rows):
+        where = f"candidates[{i}]."
+        it = _need(row, "iteration", lambda v: _int(v) and v > 0, "expected an iteration > 0",
+                   path, where)
+        if it in seen:
+            raise _bad(path, f"{where}iteration", it, "listed twice")
+        seen.add(it)
+        if higher:  # a results group's accuracy
+            _need(row, "score", lambda v: _finite(v) and 0 <= v <= 1, "expected a fraction in "
+                  "[0, 1] (a group's accuracy)", path, where)
+        else:
+            _need(row, "score", _finite, "expected a finite number", path, where)
+        _need(row, "stderr", _optional(lambda v: _finite(v) and v >= 0), "expected null or a "
+              "finite number >= 0", path, where)
+        for key in ("val_loss",):
+            _need(row, key, _optional(_finite), "expected null or a finite number", path, where)
+        _need(row, "export", lambda v: isinstance(v, str) and v != "", "expected the path of "
+              "the candidate's export", path, where)
+        if "n" in row:
+            _need(row, "n", _optional(lambda v: _int(v) and v >= 0), "expected null or a "
+                  "question count", path, where)
+    best = _need(data, "selected", _int, "expected an iteration", path)
+    if best not in seen:
+        raise _bad(path, "selected", best, f"not one of the candidates' iterations "
+                   f"{sorted(seen)}")
+    scores = {r["iteration"]: r["score"] for r in rows}
+    if pick_best(scores, higher) != best:
+        raise _bad(path, "selected", best, f"inconsistent with the candidates' scores (the best "
+                   f"by {by} is iteration {pick_best(scores, higher)})")
+    o = _need(data, "overfitting", lambda v: isinstance(v, dict), "expected a mapping", path)
+    where = "overfitting."
+    last = _need(o, "last", _int, "expected an iteration", path, where)
+    if last != max(seen):
+        raise _bad(path, "overfitting.last", last, f"inconsistent: the last candidate is "
+                   f"{max(seen)}")
+    if _need(o, "best", _int, "expected an iteration", path, where) != best:
+        raise _bad(path, "overfitting.best", o["best"], f"inconsistent with selected={best}")
+    _need(o, "worse_by", _finite, "expected a finite number", path, where)
+    _need(o, "noise_z", lambda v: _finite(v) and v > 0, "expected a finite number > 0", path,
+          where)
+    assessed = _need(o, "noise_assessed", lambda v: isinstance(v, bool), "expected true or "
+                     "false", path, where)
+    _need(o, "threshold", (lambda v: _finite(v) and v >= 0) if assessed else _optional(_finite),
+          "expected a finite number >= 0 (null only when noise_assessed is false)", path, where)
+    _need(o, "flag", lambda v: isinstance(v, bool), "expected true or false", path, where)
+    _need(data, "export", lambda v: isinstance(v, str) and v != "", "expected the path of "
+          "RUN/export/hf", path)
+    _need(data, "keep_candidates", lambda v: isinstance(v, bool), "expected true or false", path)
     return data
 
 
+def candidates_text(selection: dict) -> str:
+    """The candidates' scores in one cell (the sweep history's ``candidates`` column):
+    ``20:45.00;40:50.00`` (points) or, by validation loss, ``20:2.3456;40:2.1234``."""
+    loss = selection["by"] == VAL_LOSS
+    return ";".join(f"{r['iteration']}:{r['score']:.4f}" if loss else
+                    f"{r['iteration']}:{100 * r['score']:.2f}"
+                    for r in sorted(selection["candidates"], key=lambda r: r["iteration"]))
+
+
+# ---------------------------------------------------------------- report section
 def _fmt(row: dict, key: str, by: str) -> str:
     v = row.get(key)
     if v is None:

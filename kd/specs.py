@@ -25,6 +25,7 @@ from kd.sections import (
     Optimizer,
     Select,
     Train,
+    data_parallel_size,
 )
 
 __all__ = ["STAGE_SPECS", "CandidateSpec", "DataSource", "DataSpec", "DistillSpec", "EvalSpec",
@@ -57,6 +58,17 @@ class DistillSpec:
     index_cache: str | None = None  # data.index_cache, resolved; None: output_dir/dataset_cache
     keep_iterations: tuple[int, ...] = ()  # never deleted by checkpoint.keep_last
     trust_remote_code: bool = False
+    # the world size the launcher resolved the layout for (train: tp, pp, cp, micro-batch,
+    # recompute, distributed optimizer and sequence parallelism, all definite): the stage refuses
+    # to run on another (None: a spec written by hand, any world that divides)
+    world_size: int | None = None
+
+    @property
+    def data_parallel_size(self) -> int:
+        """DP ranks of the resolved layout (needs ``world_size``)."""
+        if self.world_size is None:
+            raise ValueError("DistillSpec.world_size is not set: the launcher resolves it")
+        return data_parallel_size(self.world_size, self.train.tp, self.train.pp, self.train.cp)
 
 
 @dataclass(frozen=True)

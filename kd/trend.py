@@ -6,6 +6,12 @@ Input is the sweep history (``launch/history.py``: one row per date x member x t
 by more than ``z`` combined stderrs since the member's previous night in the history:
 ``prev - cur > z * sqrt(se_prev**2 + se_cur**2)`` (``min_drop_points`` when a stderr is
 missing). Only the tasks listed for the alarm can raise it; other drops are shown, not alarmed.
+
+Cost over nights (``record_costs``, ``<root>/<sweep>/cost_history.csv``): each member's
+measured / predicted ratio (kd.runcost: step time, tokens/s/GPU, distill wall time, GPU-hours)
+per night. A time ratio more than ``SLOWDOWN`` above the member's previous night is flagged at
+the top of the report (a slower cluster or slower code shows up like a score drop; it does not
+change the exit code: timings vary more than scores on shared machines).
 """
 
 from __future__ import annotations
@@ -93,7 +99,7 @@ def _waiting(missing) -> dict[str, str]:
 
 def markdown(hist: pd.DataFrame, date: str, comparison: pd.DataFrame, *, sweep: str,
              missing: dict[str, str] | list[str] = (), z: float = 2.0,
-             plotted: bool = True) -> str:
+             plotted: bool = True, costs: pd.DataFrame | None = None) -> str:
     regs = regressions(comparison)
     missing = _waiting(missing)
     partial = f" (partial: {len(missing)} member(s) without results)" if missing else ""
@@ -105,6 +111,10 @@ def markdown(hist: pd.DataFrame, date: str, comparison: pd.DataFrame, *, sweep: 
                   for r in regs.itertuples()]
     else:
         lines.append("No regression.")
+    slow = slowdowns(costs, date) if costs is not None else []
+    if slow:
+        lines += ["", f"**Slower than predicted, more than last night** (measured / predicted "
+                      f"up by more than {SLOWDOWN:.0%}):"] + [f"- {line}" for line in slow]
     if missing:
         lines += ["", "**No results tonight** (failed or still running); this report is "
                       "partial, run `check` again when they end:", ""]
@@ -113,6 +123,8 @@ def markdown(hist: pd.DataFrame, date: str, comparison: pd.DataFrame, *, sweep: 
               "## Over nights (accuracy, points; iteration = selected checkpoint)"]
     for member in dict.fromkeys(hist["member"]):
         lines += ["", f"### {member}", "", md_table(member_table(hist, member).reset_index())]
+    if costs is not None and not costs.empty:
+        lines += ["", cost_section(costs, date)]
     if plotted:
         lines += ["", "![trend](trend.png)"]
     else:
@@ -184,7 +196,8 @@ def plot(hist: pd.DataFrame, out: Path, *, sweep: str) -> Path | None:
 
 def write(hist: pd.DataFrame, date: str, out_dir: Path, *, sweep: str, z: float = 2.0,
           tasks=("mmlu",), min_drop_points: float = 1.0,
-          missing: dict[str, str] | list[str] = ()) -> tuple[Path, pd.DataFrame]:
+          missing: dict[str, str] | list[str] = (),
+          costs: pd.DataFrame | None = None) -> tuple[Path, pd.DataFrame]:
     """Write ``trend.md`` + ``trend.png`` under ``out_dir``; return the Markdown path and the
     comparison (whose ``status == REGRESSION`` rows are the alarm). ``missing``: members
     without results tonight and where each stands; the report then says it is partial. With
@@ -196,6 +209,100 @@ def write(hist: pd.DataFrame, date: str, out_dir: Path, *, sweep: str, z: float 
     out_dir.mkdir(parents=True, exist_ok=True)
     plotted = plot(hist, out_dir / "trend.png", sweep=sweep) is not None
     md = out_dir / "trend.md"
+    if costs is not None and not costs.empty:
+        costs = costs[(costs["sweep"] == sweep) & (costs["date"] <= date)]
     md.write_text(markdown(hist, date, comparison, sweep=sweep, missing=missing, z=z,
-                           plotted=plotted))
+                           plotted=plotted, costs=costs))
     return md, comparison
+
+
+# ---------------------------------------------------------------- cost over nights
+COST_KEY = ("date", "sweep", "member", "quantity")
+COST_COLUMNS = (*COST_KEY, "label", "predicted", "measured", "ratio", "recorded")
+SLOWDOWN = 0.25  # a time ratio this much above the member's previous night is flagged
+SLOWER_IF_HIGHER = ("step_s", "wall_s:distill", "gpu_hours")  # ratios where higher is slower
+
+
+def cost_history_file(sweep_root: Path) -> Path:
+    return Path(sweep_root) / "cost_history.csv"
+
+
+def read_costs(path: Path) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        return pd.DataFrame(columns=list(COST_COLUMNS))
+    frame = pd.read_csv(path, dtype={"date": str, "member": str, "quantity": str})
+    missing = sorted(set(COST_KEY) - set(frame.columns))
+    if missing:
+        raise ValueError(f"{path} lacks column(s) {', '.join(missing)}: it is not a kdlaunch "
+                         f"cost history; move it away and run check again")
+    return frame
+
+
+def record_costs(sweep_root: Path, date: str, sweep: str,
+                 run_dirs: dict[str, Path]) -> pd.DataFrame:
+    """Add tonight's measured / predicted rows of every member (kd.runcost; a member without
+    a prediction or a measurement adds none) to ``cost_history.csv``, replacing tonight's
+    earlier rows; returns the whole history."""
+    import os
+
+    from kd import runcost
+
+    rows = []
+    for member, run_dir in run_dirs.items():
+        cmp = runcost.compare(run_dir)
+        if cmp is not None:
+            rows += runcost.trend_rows(cmp, date=date, sweep=sweep, member=member,
+                                       recorded=pd.Timestamp.now(tz="UTC").isoformat(
+                                           timespec="seconds"))
+    path = cost_history_file(sweep_root)
+    old = read_costs(path)
+    if not rows:
+        return old
+    new = pd.DataFrame(rows, columns=list(COST_COLUMNS))
+    if not old.empty:
+        keys = set(new[list(COST_KEY)].astype(str).itertuples(index=False, name=None))
+        old = old[[tuple(r) not in keys
+                   for r in old[list(COST_KEY)].astype(str).itertuples(index=False)]]
+    out = pd.concat([f for f in (old, new) if not f.empty], ignore_index=True)
+    out = out.sort_values(["date", "member", "quantity"], kind="stable", ignore_index=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    out.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+    return out
+
+
+def slowdowns(costs: pd.DataFrame, date: str) -> list[str]:
+    """One line per member and time quantity whose ratio rose by more than ``SLOWDOWN`` since
+    the member's previous night."""
+    out = []
+    if costs is None or costs.empty:
+        return out
+    for (member, quantity), rows in costs.groupby(["member", "quantity"], sort=False):
+        if quantity not in SLOWER_IF_HIGHER:
+            continue
+        rows = rows.sort_values("date")
+        cur = rows[rows["date"] == date]
+        prev = rows[rows["date"] < date]
+        if cur.empty or prev.empty:
+            continue
+        now, before = float(cur["ratio"].iloc[-1]), float(prev["ratio"].iloc[-1])
+        if before > 0 and now > before * (1 + SLOWDOWN):
+            out.append(f"{member} {cur['label'].iloc[-1]}: measured / predicted {now:.2f} "
+                       f"tonight, {before:.2f} on {prev['date'].iloc[-1]} "
+                       f"({now / before - 1:+.0%})")
+    return out
+
+
+def cost_section(costs: pd.DataFrame, date: str, nights: int = 10) -> str:
+    """Measured / predicted per member and quantity over the last ``nights`` nights."""
+    lines = ["## Cost: measured / predicted over nights", "",
+             "Ratio of what the stages measured to what launch/cost.py predicted at launch "
+             "(above 1: slower than predicted; tokens/s: below 1 is slower).", ""]
+    for member, rows in costs.groupby("member", sort=False):
+        table = rows.pivot_table(index="date", columns="label", values="ratio", aggfunc="last")
+        table = table.tail(nights)
+        table.index.name = "Date"
+        lines += [f"### {member}", "", md_table(table.reset_index()), ""]
+    return "\n".join(lines).rstrip() + "\n"

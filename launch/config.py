@@ -58,6 +58,14 @@ def _looks_secret(env_key: str) -> bool:
     return bool(parts & SECRET_WORDS) or env_key.upper().endswith("_KEY")
 
 
+def _gpu_kind(v: Any) -> str | None:
+    from launch.cost import GPU_KINDS
+
+    if isinstance(v, str) and v.lower() in GPU_KINDS:
+        return None
+    return f"choose one of {', '.join(GPU_KINDS)} (the cost estimate's GPU peak), or remove it"
+
+
 def _not_blank(v: Any) -> str | None:
     return None if v is None or v.strip() else "is empty: give a name or remove the key"
 
@@ -73,14 +81,23 @@ class Container(Section):
     workdir: str | None = None
 
 
+def minutes_or_auto(v: Any) -> str | None:
+    """A time limit: whole minutes > 0, or ``auto`` (launch/cost.py: the estimate times
+    ``time_safety``, rounded up, capped at ``time_max_min``)."""
+    if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v > 0):
+        return None
+    return "expected whole minutes > 0 or auto (the estimate x time_safety, launch/cost.py)"
+
+
 @dataclass(frozen=True)
 class StageResources(Section):
-    """Time limits (minutes) and CPU memory for the non-training stages (one task each)."""
+    """Time limits (minutes, or auto: from the cost estimate) and CPU memory for the
+    non-training stages (one task each)."""
 
-    prepare_data_min: int = knob(240, positive)
-    export_min: int = knob(120, positive)
-    eval_min: int = knob(240, positive)
-    report_min: int = knob(15, positive)
+    prepare_data_min: int | str = knob("auto", minutes_or_auto)
+    export_min: int | str = knob("auto", minutes_or_auto)
+    eval_min: int | str = knob("auto", minutes_or_auto)
+    report_min: int | str = knob("auto", minutes_or_auto)
     cpus_per_task: int = knob(8, positive)
     mem_gb: int | None = knob(None, at_least(0))  # 0: all of the node (--mem=0)
 
@@ -98,7 +115,16 @@ class Cluster(Section):
     tasks_per_node: int | None = knob(None, positive)  # default: one per GPU (1 without GPUs)
     cpus_per_task: int = knob(8, positive)
     mem_gb: int | None = knob(None, at_least(0))  # 0: all of the node (--mem=0)
-    time_min: int = knob(240, positive)  # distill job time limit, per allocation (requeued)
+    # distill job time limit per allocation (requeued), minutes or auto: the cost estimate
+    # (launch/cost.py) x time_safety, rounded up to 5 min, at most time_max_min
+    time_min: int | str = knob("auto", minutes_or_auto)
+    time_safety: float = knob(1.5, at_least(1))  # auto limits: the estimate times this
+    # the longest limit the partition / QOS allows (auto limits stay below it); None: asked
+    # from SLURM at launch (partition MaxTime, QOS MaxWall)
+    time_max_min: int | None = knob(None, positive)
+    # GPU model for the cost estimate: a100, h100, h200, gh200, b200, l40s; None: the GRES type
+    # of the partition's nodes (gpu:h100:8), else h100
+    gpu_kind: str | None = knob(None, lambda v: None if v is None else _gpu_kind(v))
     max_requeues: int = knob(5, at_least(0))  # timeouts a distill job may be requeued for
     signal_delay_s: int = knob(300, positive)  # USR2 this long before the limit: time to save
     save_time_s: int = knob(120, at_least(0))  # one checkpoint save here (checked against it)
@@ -117,7 +143,7 @@ class Cluster(Section):
         if self.executor == "local" and self.nodes != 1:
             raise FieldError("nodes", self.nodes, "the local executor runs on one machine; set "
                              "cluster.nodes=1")
-        if self.signal_delay_s >= self.time_min * 60:
+        if isinstance(self.time_min, int) and self.signal_delay_s >= self.time_min * 60:
             raise FieldError("signal_delay_s", self.signal_delay_s, "", f"{{s}}signal_delay_s="
                              f"{self.signal_delay_s} must be shorter than the time limit {{s}}"
                              f"time_min={self.time_min} min")

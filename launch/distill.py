@@ -117,7 +117,9 @@ def main(argv: list[str] | None = None) -> int:
             if shell.has_control(override):
                 shell.check(key, override)
         cluster = cfg.load_cluster(args.cluster, cl_over)
-        from launch import layout
+        from launch import cost, layout
+
+        cluster = cost.with_site_facts(cluster)  # GPU kind, partition/QOS limit, from SLURM
 
         resumed = validate_dir("--run-dir", args.run_dir) if args.run_dir else None
         experiment, chosen = layout.load_experiment(args.config, exp_over, cluster, resumed)
@@ -136,12 +138,15 @@ def main(argv: list[str] | None = None) -> int:
 
         preflight.check_layout(experiment, cluster)
         submit.check_scripts(graph, cluster, experiment.name)
+        prediction = cost.predict(experiment, cluster)
+        estimate = cost.text(prediction, graph, experiment)
         if args.emit_sbatch is not None:
             out_dir = validate_dir("--emit-sbatch", args.emit_sbatch)
             print(f"wrote {submit.emit_sbatch(graph, cluster, experiment.name, out_dir)}")
             return 0
         if args.dry_run:
             print(submit.dry_run_text(graph, cluster, experiment.name))
+            print("\n" + estimate)
             try:
                 preflight.check(experiment, cluster)
                 preflight.check_live(graph, cluster)
@@ -173,8 +178,10 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError(f"--run-dir {run_dir} was taken by a launch of a different "
                                   f"config meanwhile; use another --run-dir")
             manifest["cluster"] = cluster_resolved
+            manifest["cost"] = cost.record(prediction, graph, experiment)  # status/report compare
             mf.write(run_dir / "manifest.json", manifest)
             print(submit.describe(graph))
+            print(estimate)
             backend = backends.for_cluster(cluster, run_dir, experiment.name)
             code = submit.launch(graph, cluster, manifest, experiment.name, backend=backend)
     except ConfigError as e:

@@ -18,6 +18,11 @@ TP=1 x DP=4 was 6.5x the tokens/s/GPU, micro-batch 1 -> 4 another 1.46x):
    third more student compute.
 Without GPUs (CPU clusters) there is no memory to fill: tp = pp = 1, no recomputation, and the
 largest micro-batch up to ``MAX_AUTO_MBS``.
+
+``train.sequence_parallel`` (``auto`` = on whenever tp > 1: ``kd.sections.sequence_parallel``) is
+resolved here too, for each candidate tp while choosing (sequence parallelism splits the norm /
+residual activations over TP, so it lets a smaller layout fit) and into the stage spec as
+true/false. ``true`` with a tp that resolves to 1 is refused (Megatron refuses it).
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ from pathlib import Path
 
 from kd.checkpoints import SavedLayout, saved_layout
 from kd.paths import RunPaths
+from kd.sections import data_parallel_size
+from kd.sections import sequence_parallel as sequence_parallel_rule
 from launch.config import Cluster, Experiment, tasks_per_node
 from launch.memory import distributed_optimizer, estimate, head_counts
 from launch.schema import ConfigError
@@ -54,6 +61,7 @@ class Layout:
     auto: tuple[str, ...]  # the fields that were chosen here
     distributed_optimizer: bool = False
     resumes: SavedLayout | None = None  # the checkpoint this launch resumes, when there is one
+    sequence_parallel: bool = False
 
     def describe(self) -> str:
         chosen = ", ".join(f"train.{f}" for f in self.auto) or "nothing (all pinned)"
@@ -67,11 +75,39 @@ class Layout:
         return (f"layout: tp={self.tp} pp={self.pp} dp={self.dp} "
                 f"micro_batch_size={self.micro_batch_size} recompute={self.recompute} "
                 f"distributed_optimizer={'on' if self.distributed_optimizer else 'off'} "
+                f"sequence_parallel={'on' if self.sequence_parallel else 'off'} "
                 f"(auto: {chosen}{mem}{resume})")
 
 
 def is_auto(value: object) -> bool:
     return value == AUTO
+
+
+def data_parallel(cluster: Cluster, tp: int, pp: int, cp: int) -> int:
+    """DP ranks of tp x pp x cp on ``cluster`` (kd.sections' one formula), or the refusal that
+    names the fields."""
+    world = cluster.nodes * tasks_per_node(cluster)
+    try:
+        return data_parallel_size(world, tp, pp, cp)
+    except ValueError:
+        raise ConfigError(
+            f"train.tp x train.pp x train.cp = {tp} x {pp} x {cp} = {tp * pp * cp} does not "
+            f"divide the world size {world} (cluster.nodes={cluster.nodes} x "
+            f"{tasks_per_node(cluster)} tasks per node): change tp/pp or the number of "
+            f"nodes/GPUs") from None
+
+
+def estimate_layout(student: dict, teacher: dict, *, world: int, tp: int, pp: int, cp: int,
+                    seq: int, mbs: int, recompute: str, sharded: object,
+                    sequence_parallel: object, kd_loss: str = "full"):
+    """The peak estimate of one layout (launch/memory.py), with the distributed optimizer and
+    sequence parallelism resolved by their rules: what ``choose`` compares against the budget
+    and what the pre-flight refuses on (one estimate for both)."""
+    dp = data_parallel_size(world, tp, pp, cp)
+    return estimate(student, teacher, tp=tp, pp=pp, seq=seq, mbs=mbs,
+                    recompute=recompute == "full", dp=dp,
+                    sharded_optimizer=distributed_optimizer(sharded, dp), kd_loss=kd_loss,
+                    sequence_parallel=sequence_parallel_rule(sequence_parallel, tp))
 
 
 def load_experiment(ref: str, overrides: list[str], cluster: Cluster,
@@ -151,14 +187,17 @@ def resolve(exp: Experiment, cluster: Cluster,
         # (the pre-flight's memory and path checks say what is missing)
         tp = 1 if is_auto(t.tp) else t.tp
         pp = 1 if is_auto(t.pp) else t.pp
-        dp = max(1, world // (tp * pp * t.cp))
+        # a world the layout does not divide is the pre-flight's refusal (check_layout); a dry
+        # run still shows the plan
+        dp = data_parallel(cluster, tp, pp, t.cp) if world % (tp * pp * t.cp) == 0 else 1
         mbs = t.micro_batch_size
         if is_auto(mbs):
             mbs = max(d for d in _divisors(max(1, t.global_batch_size // dp))
                       if d <= MAX_AUTO_MBS)
         rc = "none" if is_auto(t.recompute) else t.recompute
         layout = Layout(tp, pp, dp, mbs, rc, None, None, auto,
-                        distributed_optimizer(t.distributed_optimizer, dp), saved)
+                        distributed_optimizer(t.distributed_optimizer, dp), saved,
+                        _sequence_parallel(t, tp))
         return _apply(exp, layout), layout
     student = _config(exp.student.path, "student.path")
     teacher = _config(exp.teacher.path, "teacher.path")
@@ -166,11 +205,22 @@ def resolve(exp: Experiment, cluster: Cluster,
                     gpu_memory_gib=cluster.gpu_memory_gib, global_batch_size=t.global_batch_size,
                     seq_length=t.seq_length, cp=t.cp, tp=t.tp, pp=t.pp,
                     micro_batch_size=t.micro_batch_size, recompute=t.recompute,
-                    sharded=t.distributed_optimizer)
+                    sharded=t.distributed_optimizer, sequence_parallel=t.sequence_parallel)
     layout = dataclasses.replace(
         layout, auto=auto, resumes=saved,
-        distributed_optimizer=distributed_optimizer(t.distributed_optimizer, layout.dp))
+        distributed_optimizer=distributed_optimizer(t.distributed_optimizer, layout.dp),
+        sequence_parallel=_sequence_parallel(t, layout.tp))
     return _apply(exp, layout), layout
+
+
+def _sequence_parallel(t, tp: int) -> bool:
+    """``train.sequence_parallel`` for the resolved ``tp``; ``true`` needs tp > 1."""
+    if t.sequence_parallel is True and tp == 1:
+        raise ConfigError(
+            "train.sequence_parallel=true needs tensor parallelism, but this layout has tp=1"
+            + (" (chosen by train.tp=auto: the models fit without TP)" if is_auto(t.tp) else "")
+            + ": set train.sequence_parallel=auto (on whenever tp > 1) or pin train.tp > 1")
+    return sequence_parallel_rule(t.sequence_parallel, tp)
 
 
 def _follow_checkpoint(exp: Experiment, saved: SavedLayout) -> Experiment:
@@ -198,8 +248,10 @@ def _follow_checkpoint(exp: Experiment, saved: SavedLayout) -> Experiment:
 def choose(student: dict, teacher: dict, *, world: int, gpus_per_node: int,
            gpu_memory_gib: float, global_batch_size: int, seq_length: int, cp: int = 1,
            tp: int | str = AUTO, pp: int | str = AUTO, micro_batch_size: int | str = AUTO,
-           recompute: str = AUTO, sharded: object = AUTO, kd_loss: str = "full") -> Layout:
-    """The rule of the module docstring on HF config dicts (benchmarks call this directly)."""
+           recompute: str = AUTO, sharded: object = AUTO, kd_loss: str = "full",
+           sequence_parallel: object = AUTO) -> Layout:
+    """The rule of the module docstring on HF config dicts (benchmarks call this directly).
+    ``sequence_parallel``: ``train.sequence_parallel`` (resolved per candidate tp)."""
     auto = tuple(f for f, v in (("tp", tp), ("pp", pp), ("micro_batch_size", micro_batch_size),
                                 ("recompute", recompute)) if is_auto(v))
     budget = AUTO_FILL * gpu_memory_gib
@@ -221,15 +273,13 @@ def choose(student: dict, teacher: dict, *, world: int, gpus_per_node: int,
     def peak(a: int, b: int, mbs: int, rc: str) -> float:
         # the distributed optimizer (default when dp > 1) shards Adam states over dp: smaller tp
         # and larger micro-batches fit than without it
-        dp = max(1, world // (a * b * cp))
-        return estimate(student, teacher, tp=a, pp=b, seq=seq_length, mbs=mbs,
-                        recompute=rc == "full", dp=dp,
-                        sharded_optimizer=distributed_optimizer(sharded, dp),
-                        kd_loss=kd_loss).total
+        return estimate_layout(student, teacher, world=world, tp=a, pp=b, cp=cp,
+                               seq=seq_length, mbs=mbs, recompute=rc, sharded=sharded,
+                               sequence_parallel=sequence_parallel, kd_loss=kd_loss).total
 
     for rc in recomputes:
         for a, b in shapes:
-            dp = world // (a * b * cp)
+            dp = data_parallel_size(world, a, b, cp)
             per_rank = global_batch_size // dp
             if is_auto(micro_batch_size):
                 options = sorted((d for d in _divisors(per_rank) if d <= MAX_AUTO_MBS),
@@ -239,7 +289,8 @@ def choose(student: dict, teacher: dict, *, world: int, gpus_per_node: int,
             for mbs in options:
                 est = peak(a, b, mbs, rc)
                 if est <= budget:
-                    return Layout(a, b, dp, mbs, rc, round(est, 2), round(budget, 2), auto)
+                    return Layout(a, b, dp, mbs, rc, round(est, 2), round(budget, 2), auto,
+                                  sequence_parallel=sequence_parallel_rule(sequence_parallel, a))
     pinned = ", ".join(f"train.{f}={v}" for f, v in (
         ("tp", tp), ("pp", pp), ("micro_batch_size", micro_batch_size), ("recompute", recompute))
         if f not in auto)
@@ -258,5 +309,6 @@ def _apply(exp: Experiment, layout: Layout) -> Experiment:
     train = dataclasses.replace(exp.train, tp=layout.tp, pp=layout.pp,
                                 micro_batch_size=layout.micro_batch_size,
                                 recompute=layout.recompute,
-                                distributed_optimizer=layout.distributed_optimizer)
+                                distributed_optimizer=layout.distributed_optimizer,
+                                sequence_parallel=layout.sequence_parallel)
     return dataclasses.replace(exp, train=train)

@@ -1,9 +1,15 @@
-"""``RUN/manifest.json``: resolved config, versions, git revision, job ids, stage states.
+"""``RUN/manifest.json``: resolved config, the login node's versions, git revision, job ids,
+stage states.
 
 It is rewritten atomically (temp file + rename) every time a job id becomes known or a stage
 changes state, so ``status``/``cancel``/a relaunch work from any later shell. Secrets never
 reach it: launch.shell refuses them (by key and by value) before a launch starts, ``write``
 checks again, and the environment is not recorded.
+
+``cost`` is the launch's prediction (launch/cost.py ``record``: per stage the estimated wall
+time, GPUs, GPU-hours and time limit, the distill step, tokens/s/GPU and peak memory), written
+by every launch before its first job is queued; ``status`` and the report compare it with what
+the stages measured (kd/runcost.py).
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import platform
+import socket
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -24,7 +32,7 @@ from launch.schema import ConfigError
 VERSION = 1
 
 PACKAGES = ("kdlaunch", "submitit", "torch", "megatron-core", "megatron-bridge", "nvidia-modelopt",
-            "lm-eval", "transformers", "pandas")
+            "lm-eval", "transformers", "datasets", "numpy", "pandas")
 
 
 def now() -> str:
@@ -38,7 +46,8 @@ def config_hash(experiment: dict) -> str:
 
 
 def package_versions() -> dict[str, str | None]:
-    """Installed versions, read from package metadata (nothing heavy is imported)."""
+    """Versions installed on this (login) node, read from package metadata (nothing heavy is
+    imported); the stages' own versions are in their done markers (kd.provenance)."""
     out: dict[str, str | None] = {}
     for name in PACKAGES:
         try:
@@ -46,6 +55,16 @@ def package_versions() -> dict[str, str | None]:
         except importlib.metadata.PackageNotFoundError:
             out[name] = None
     return out
+
+
+def login_node() -> dict[str, Any]:
+    """What the launcher saw installed on the login node: NOT what the stages ran (a pyxis
+    container or another venv on the compute nodes has its own versions; each stage records
+    those in its done marker, kd.provenance). Older manifests keep the same under ``versions``."""
+    return {"note": "versions installed where the launcher ran; what each stage ran is under "
+                    "provenance in RUN/stages/<stage>.done (status --provenance)",
+            "host": socket.gethostname(), "python": platform.python_version(),
+            "versions": package_versions()}
 
 
 def git_revision() -> str | None:
@@ -82,9 +101,7 @@ def read(path: Path) -> dict | None:
         raise ManifestError(f"{path} is not valid JSON (truncated or edited by hand?: "
                             f"{str(e)[:200]}); {fix}") from None
     if isinstance(data, dict) and "kdlaunch_sweep" in data:  # a sweep night's manifest
-        if not isinstance(data.get("launches"), list):
-            raise ManifestError(f"{path}: 'launches' is missing or not a list; {fix}")
-        return data
+        return _check_night(data, path)
     if not isinstance(data, dict) or "kdlaunch_manifest" not in data:
         raise ManifestError(f"{path} is not a kdlaunch manifest (no 'kdlaunch_manifest' key); "
                             f"this directory belongs to something else: use a new --run-dir")
@@ -103,7 +120,63 @@ def read(path: Path) -> dict | None:
         if rec.get("job_id") is not None and not isinstance(rec["job_id"], (str, int)):
             raise ManifestError(f"{path}: stages.{stage}.job_id={rec['job_id']!r} is not a "
                                 f"job id; {fix}")
+    for key in ("config_hash", "run_dir"):
+        if key in data and not isinstance(data[key], str):
+            raise ManifestError(f"{path}: {key}={_short(data[key])} is not a string; {fix}")
     return data
+
+
+FIX = "restore it from a backup, or launch into a new --run-dir (the old one is kept)"
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:80] + "..."
+
+
+def _check_night(data: dict, path: Path) -> dict:
+    """A sweep night's ``sweep.json`` (``launch/sweep.py``): the keys ``check`` and a relaunch
+    read, of the right type."""
+    fix = ("restore it from a backup, or move it away: `sweep.py check` then plans the night's "
+           "members from the sweep file again")
+    if not isinstance(data.get("launches"), list):
+        raise ManifestError(f"{path}: 'launches' is missing or not a list; {fix}")
+    members = data.get("members", {})
+    if not isinstance(members, dict):
+        raise ManifestError(f"{path}: members={_short(members)} is not a mapping of member -> "
+                            f"record; {fix}")
+    for name, rec in members.items():
+        if not isinstance(rec, dict):
+            raise ManifestError(f"{path}: members.{name} is not a mapping; {fix}")
+        for key in ("run_dir", "config_hash"):
+            if not isinstance(rec.get(key), str) or not rec[key]:
+                what = "missing" if key not in rec else f"{_short(rec[key])}, not a string"
+                raise ManifestError(f"{path}: members.{name}.{key} is {what}; {fix}")
+    return data
+
+
+_ABSENT = object()
+
+
+def experiment_value(manifest: dict, path: Path, dotted: str, ok, what: str,
+                     default: object = _ABSENT) -> object:
+    """A value of the run's recorded experiment (``train.train_iters``), checked by ``ok``;
+    ``default`` when a key is absent (a manifest of an older kdlaunch), else a
+    :class:`ManifestError` naming the file and the key."""
+    node: object = manifest.get("experiment")
+    walked = "experiment"
+    for part in dotted.split("."):
+        if not isinstance(node, dict):
+            raise ManifestError(f"{path}: {walked}={_short(node)} is not a mapping; {FIX}")
+        walked += f".{part}"
+        if part not in node:
+            if default is _ABSENT:
+                raise ManifestError(f"{path}: {walked} is missing; {FIX}")
+            return default
+        node = node[part]
+    if not ok(node):
+        raise ManifestError(f"{path}: {walked}={_short(node)}: expected {what}; {FIX}")
+    return node
 
 
 def write(path: Path, manifest: dict[str, Any]) -> None:
@@ -125,7 +198,7 @@ def new(run_dir: Path, experiment: dict, cluster: dict) -> dict[str, Any]:
         "experiment": experiment,
         "cluster": cluster,
         "git_revision": git_revision(),
-        "versions": package_versions(),
+        "login_node": login_node(),
         "launches": [],
         "stages": {},
     }

@@ -2,8 +2,8 @@
 
     estimate(student_cfg, teacher_cfg, tp=2, pp=1, seq=2048, mbs=2) -> Estimate (GiB parts)
 
-What is counted (Megatron, bf16 mixed precision, no distributed optimizer, no sequence
-parallelism — the distill stage's defaults without TE):
+What is counted (Megatron, bf16 mixed precision; the distributed optimizer and sequence
+parallelism where the layout has them):
 - student weights, 18 bytes per parameter: bf16 weights (2) + fp32 main weights (4) + fp32
   gradient buffer (4) + Adam moments (8), divided over TP x PP; with Megatron's distributed
   optimizer (``sharded_optimizer=True``, the default when DP > 1) the 12 bytes of fp32 main
@@ -15,8 +15,16 @@ parallelism — the distill stage's defaults without TE):
   ffn_width / tp`` for its SwiGLU MLP (AnyModel no-op parts count 0), ``)``, plus
   ``ACT_SCORES * heads * seq^2 * mbs / tp`` when attention is the unfused local one (SDPA keeps
   no score matrix);
+- with sequence parallelism (``sequence_parallel=True``, the stage's default at TP > 1 since
+  issue 26) the ``ACT_LAYER`` term is divided by tp too: each rank keeps the norm inputs,
+  residuals and dropout masks of its slice of the sequence, and the column-parallel linears
+  save their SP-sharded input (re-gathered in backward). That is Korthikanti et al.'s analysis
+  (34 sbh/t instead of (10 + 24/t) sbh), **not a fit**: every layout the coefficients were fitted
+  to, and every held-out one, ran without sequence parallelism (without TE it was off until
+  issue 26), so ``ACT_LAYER`` itself was measured unsplit;
 - with ``recompute=True`` (full, one layer per checkpoint): each layer's bf16 input
-  ``2 * seq * mbs * hidden`` plus the largest single layer's activations;
+  ``2 * seq * mbs * hidden`` (``/ tp`` with sequence parallelism: the checkpointed input is the
+  rank's slice) plus the largest single layer's activations;
 - KD logits: student and teacher logits and the softmax / KL intermediates over the TP-sharded
   padded vocabulary, ``LOGIT_COPIES`` fp32 copies of ``seq * mbs * vocab / tp``.
 
@@ -118,24 +126,27 @@ def distributed_optimizer(value: object, dp: int) -> bool:
 
 def estimate(student: dict, teacher: dict, *, tp: int, pp: int = 1, seq: int, mbs: int,
              attention: str = "sdpa", recompute: bool = False, dp: int = 1,
-             sharded_optimizer: bool = False, kd_loss: str = "full") -> Estimate:
+             sharded_optimizer: bool = False, kd_loss: str = "full",
+             sequence_parallel: bool = False) -> Estimate:
     """Peak GiB per rank; ``sharded_optimizer``: Megatron's distributed optimizer over ``dp``;
-    ``kd_loss``: ``full`` (ModelOpt's KL) or ``chunked`` (kd/kd_loss.py)."""
+    ``kd_loss``: ``full`` (ModelOpt's KL) or ``chunked`` (kd/kd_loss.py);
+    ``sequence_parallel``: the per-layer norm/residual term split over tp (analytic, above)."""
     shards = tp * pp
+    sp = tp if sequence_parallel else 1  # what divides the sequence-wide, TP-replicated terms
     per_param = (OPTIMIZER_BYTES - SHARDED_BYTES + SHARDED_BYTES / max(1, dp)
                  if sharded_optimizer else OPTIMIZER_BYTES)
     h, heads = int(student["hidden_size"]), int(student["num_attention_heads"])
     layers = [b for b in _blocks(student)]
     acts = 0.0
     for has_att, ffn in layers:
-        full = seq * mbs * (ACT_LAYER * h + (ACT_ATTENTION * h / tp if has_att else 0.0)
+        full = seq * mbs * (ACT_LAYER * h / sp + (ACT_ATTENTION * h / tp if has_att else 0.0)
                             + ACT_FFN * ffn / tp)
         if has_att and attention == "local":
             full += ACT_SCORES * heads * seq * seq * mbs / tp
         # full recomputation keeps only each layer's bf16 input, plus one layer rebuilt at a time
         acts = max(acts, full) if recompute else acts + full
     if recompute:
-        acts += len(layers) * 2 * seq * mbs * h
+        acts += len(layers) * 2 * seq * mbs * h / sp
     copies = LOGIT_COPIES_CHUNKED if kd_loss == "chunked" else LOGIT_COPIES
     logits = copies * 4 * seq * mbs * padded_vocab(student, tp) / tp
     return Estimate(

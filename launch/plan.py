@@ -91,13 +91,13 @@ def data_blend(exp: Experiment, paths: RunPaths) -> tuple[tuple[float, str], ...
     return tuple(blend)
 
 
-def keep_iterations(exp: Experiment, extra: tuple[int, ...] = ()) -> tuple[int, ...]:
-    """Saved iterations ``checkpoint.keep_last`` must never delete: export.iteration, the run's
-    own selection candidates (``select``) and, from a sweep, its checkpoint candidates."""
+def keep_iterations(exp: Experiment) -> tuple[int, ...]:
+    """Saved iterations ``checkpoint.keep_last`` must never delete: export.iteration and the
+    checkpoint-selection candidates (``select``, which a sweep sets for its members)."""
     chosen = {exp.export.iteration} if exp.export.iteration is not None else set()
     if exp.select.enabled:
         chosen |= set(exp.select.candidates(exp.train))
-    return tuple(sorted(chosen | set(extra)))
+    return tuple(sorted(chosen))
 
 
 SHAREABLE = ("prepare_data", "eval_student_before", "eval_teacher")
@@ -112,6 +112,9 @@ def plan(exp: Experiment, cluster: Cluster, run_dir: str | Path,
                          f"shareable stages: {', '.join(SHAREABLE)}")
     owner = {stage: RunPaths(Path(d)) for stage, d in (shared or {}).items()}
     res = cluster.stages
+    from launch.cost import stage_limits  # time limits: pinned, or auto from the estimate
+
+    limits = stage_limits(exp, cluster)
     gpus = cluster.gpus_per_node
     eval_gpus = gpus if (gpus and cluster.gpu_eval) else 0  # data-parallel eval: all of them
     device = "cuda" if gpus else "cpu"
@@ -136,7 +139,7 @@ def plan(exp: Experiment, cluster: Cluster, run_dir: str | Path,
         add("prepare_data", "kd.data",
             DataSpec(data=data, out_dir=str(paths.data),
                      done_marker=str(paths.stage_done("prepare_data"))),
-            time_min=res.prepare_data_min)
+            time_min=limits["prepare_data"])
 
     require_resolved(exp)
     t = exp.train
@@ -153,10 +156,11 @@ def plan(exp: Experiment, cluster: Cluster, run_dir: str | Path,
             # one index cache per blend owner: sweep members sharing prepare_data share it
             index_cache=_abs(exp.data.index_cache) or str(data_owner.index_cache),
             keep_iterations=keep_iterations(exp),
-            trust_remote_code=exp.trust_remote_code),
+            trust_remote_code=exp.trust_remote_code,
+            world_size=cluster.nodes * tasks_per_node(cluster)),
         deps=("prepare_data",) if needs_data else (),
         nodes=cluster.nodes, tasks_per_node=tasks_per_node(cluster), gpus_per_node=gpus,
-        cpus_per_task=cluster.cpus_per_task, mem_gb=cluster.mem_gb, time_min=cluster.time_min,
+        cpus_per_task=cluster.cpus_per_task, mem_gb=cluster.mem_gb, time_min=limits["distill"],
         requeue=True)
 
     if exp.export.enabled:
@@ -166,7 +170,7 @@ def plan(exp: Experiment, cluster: Cluster, run_dir: str | Path,
                        export=replace(exp.export, hf_template=_abs(exp.export.hf_template)),
                        done_marker=str(paths.stage_done("export_hf")),
                        trust_remote_code=exp.trust_remote_code),
-            deps=("distill",), time_min=res.export_min)
+            deps=("distill",), time_min=limits["export_hf"])
 
     if exp.eval.enabled:
         e = exp.eval
@@ -184,7 +188,7 @@ def plan(exp: Experiment, cluster: Cluster, run_dir: str | Path,
                          cache_dir=_abs(cluster.eval_cache_dir) if role == "teacher" else None,
                          seed=t.seed, done_marker=str(paths.stage_done(stage)),
                          trust_remote_code=exp.trust_remote_code),
-                deps=deps, gpus_per_node=eval_gpus, time_min=res.eval_min)
+                deps=deps, gpus_per_node=eval_gpus, time_min=limits[stage])
         add("report", "kd.report",
             ReportSpec(before=str(owner.get("eval_student_before", paths)
                                   .eval_result("student_before")),
@@ -193,7 +197,7 @@ def plan(exp: Experiment, cluster: Cluster, run_dir: str | Path,
                        title=f"Knowledge distillation: {exp.name}",
                        done_marker=str(paths.stage_done("report"))),
             deps=("eval_student_before", "eval_teacher", "eval_student_after"),
-            time_min=res.report_min, cpus_per_task=1)
+            time_min=limits["report"], cpus_per_task=1)
     external = {stage: rp.root for stage, rp in owner.items()
                 if any(stage in j.deps for j in jobs)}
     graph = JobGraph(run_dir=paths.root, jobs=tuple(jobs), external=external)

@@ -17,8 +17,8 @@ import shutil
 from pathlib import Path
 
 from launch.config import Cluster, Experiment, tasks_per_node
-from launch.layout import require_model_counts, require_resolved
-from launch.memory import distributed_optimizer, estimate, head_counts
+from launch.layout import data_parallel, estimate_layout, require_model_counts, require_resolved
+from launch.memory import head_counts
 from launch.schema import ConfigError, read_yaml
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
@@ -37,6 +37,17 @@ def check(exp: Experiment, cluster: Cluster) -> None:
     check_memory(exp, cluster)
     check_cluster(cluster)
     check_options(exp, cluster)
+    check_time(exp, cluster)
+
+
+def check_time(exp: Experiment, cluster: Cluster, echo=print) -> None:
+    """The distill time limit (pinned, or auto capped by the partition/QOS) can finish
+    ``train.train_iters`` within ``cluster.max_requeues`` restarts, by the cost estimate
+    (launch/cost.py ``check_time_limits``: the refusal names the field, the restarts it would
+    take and the fix)."""
+    from launch.cost import check_time_limits
+
+    check_time_limits(exp, cluster, echo)
 
 
 def check_options(exp: Experiment, cluster: Cluster) -> None:
@@ -66,12 +77,12 @@ def check_memory(exp: Experiment, cluster: Cluster) -> None:
         return
     require_resolved(exp)
     t = exp.train
-    dp = max(1, cluster.nodes * tasks_per_node(cluster) // (t.tp * t.pp * t.cp))
-    est = estimate(_config(exp.student.path, "student.path"),
-                   _config(exp.teacher.path, "teacher.path"), tp=t.tp, pp=t.pp,
-                   seq=t.seq_length, mbs=t.micro_batch_size, recompute=t.recompute == "full",
-                   dp=dp, sharded_optimizer=distributed_optimizer(
-                       getattr(t, "distributed_optimizer", "auto"), dp))
+    data_parallel(cluster, t.tp, t.pp, t.cp)  # refuses a world the layout does not divide
+    est = estimate_layout(_config(exp.student.path, "student.path"),
+                          _config(exp.teacher.path, "teacher.path"),
+                          world=world_size(cluster), tp=t.tp, pp=t.pp, cp=t.cp,
+                          seq=t.seq_length, mbs=t.micro_batch_size, recompute=t.recompute,
+                          sharded=t.distributed_optimizer, sequence_parallel=t.sequence_parallel)
     budget = MEMORY_HEADROOM * cluster.gpu_memory_gib
     if est.total > budget:
         raise ConfigError(
@@ -94,17 +105,10 @@ def world_size(cluster: Cluster) -> int:
 def check_layout(exp: Experiment, cluster: Cluster) -> None:
     require_resolved(exp)
     t = exp.train
-    ws = world_size(cluster)
-    mp = t.tp * t.pp * t.cp
-    if ws % mp:
-        raise ConfigError(
-            f"train.tp x train.pp x train.cp = {t.tp} x {t.pp} x {t.cp} = {mp} does not divide the "
-            f"world size {ws} (cluster.nodes={cluster.nodes} x {tasks_per_node(cluster)} tasks per "
-            f"node): change tp/pp or the number of nodes/GPUs")
+    dp = data_parallel(cluster, t.tp, t.pp, t.cp)
     if cluster.gpus_per_node and t.tp > tasks_per_node(cluster):
         raise ConfigError(f"train.tp={t.tp} is larger than the {tasks_per_node(cluster)} GPUs of one "
                           f"node: tensor parallelism must stay inside a node; lower train.tp")
-    dp = ws // mp
     if t.global_batch_size % (t.micro_batch_size * dp):
         raise ConfigError(
             f"train.global_batch_size={t.global_batch_size} is not divisible by "

@@ -7,8 +7,9 @@ selection)::
                                                                             (export/hf = the best)
 
 Each candidate reuses the graph's own export and student-after eval specs, pointed at the
-candidate's sub-run directory (``RUN/select/iter_NNNNNNN``, the layout sweep candidates use) and,
-for the eval, limited to ``limit`` questions per subject and to the task selection goes by.
+candidate's sub-run directory (``RUN/select/iter_NNNNNNN``) and, for the eval, limited to
+``limit`` questions per subject and to the task selection goes by. This is the only candidate
+planning: a sweep's ``select:`` sets its members' ``select:`` (``launch/sweep_plan.py``).
 """
 
 from __future__ import annotations

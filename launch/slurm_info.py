@@ -100,14 +100,21 @@ def _gpus(gres: str) -> int:
     return total
 
 
+def _gpu_types(gres: str) -> list[str]:
+    """The GPU types a node's GRES names (``gpu:h100:8`` -> ``["h100"]``; untyped: none)."""
+    return [m.group(1) for m in re.finditer(r"gpu:([^:(),]+):\d+", gres)]
+
+
 def nodes() -> dict[str, dict] | None:
-    """{name: {cpus, mem_mb, gpus, partitions, state}} or None when scontrol fails."""
+    """{name: {cpus, mem_mb, gpus, gpu_types, partitions, state}} or None when scontrol
+    fails."""
     rows = _show("node")
     if rows is None:
         return None
     return {r["NodeName"]: {"cpus": _int(r.get("CPUTot")) or 0,
                             "mem_mb": _int(r.get("RealMemory")) or 0,
                             "gpus": _gpus(r.get("Gres", "")),
+                            "gpu_types": _gpu_types(r.get("Gres", "")),
                             "partitions": [p for p in r.get("Partitions", "").split(",") if p],
                             "state": r.get("State", "")}
             for r in rows if "NodeName" in r}

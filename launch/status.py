@@ -5,6 +5,7 @@
     python launch/status.py RUN_DIR --logs distill  # tail of one stage's log
     python launch/status.py RUN_DIR --cancel        # cancel every queued/running job of the run
     python launch/status.py RUN_DIR --wait          # block until the run ends
+    python launch/status.py RUN_DIR --provenance    # what each stage ran: versions, GPUs, hosts
 
 Exit code: 0 when every stage completed (or, without --wait, nothing failed yet), 1 when a
 stage failed or was cancelled, 2 on a usage error, 3 when neither the SLURM controller (squeue)
@@ -22,12 +23,20 @@ wraps the one before (SystemExit, ChildFailedError); an exception that only echo
 rank's death (gloo/NCCL connection errors, watchdog, SIGTERM) counts only when no rank shows
 anything else (then the earliest); a rank killed without a traceback shows its error line
 (``Killed``, slurmstepd's OOM kill).
+
+``--provenance`` shows what each finished stage actually ran, from its done marker
+(``kd.provenance``): hosts, job/step id and restarts, wall time, active compat workarounds,
+GPUs/driver/CUDA, and each package's version over the stages that imported it beside the login
+node's (the manifest's); ``!`` marks a version that differs between stages or from the login
+node. The default table adds one line when anything differs. Stages finished before provenance
+was recorded say so.
 """
 
 from __future__ import annotations
 
 import re
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -35,6 +44,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kd import checkpoints as ckpts  # noqa: E402
+from kd import provenance as prov  # noqa: E402
 from kd.paths import RunPaths  # noqa: E402
 from launch import backends, cli  # noqa: E402
 from launch import manifest as mf  # noqa: E402
@@ -387,9 +397,58 @@ def render_rows(run_dir: Path, manifest: dict, rows: dict[str, dict]) -> tuple[s
                              f"{first['line']}")
             else:
                 lines += [f"    | {ln}" for ln in error_lines(r["log"])]
+    differs = prov.differences_line(prov.version_rows(
+        stage_provenance(run_dir, rows), prov.login_versions(manifest)))
+    if differs:
+        lines.append(f"! what ran: {differs} (--provenance shows each stage's)")
+    from kd import runcost  # predicted at launch (launch/cost.py) against what the stages wrote
+
+    spent = runcost.compare(run_dir, manifest)
+    if spent is not None:
+        lines += runcost.status_lines(spent)
     if neither:
         code = EXIT_SLURM_UNREACHABLE
     return "\n".join(lines), code
+
+
+def stage_provenance(run_dir: Path, stages) -> dict[str, dict | None]:
+    """{stage: provenance from its done marker, or None} for the given stages."""
+    paths = RunPaths(run_dir)
+    return {s: prov.read_marker(paths.stage_done(s))[0] for s in stages}
+
+
+def render_provenance(run_dir: Path) -> str:
+    """What each stage ran (``--provenance``): from the done markers and the manifest only."""
+    paths = RunPaths(run_dir)
+    manifest = mf.read(paths.manifest)
+    if manifest is None:
+        raise mf.ManifestError(f"{run_dir} has no manifest.json: not a kdlaunch run directory; "
+                               f"pass the directory the launcher printed")
+    lines = [f"run {run_dir}  (config {manifest.get('config_hash')}): what each stage ran, "
+             f"from its done marker",
+             f"{'stage':<20} {'hosts':<16} {'job':<24} {'wall':<9} {'compat':<20} GPU"]
+    records = {}
+    for stage in manifest.get("stages", {}):
+        rec, why = prov.read_marker(paths.stage_done(stage))
+        records[stage] = rec
+        if rec is None:
+            lines.append(f"{stage:<20} - {why}")
+            continue
+        lines.append(f"{stage:<20} {prov.hosts_text(rec):<16} {prov.job_text(rec):<24} "
+                     f"{prov.wall_text(rec):<9} {prov.compat_text(rec):<20} {prov.gpu_text(rec)}")
+    recorded = sum(r is not None for r in records.values())
+    rows = prov.version_rows(records, prov.login_versions(manifest))
+    if rows:
+        lines.append(f"versions, over the stages that imported each ({prov.LOGIN}: what the "
+                     f"launcher saw; ! differs):")
+        lines += [f"{'!' if r['differs'] else ' '} {r['package']:<16} "
+                  f"{prov.describe_versions(r, recorded)}" for r in rows]
+    for stage, rec in records.items():
+        if rec and (rec.get("compat") or {}).get("active"):
+            lines.append(textwrap.fill(f"compat in {stage}: {', '.join(rec['compat']['active'])}",
+                                       100, initial_indent="  ", subsequent_indent="      ",
+                                       break_on_hyphens=False))
+    return "\n".join(lines)
 
 
 def is_finished(rows: dict[str, dict]) -> bool:
@@ -451,6 +510,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-n", type=int, default=40, help="lines for --logs (default 40)")
     p.add_argument("--cancel", action="store_true", help="cancel the run's unfinished jobs")
     p.add_argument("--wait", action="store_true", help="wait until every stage has ended")
+    p.add_argument("--provenance", action="store_true",
+                   help="what each finished stage ran: versions, compat set, GPUs, hosts, jobs")
     args = p.parse_args(argv)
     if not args.run_dir.strip():
         return cli.input_error("RUN_DIR is empty; pass the run directory the launcher printed")
@@ -464,6 +525,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.cancel:
             print(cancel(run_dir))
+            return 0
+        if args.provenance:
+            print(render_provenance(run_dir))
             return 0
         if args.wait:
             return wait_for_run(run_dir)

@@ -13,7 +13,9 @@ does: it exits 2 when any member would be refused. `check` appends each finished
 to <root>/<sweep>/history.csv, writes <root>/<sweep>/<date>/trend/trend.{md,png} (partial, with
 each missing member's state, while members have no results) and exits 1 when a member regressed
 (drop larger than the sweep's stderr threshold), 3 when a member has no results for the night
-(failed, still running or not launched), 2 on a config error, 0 otherwise.
+(failed, still running or not launched), 2 on a config error or a damaged file (history.csv,
+a member's results, selection.json or manifest: the message names the file), 0 otherwise.
+A sweep's `select:` is every member's `select:` (the experiment's checkpoint selection).
 """
 
 from __future__ import annotations
@@ -93,12 +95,12 @@ def graph_state(graph: JobGraph, config_hash: str) -> str:
 
 def launch_graph(graph: JobGraph, plan: sp.MemberPlan, cluster: cfg.Cluster, retry: bool,
                  echo: Callable[[str], None]) -> list[str]:
-    """Launch one member (or candidate) graph unless tonight already did; returns the stages
-    submitted now."""
+    """Launch one member's graph unless tonight already did; returns the stages submitted
+    now."""
     from launch.submit import launch
 
     state = graph_state(graph, plan.config_hash)
-    label = plan.name if graph.run_dir == plan.run_dir else f"{plan.name}/{graph.run_dir.name}"
+    label = plan.name
     if state in ("done", "active") or (state == "failed" and not retry):
         hint = "; pass --retry-failed to resubmit" if state == "failed" else ""
         echo(f"{label}: {state}, nothing submitted{hint}")
@@ -107,6 +109,9 @@ def launch_graph(graph: JobGraph, plan: sp.MemberPlan, cluster: cfg.Cluster, ret
     graph.run_dir.mkdir(parents=True, exist_ok=True)
     manifest = mf.read(RunPaths(graph.run_dir).manifest) or mf.new(
         graph.run_dir, to_dict(plan.experiment), to_dict(cluster))
+    from launch import cost  # the prediction that status, the report and the trend compare
+
+    manifest["cost"] = cost.record(cost.predict(plan.experiment, cluster), graph, plan.experiment)
     mf.write(RunPaths(graph.run_dir).manifest, manifest)
     launch(graph, cluster, manifest, f"{plan.experiment.name}-{plan.name}",
            echo=lambda line: echo("  " + line))
@@ -121,10 +126,9 @@ def run_sweep(sweep: sp.Sweep, cluster: cfg.Cluster, date: str, plans: list[sp.M
     night.mkdir(parents=True, exist_ok=True)
     submitted: dict[str, list[str]] = {}
     for p in plans:
-        for graph in (p.graph, *p.candidates):
-            stages = launch_graph(graph, p, cluster, retry, echo)
-            if stages:
-                submitted[str(graph.run_dir)] = stages
+        stages = launch_graph(p.graph, p, cluster, retry, echo)
+        if stages:
+            submitted[str(p.graph.run_dir)] = stages
     write_night_manifest(sweep, cluster, date, plans, submitted)
     total = sum(len(v) for v in submitted.values())
     echo(f"sweep {sweep.name} {date}: {total} job(s) submitted; runs in {night}")
@@ -139,8 +143,7 @@ def write_night_manifest(sweep: sp.Sweep, cluster: cfg.Cluster, date: str,
     night.update(config=to_dict(sweep), cluster=cluster.name, members={
         p.name: {"run_dir": str(p.run_dir), "config_hash": p.config_hash,
                  "overrides": list(p.overrides),
-                 "shared": {s: str(o) for s, o in p.graph.external.items()},
-                 "candidates": [str(c.run_dir) for c in p.candidates]} for p in plans})
+                 "shared": {s: str(o) for s, o in p.graph.external.items()}} for p in plans})
     night["launches"].append({"time": mf.now(), "argv": sys.argv[1:], "submitted": submitted})
     mf.write(path, night)
     return path
@@ -151,8 +154,7 @@ def wait_all(plans: list[sp.MemberPlan], echo: Callable[[str], None]) -> int:
 
     code = 0
     for p in plans:
-        for graph in (p.graph, *p.candidates):
-            code |= status.wait_for_run(graph.run_dir, echo=lambda *_: None, poll_s=3)
+        code |= status.wait_for_run(p.graph.run_dir, echo=lambda *_: None, poll_s=3)
     echo(f"all runs ended{' (some failed)' if code else ''}")
     return code
 
@@ -166,10 +168,12 @@ def dry_run(sweep: sp.Sweep, cluster: cfg.Cluster, date: str, plans: list[sp.Mem
     for p in plans:
         lines += ["", f"== member {p.name} (config {p.config_hash}): {' '.join(p.overrides)}",
                   describe(p.graph)]
-        lines += [describe(c) for c in p.candidates]
         lines.append(f"pre-flight: {'a real launch would stop here: ' + errors[p.name]}"
                      if p.name in errors else "pre-flight: ok")
     lines += ["", "shared stages:", *(sp.shared_summary(plans) or ["  (none)"])]
+    from launch import cost  # tonight's estimate: per member, the total, the longest member
+
+    lines += ["", *cost.night_lines(plans, cluster)]
     if errors:
         lines += ["", f"pre-flight: {len(errors)} of {len(plans)} member(s) would be refused "
                       f"({', '.join(errors)}); nothing was queued"]
@@ -178,27 +182,17 @@ def dry_run(sweep: sp.Sweep, cluster: cfg.Cluster, date: str, plans: list[sp.Mem
 
 # ---------------------------------------------------------------- check
 def night_members(sweep: sp.Sweep, date: str) -> dict[str, dict]:
-    """{member: {run_dir, config_hash, candidates}} from the night's sweep.json, else planned."""
+    """{member: {run_dir, config_hash}} from the night's sweep.json (checked by
+    ``manifest.read``), else planned from the sweep file."""
     night = mf.read(sp.night_dir(sweep, date) / NIGHT_MANIFEST)
     if night:
-        return night["members"]
+        return night.get("members", {})
     out = {}
     cluster = cfg.load_cluster(sweep.cluster, list(sweep.cluster_overrides))
     for m in sp.expand(sweep):
         _, chash = sp.load_member(sweep, m, cluster)
-        out[m.name] = {"run_dir": str(sp.night_dir(sweep, date) / m.name), "config_hash": chash,
-                       "candidates": []}
+        out[m.name] = {"run_dir": str(sp.night_dir(sweep, date) / m.name), "config_hash": chash}
     return out
-
-
-def _finished(run_dir: Path) -> bool:
-    from launch import status
-
-    if RunPaths(run_dir).stage_done("eval_student_after").exists():
-        return True
-    if mf.read(RunPaths(run_dir).manifest) is None:
-        return False
-    return status.is_finished(status.stage_states(run_dir)[1])
 
 
 def run_state(run_dir: Path) -> str:
@@ -217,32 +211,24 @@ def run_state(run_dir: Path) -> str:
 
 
 def collect(sweep: sp.Sweep, date: str, echo: Callable[[str], None]) -> dict[str, str]:
-    """Append every finished member's scores (selected checkpoint) to the history; returns the
-    members without results tonight and where each stands (``run_state``)."""
+    """Append every finished member's scores to the history (a member that selects its
+    checkpoint: its full eval of the chosen iteration); returns the members without results
+    tonight and where each stands (``run_state``)."""
     rows, missing = [], {}
     for name, m in night_members(sweep, date).items():
         run_dir = Path(m["run_dir"])
-        exp = (mf.read(RunPaths(run_dir).manifest) or {}).get("experiment") or {}
-        train = exp.get("train", {})
-        final = (exp.get("export") or {}).get("iteration") or train.get("train_iters", 0)
-        final = history.exported_iteration(run_dir, final)  # the member's own selection, if any
-        files = history.candidate_results(run_dir, final)
-        pending = [Path(c) for c in m.get("candidates", []) if not _finished(Path(c))]
-        if final not in files:
+        manifest = mf.read(RunPaths(run_dir).manifest)
+        result = history.member_result(run_dir, manifest) if manifest else None
+        if result is None:
             missing[name] = run_state(run_dir)
             continue
-        if pending:  # a candidate that failed has ended: selection goes on without it
-            missing[name] = "waiting: checkpoint candidates " + ", ".join(
-                f"select/{c.name} ({run_state(c).removeprefix('waiting: ')})" for c in pending)
-            continue
-        best, scores = history.select_best(files, sweep.select.task)
-        if len(scores) > 1:
-            sel = history.write_selection(run_dir, sweep.select.task, best, scores)
-            echo(f"{name}: iteration {best} selected by {sweep.select.task} ({sel})")
+        if result.candidates:
+            echo(f"{name}: iteration {result.iteration} selected "
+                 f"({RunPaths(run_dir).select / 'selection.md'})")
         rows += history.rows_from_record(
-            history.results.load(files[best]), date=date, sweep=sweep.name, member=name,
-            config_hash=m["config_hash"], iteration=best, results_file=str(files[best]),
-            candidates=";".join(f"{it}:{100 * s:.2f}" for it, s in scores.items()),
+            result.record, date=date, sweep=sweep.name, member=name,
+            config_hash=m["config_hash"], iteration=result.iteration,
+            results_file=str(result.results_file), candidates=result.candidates,
             recorded=mf.now())
     if rows:
         history.upsert(history.history_file(sp.sweep_dir(sweep)), rows)
@@ -257,9 +243,11 @@ def check(sweep: sp.Sweep, date: str, echo: Callable[[str], None] = print) -> in
     missing = collect(sweep, date, echo)
     hist = history.read(history.history_file(sp.sweep_dir(sweep)))
     a = sweep.alarm
+    costs = trend.record_costs(sp.sweep_dir(sweep), date, sweep.name, {  # measured / predicted
+        name: Path(m["run_dir"]) for name, m in night_members(sweep, date).items()})
     md, comparison = trend.write(hist, date, sp.night_dir(sweep, date) / "trend",
                                  sweep=sweep.name, z=a.z, tasks=a.tasks,
-                                 min_drop_points=a.min_drop_points, missing=missing)
+                                 min_drop_points=a.min_drop_points, missing=missing, costs=costs)
     echo(md.read_text())
     echo(f"trend report: {md}")
     regs = trend.regressions(comparison)
@@ -282,6 +270,9 @@ def main(argv: list[str] | None = None) -> int:
             return check(sweep, date)
         cluster = cfg.load_cluster(args.cluster or sweep.cluster,
                                    [*sweep.cluster_overrides, *args.cluster_overrides])
+        from launch import cost
+
+        cluster = cost.with_site_facts(cluster)  # GPU kind, partition/QOS limit, from SLURM
         plans = sp.plan_sweep(sweep, cluster, date)
         from launch import submit
 
@@ -297,19 +288,20 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"error: member {name}: {e}", file=sys.stderr)
             return cli.EXIT_INPUT if errors else cli.EXIT_OK
         preflight_all(plans, cluster)
+        print("\n".join(cost.night_lines(plans, cluster)))
         run_sweep(sweep, cluster, date, plans, retry=args.retry_failed)
-    except ConfigError as e:  # includes launch.shell's refusals and bad manifests
+    except ConfigError as e:  # launch.shell's refusals, damaged manifests, history, results
         return cli.input_error(str(e))
-    except UnicodeDecodeError as e:
-        return cli.input_error(f"{args.sweep}: not UTF-8 text ({e.reason} at byte {e.start}); "
-                               f"save the sweep file as UTF-8")
     except OSError as e:  # an unreadable sweep file or an unwritable sweep directory
         return cli.input_error(f"{e.filename or ''}: {e.strerror}; check the path and its "
                                f"permissions")
     if not args.wait:
         return 0
     wait_all(plans, print)
-    return check(sweep, date)
+    try:
+        return check(sweep, date)
+    except ConfigError as e:  # a damaged history or results file
+        return cli.input_error(str(e))
 
 
 def preflight_errors(plans: list[sp.MemberPlan], cluster: cfg.Cluster) -> dict[str, str]:

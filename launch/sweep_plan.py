@@ -1,4 +1,4 @@
-"""Sweep config -> members -> one JobGraph per member (plus checkpoint candidates): pure data.
+"""Sweep config -> members -> one JobGraph per member: pure data.
 
 A sweep (``configs/sweeps/X.yaml``) is a base experiment, overrides common to every member, a
 ``grid`` of named override sets (the members are its cross product, named by joining the value
@@ -7,9 +7,16 @@ names with ``-``) and/or an explicit ``members`` list. Each member is planned in
 eval, teacher eval) has the same spec share one job: the first member in sweep order runs it,
 the others read its output and wait on its job (``launch.plan.plan(shared=...)``).
 
-With ``select.iterations`` each member also exports and evaluates those saved iterations in
-``<member>/select/iter_NNNNNNN/`` (two jobs that wait on the member's distill job); the sweep
-report uses the best one (``launch.history.select_best``).
+A sweep's ``select:`` is the experiment's ``select:`` section (``kd.sections.Select``) for every
+member: each key becomes a ``select.<key>=<value>`` override, so a member chooses its checkpoint
+exactly as a single run does (``candidate_<N>`` + ``select`` jobs, ``kd/selection.py``) and the
+history records its full eval of the chosen iteration.
+
+``Sweep``, ``Member`` and ``Alarm`` are declared like the experiment's sections (``Section``,
+``knob``, each check beside its field; ``build`` reads the YAML). A sweep is refused before
+anything is queued for whatever a member's experiment would be refused for (``plan_sweep`` loads
+and plans every member), and for what only the sweep can get wrong: two grid axes that set the
+same key, two members with the same config, an alarm task no member evaluates.
 """
 
 from __future__ import annotations
@@ -17,54 +24,178 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
-from kd.paths import RunPaths
+from kd.sections import (
+    MMLU_GROUPS,
+    FieldError,
+    Section,
+    Select,
+    at_least,
+    each,
+    finite_positive,
+    knob,
+    matches,
+)
 from launch import config as cfg
 from launch import layout
 from launch import manifest as mf
 from launch.config import Cluster, Experiment
 from launch.plan import SHAREABLE, JobGraph, plan
-from launch.schema import ConfigError, build, to_dict
+from launch.schema import ConfigError, build, parse_override, to_dict
 
 REPO = cfg.REPO
 SWEEPS_DIR = REPO / "configs" / "sweeps"
 RUN_SPECIFIC = ("out_dir", "out_file", "done_marker")  # spec fields that differ between runs
+_RUN_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]*"
+_TASK = r"[A-Za-z0-9][A-Za-z0-9_.\-]*"
+
+
+# ---------------------------------------------------------------- field checks
+def _run_name(what: str):
+    return matches(_RUN_NAME, f"use letters, digits, '-', '_', '.' only, starting with a letter "
+                              f"or digit (it names {what})")
+
+
+def _override(text: Any) -> str | None:
+    """One ``key=value`` experiment override (as on the command line)."""
+    try:
+        keys, _ = parse_override(str(text))
+    except ConfigError as e:
+        return str(e)
+    if keys[0] == "cluster":
+        return ("cluster settings go to cluster_overrides (without the `cluster.` prefix): "
+                "members share one cluster profile")
+    return None
+
+
+def _cluster_override(text: Any) -> str | None:
+    try:
+        parse_override(str(text))
+    except ConfigError as e:
+        return str(e)
+    return None
+
+
+def _shared(stage: Any) -> str | None:
+    return None if stage in SHAREABLE else (f"{stage} cannot be shared; choose from "
+                                            f"{', '.join(SHAREABLE)}")
+
+
+def _grid(grid: dict) -> tuple[str, Any, str] | None:
+    """Each axis: one or more named override sets; names that can name a run directory."""
+    name_fix = _run_name("a run directory, joined with the other axes' names by '-'")
+    for axis, values in grid.items():
+        if not values:
+            return (f".{axis}", values, f"is empty: give at least one named value, e.g. "
+                                        f"{axis}: {{a: [train.lr=1e-4]}}")
+        for label, overrides in values.items():
+            fix = name_fix(label)
+            if fix:
+                return (f".{axis} value name", label, fix)
+            for i, o in enumerate(overrides):
+                fix = _override(o)
+                if fix:
+                    return (f".{axis}.{label}[{i}]", o, fix)
+    return None
+
+
+def select_overrides(select: dict) -> tuple[str, ...]:
+    """``select.<key>=<value>`` for each key the sweep's ``select:`` sets (JSON values, which
+    the override parser reads as YAML; plain strings stay plain where that reads the same)."""
+    out = []
+    for key, value in select.items():
+        text = value if isinstance(value, str) else json.dumps(value)
+        if parse_override(f"select.{key}={text}")[1] != value:
+            text = json.dumps(value)
+        out.append(f"select.{key}={text}")
+    return tuple(out)
+
+
+def _member_select(select: dict) -> None:
+    """The sweep's ``select:`` is the experiment's ``select:`` section, key by key: checked by
+    that section's own fields (``ConfigError`` naming ``select.<key>``)."""
+    if "task" in select:
+        raise ConfigError(
+            f"select.task={select['task']!r}: a sweep's select: is the experiment's select: "
+            f"section (set for every member), which names the deciding task `by`: write "
+            f"`by: {select['task']}` (the last saved iteration is always a candidate; README, "
+            f"'Checkpoint selection')")
+    build(Select, select, "select")
+    for o in select_overrides(select):  # every value survives the trip through an override
+        keys, value = parse_override(o)
+        if value != select[keys[1]]:
+            raise ConfigError(f"select.{keys[1]}={select[keys[1]]!r}: cannot be passed to the "
+                              f"members as an override; write it as a plain YAML value")
+
+
+# ---------------------------------------------------------------- the sweep file
+@dataclass(frozen=True)
+class Member(Section):
+    name: str = knob(check=_run_name("the member's run directory"))
+    overrides: tuple[str, ...] = knob((), each(_override))
 
 
 @dataclass(frozen=True)
-class Member:
-    name: str
-    overrides: tuple[str, ...] = ()
+class Alarm(Section):
+    # a drop larger than z combined stderrs (previous vs current night) alarms
+    z: float = knob(2.0, finite_positive)
+    # group keys that can raise the alarm; each must be evaluated by some member (plan_sweep)
+    tasks: tuple[str, ...] = knob(("mmlu",), each(matches(
+        _TASK, "not a task or group name (letters, digits, '_', '-', '.')")))
+    min_drop_points: float = knob(1.0, at_least(0))  # threshold (points) where stderrs are unknown
 
 
 @dataclass(frozen=True)
-class Select:
-    iterations: tuple[int, ...] = ()  # saved iterations to export + evaluate besides the last
-    task: str = "mmlu"  # group key the best iteration is chosen by (e.g. kd_synth)
-
-
-@dataclass(frozen=True)
-class Alarm:
-    z: float = 2.0  # a drop larger than z combined stderrs (previous vs current night) alarms
-    tasks: tuple[str, ...] = ("mmlu",)  # group keys that can raise the alarm
-    min_drop_points: float = 1.0  # threshold (accuracy points) where stderrs are unknown
-
-
-@dataclass(frozen=True)
-class Sweep:
-    name: str
-    base: str  # experiment name (configs/experiments) or path
+class Sweep(Section):
+    name: str = knob(check=_run_name("the sweep's directory"))
+    base: str = knob(check=lambda v: None if v else "name a base experiment "
+                     "(configs/experiments/NAME.yaml or a path)")
     cluster: str = "slurm"  # default cluster profile; --cluster overrides it
     root: str = "runs/sweeps"  # runs go to <root>/<name>/<date>/<member>; history in <root>/<name>
-    overrides: tuple[str, ...] = ()  # for every member
-    cluster_overrides: tuple[str, ...] = ()
-    grid: dict[str, dict[str, tuple[str, ...]]] = field(default_factory=dict)
+    overrides: tuple[str, ...] = knob((), each(_override))  # for every member
+    cluster_overrides: tuple[str, ...] = knob((), each(_cluster_override))
+    grid: dict[str, dict[str, tuple[str, ...]]] = knob(factory=dict, check=_grid)
     members: tuple[Member, ...] = ()
-    share: tuple[str, ...] = SHAREABLE
-    select: Select = field(default_factory=Select)
-    alarm: Alarm = field(default_factory=Alarm)
+    share: tuple[str, ...] = knob(SHAREABLE, each(_shared))
+    # the experiment's select: section for every member (kd.sections.Select; README
+    # "Checkpoint selection"): each key becomes a select.<key> override
+    select: dict[str, Any] = knob(factory=dict, check=_member_select)
+    alarm: Alarm = knob(factory=Alarm)
+
+    def check(self) -> None:
+        names = [m.name for m in expand(self)]
+        if not names:
+            raise FieldError("members", [], "", "the sweep has no members: add a `grid:` or a "
+                             "`members:` list")
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise FieldError("members", dupes, "", f"member name(s) {', '.join(dupes)} occur "
+                             f"twice: rename the grid values or members")
+        keys = {axis: {k for over in values.values() for k in map(_key, over)}
+                for axis, values in self.grid.items()}
+        for a, b in itertools.combinations(self.grid, 2):
+            both = sorted({_overlap(x, y) for x in keys[a] for y in keys[b]} - {None})
+            if both:
+                raise FieldError("grid", None, "", f"grid.{a} and grid.{b} both set "
+                                 f"{', '.join(both)}: the later axis wins, so members that "
+                                 f"differ only in grid.{a} get the same config (the same "
+                                 f"training twice); set {both[0]} on one axis only")
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].strip()
+
+
+def _overlap(a: str, b: str) -> str | None:
+    """The key two overrides both set (equal, or one a section of the other), else None."""
+    if a == b or b.startswith(a + "."):
+        return a
+    if a.startswith(b + "."):
+        return b
+    return None
 
 
 @dataclass(frozen=True)
@@ -75,75 +206,24 @@ class MemberPlan:
     config_hash: str
     run_dir: Path
     graph: JobGraph
-    candidates: tuple[JobGraph, ...] = ()  # checkpoint selection sub-runs
 
 
 # ---------------------------------------------------------------- loading
 def load_sweep(ref: str) -> Sweep:
-    data = cfg._read_yaml(cfg.named_yaml(ref, SWEEPS_DIR))
-    sweep = build(Sweep, data, "")
-    validate_sweep(sweep)
-    return sweep
-
-
-def _safe_name(name: str, where: str) -> None:
-    if not name or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
-        raise ConfigError(f"{where}={name!r}: use letters, digits, '-', '_', '.' only "
-                          f"(it names a run directory)")
-
-
-def validate_sweep(sweep: Sweep) -> None:
-    _safe_name(sweep.name, "name")
-    for axis, values in sweep.grid.items():
-        if not values:
-            raise ConfigError(f"grid.{axis} is empty: give at least one named value, "
-                              f"e.g. {axis}: {{a: [train.lr=1e-4]}}")
-        for label in values:
-            _safe_name(label, f"grid.{axis} value name")
-    unknown = sorted(set(sweep.share) - set(SHAREABLE))
-    if unknown:
-        raise ConfigError(f"share: {', '.join(unknown)} cannot be shared; choose from "
-                          f"{', '.join(SHAREABLE)}")
-    for i, o in enumerate(_all_overrides(sweep)):
-        if o.startswith("cluster."):
-            raise ConfigError(f"override {o!r} (#{i}): cluster settings go to "
-                              f"cluster_overrides (without the `cluster.` prefix)")
-    if sweep.alarm.z <= 0 or sweep.alarm.min_drop_points < 0:
-        raise ConfigError(f"alarm.z={sweep.alarm.z}, alarm.min_drop_points="
-                          f"{sweep.alarm.min_drop_points}: need z > 0 and min_drop_points >= 0")
-    if any(i <= 0 for i in sweep.select.iterations):
-        raise ConfigError(f"select.iterations={list(sweep.select.iterations)}: iterations are > 0")
-    names = [m.name for m in expand(sweep)]
-    if not names:
-        raise ConfigError("the sweep has no members: add a `grid:` or a `members:` list")
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise ConfigError(f"member name(s) {', '.join(dupes)} occur twice: rename the grid "
-                          f"values or members")
-    for n in names:
-        _safe_name(n, "member name")
-
-
-def _all_overrides(sweep: Sweep) -> list[str]:
-    out = list(sweep.overrides)
-    for values in sweep.grid.values():
-        for overrides in values.values():
-            out += overrides
-    for m in sweep.members:
-        out += m.overrides
-    return out
+    return build(Sweep, cfg._read_yaml(cfg.named_yaml(ref, SWEEPS_DIR)), "")
 
 
 def expand(sweep: Sweep) -> list[Member]:
-    """The members: the grid's cross product (axis order as written), then ``members``."""
+    """The members: the grid's cross product (axis order as written), then ``members``. Each
+    member's overrides: the sweep's, its ``select:``, then the member's own (later wins)."""
+    common = (*sweep.overrides, *select_overrides(sweep.select))
     out: list[Member] = []
     if sweep.grid:
         axes = [list(values.items()) for values in sweep.grid.values()]
         for combo in itertools.product(*axes):
             name = "-".join(label for label, _ in combo)
-            overrides = tuple(o for _, over in combo for o in over)
-            out.append(Member(name, tuple(sweep.overrides) + overrides))
-    out += [Member(m.name, tuple(sweep.overrides) + m.overrides) for m in sweep.members]
+            out.append(Member(name, (*common, *(o for _, over in combo for o in over))))
+    out += [Member(m.name, (*common, *m.overrides)) for m in sweep.members]
     return out
 
 
@@ -184,7 +264,8 @@ def share_key(graph: JobGraph, stage: str) -> str | None:
 
 
 def plan_sweep(sweep: Sweep, cluster: Cluster, date: str) -> list[MemberPlan]:
-    """Every member planned into the night's directory, shareable stages run once."""
+    """Every member planned into the night's directory, shareable stages run once; refused
+    (``ConfigError``) when a member or the members together would be."""
     root = night_dir(sweep, date)
     owners: dict[tuple[str, str], Path] = {}  # (stage, share key) -> run dir that runs it
     plans = []
@@ -201,65 +282,30 @@ def plan_sweep(sweep: Sweep, cluster: Cluster, date: str) -> list[MemberPlan]:
             if owner != run_dir:
                 shared[stage] = owner
         graph = plan(exp, cluster, run_dir, shared=shared) if shared else alone
-        cands = candidates(exp, graph, sweep.select.iterations)
-        graph = protect_from_retention(graph, sweep.select.iterations)
-        plans.append(MemberPlan(member.name, member.overrides, exp, chash, run_dir, graph, cands))
+        plans.append(MemberPlan(member.name, member.overrides, exp, chash, run_dir, graph))
+    check_members(sweep, plans)
     return plans
 
 
-def final_iteration(exp: Experiment) -> int:
-    return exp.export.iteration or exp.train.train_iters
-
-
-def candidates(exp: Experiment, graph: JobGraph, iterations: tuple[int, ...]) -> tuple[JobGraph, ...]:
-    """Export + eval sub-runs for the saved iterations other than the one the member exports."""
-    if not iterations or "eval_student_after" not in graph.stages:
-        return ()
-    if exp.select.enabled:
-        raise ConfigError(
-            f"select.iterations of the sweep and select: of the experiment {exp.name!r} both "
-            f"choose a checkpoint: keep one (the experiment's also picks the exported one)")
-    t = exp.train
-    for it in iterations:
-        saved = it == t.train_iters or (t.save_interval and it % t.save_interval == 0)
-        if it > t.train_iters or not saved:
-            raise ConfigError(
-                f"select.iterations: iteration {it} is not saved by member {exp.name!r} "
-                f"(train.train_iters={t.train_iters}, train.save_interval={t.save_interval}): "
-                f"choose multiples of train.save_interval up to train.train_iters")
-    out = []
-    for it in sorted(set(iterations) - {final_iteration(exp)}):
-        out.append(candidate_graph(graph, it))
-    return tuple(out)
-
-
-def protect_from_retention(graph: JobGraph, iterations: tuple[int, ...]) -> JobGraph:
-    """The candidates' iterations join the distill job's ``keep_iterations``: checkpoint.keep_last
-    never deletes a checkpoint a candidate export still has to read."""
-    if not iterations or "distill" not in graph.stages:
-        return graph
-    job = graph.job("distill")
-    keep = tuple(sorted(set(job.spec.keep_iterations) | set(iterations)))
-    jobs = tuple(replace(j, spec=replace(j.spec, keep_iterations=keep)) if j is job else j
-                 for j in graph.jobs)
-    return replace(graph, jobs=jobs)
-
-
-def candidate_dir(run_dir: Path, iteration: int) -> Path:
-    return RunPaths(Path(run_dir)).candidate_dir(iteration)
-
-
-def candidate_graph(graph: JobGraph, iteration: int) -> JobGraph:
-    paths = RunPaths(candidate_dir(graph.run_dir, iteration))
-    export, ev = graph.job("export_hf"), graph.job("eval_student_after")
-    export = replace(export, spec=replace(
-        export.spec, out_dir=str(paths.hf_export),
-        export=replace(export.spec.export, iteration=iteration),
-        done_marker=str(paths.stage_done("export_hf"))))
-    ev = replace(ev, spec=replace(
-        ev.spec, model=str(paths.hf_export), out_file=str(paths.eval_result("student_after")),
-        done_marker=str(paths.stage_done("eval_student_after"))))
-    return JobGraph(run_dir=paths.root, jobs=(export, ev), external={"distill": graph.run_dir})
+def check_members(sweep: Sweep, plans: list[MemberPlan]) -> None:
+    """What only the members together can get wrong: two with one config, an alarm task that no
+    member evaluates."""
+    first: dict[str, str] = {}
+    for p in plans:
+        other = first.setdefault(p.config_hash, p.name)
+        if other != p.name:
+            raise ConfigError(f"members {other} and {p.name} have the same config (hash "
+                              f"{p.config_hash}): they would train the same model twice; make "
+                              f"their overrides differ or drop one")
+    evaluated = set(MMLU_GROUPS) | {t for p in plans if p.experiment.eval.enabled
+                                    for t in p.experiment.eval.tasks}
+    missing = [t for t in sweep.alarm.tasks if t not in evaluated]
+    if missing:
+        raise ConfigError(f"alarm.tasks={list(sweep.alarm.tasks)}: no member evaluates "
+                          f"{', '.join(missing)} (their eval.tasks: "
+                          f"{sorted(evaluated - set(MMLU_GROUPS))} besides the MMLU groups "
+                          f"{', '.join(MMLU_GROUPS)}): add it to eval.tasks in the sweep's "
+                          f"overrides or remove it from alarm.tasks")
 
 
 def shared_summary(plans: list[MemberPlan]) -> list[str]:

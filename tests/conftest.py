@@ -230,7 +230,14 @@ def _sinfo_answers() -> bool:
 
 @pytest.fixture(scope="session")
 def slurm_cluster() -> str:
-    """A running local SLURM cluster; returns the start script's one-line summary."""
+    """A running local SLURM cluster; returns the start script's one-line summary. Checked under
+    the shared cluster lock: a controller the faults test stopped on purpose is not restarted
+    from another worker (that would end its outage early)."""
+    with cluster_lock(exclusive=False):
+        return _start_cluster()
+
+
+def _start_cluster() -> str:
     if _sinfo_answers():
         return "already running"
     if os.geteuid() != 0:
@@ -251,12 +258,8 @@ CLUSTER_EXCLUSIVE = ("tests/reliability/test_faults.py::",)
 CLUSTER_LOCK = Path("/run/lock/kdlaunch-slurm-tests.lock")
 
 
-@pytest.fixture(autouse=True)
-def _cluster_sharing(request):
-    if "slurm" not in request.keywords:
-        yield
-        return
-    exclusive = request.node.nodeid.startswith(CLUSTER_EXCLUSIVE)
+@contextlib.contextmanager
+def cluster_lock(exclusive: bool):
     try:
         fh = open(CLUSTER_LOCK, "a+")  # noqa: SIM115
     except OSError:  # not root: no shared lock directory, no parallel cluster tests either
@@ -264,6 +267,15 @@ def _cluster_sharing(request):
         return
     with fh:
         fcntl.flock(fh, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _cluster_sharing(request):
+    if "slurm" not in request.keywords:
+        yield
+        return
+    with cluster_lock(request.node.nodeid.startswith(CLUSTER_EXCLUSIVE)):
         yield
 
 

@@ -495,6 +495,20 @@ WORKAROUNDS: tuple[Workaround, ...] = (
         probes.eval_schedule_misses_distillation_shapes,
     ),
     Workaround(
+        "mcore-rope-fusion-without-te",
+        _MCORE,
+        _MCORE_016,
+        "megatron-core's fused RoPE (apply_rope_fusion) is TE's kernel only: without TE the "
+        "slot rope_utils.fused_apply_rotary_pos_emb is None, the config refuses the flag and "
+        "RoPE runs as ~10 unfused element-wise kernels per q and k in every layer; the slot is "
+        "filled with megatron-core's own unfused RoPE through torch.compile (kd.fused.rope), "
+        "used only where train.fuse has rope",
+        "bridge",
+        lambda device: not have_te(),
+        patches.fill_rope_fusion_slot,
+        probes.rope_fusion_slot_empty_without_te,
+    ),
+    Workaround(
         "mcore-index-torn-writes",
         _MCORE,
         _MCORE_016,

@@ -42,6 +42,20 @@ def fix_signal_handler() -> None:
     GlobalState._set_signal_handler = set_signal_handler
 
 
+def fill_rope_fusion_slot() -> None:
+    """Without TE, megatron-core's fused-RoPE slot (``rope_utils.fused_apply_rotary_pos_emb``,
+    read at call time when ``apply_rope_fusion``) is None and the config refuses the flag; fill
+    it with megatron-core's own unfused RoPE through torch.compile (``kd.fused.rope``). Only
+    runs where ``apply_rope_fusion`` is on: ``train.fuse`` with ``rope`` (kd.distill)."""
+    from megatron.core.models.common.embeddings import rope_utils
+
+    if rope_utils.fused_apply_rotary_pos_emb is not None:  # TE (or an earlier call) filled it
+        return
+    from kd.fused import rope
+
+    rope_utils.fused_apply_rotary_pos_emb = rope
+
+
 # --------------------------------------------------------------------------- CPU patches
 def _is_cuda(device) -> bool:
     import torch

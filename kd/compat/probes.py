@@ -180,3 +180,10 @@ def distributed_optimizer_shares_step() -> bool:
         "megatron.core.optimizer.distrib_optimizer", "load_state_dict", "DistributedOptimizer"
     )
     return 's["step"] = step\n' in source
+
+
+def rope_fusion_slot_empty_without_te() -> bool:
+    """megatron-core still has no fused RoPE of its own: the slot is TE's or None."""
+    source = source_text("megatron.core.models.common.embeddings.rope_utils")
+    return ("from megatron.core.extensions.transformer_engine import fused_apply_rotary_pos_emb"
+            in source and "fused_apply_rotary_pos_emb = None" in source)

@@ -107,21 +107,25 @@ want evalbench && CUDA_VISIBLE_DEVICES=0 phase evalbench 600 python benchmarks/e
   --out "$W/results/eval_throughput.json"
 
 # Issue 14: the 8B-shaped pair (scripts/gpu/build_8b.py; teacher depth KD_8B_LAYERS, 32 = the
-# real 8B, 12 = what fits one 80 GB card with unsharded Adam), the KD loss alone, then seed /
-# anchor / ours / ours + chunked KD loss side by side on all visible GPUs, 80 GB budget each.
+# real 8B, 12 = what fits one 80 GB card with unsharded Adam), the KD loss alone, then side by
+# side on all visible GPUs, 80 GB budget each (issue 26's set by default): the guide's settings
+# (reference), Model-Optimizer's (anchor), ours before issue 26 (ours_plain: no SP, no norm/RoPE
+# fusion), ours now (SP at TP > 1, every fusion) and ours + the compiled teacher (ours_ct).
 B8=${KD_8B_ROOT:-$W/gpu_8b}
 NGPU=$(python -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 1)
 bench8b() {
   python benchmarks/kd_throughput.py --student "$B8/student" --teacher "$B8/teacher" \
     --data "$B8/data_text_document" --world "$NGPU" --tp "$NGPU" --seq 4096 \
-    --gbs "${KD_8B_GBS:-16}" --iters 23 --warmup 3 --repeats "${KD_8B_REPEATS:-2}" \
-    --gpu-memory-gib 79.6 --variants "${KD_8B_VARIANTS:-reference,anchor,ours,ours_chunked}" \
+    --gbs "${KD_8B_GBS:-16}" --iters "${KD_8B_ITERS:-23}" --warmup 3 --repeats "${KD_8B_REPEATS:-2}" \
+    --gpu-memory-gib 79.6 --variants "${KD_8B_VARIANTS:-reference,anchor,ours_plain,ours,ours_ct}" \
     --timeout 900 --work "$W/bench8b" --out "$W/results/kd_8b_${NGPU}gpu.json"
 }
 export -f bench8b
 export B8 NGPU
-# one GPU: the distributed optimizer (with async save) resumes on CUDA
-want gpuresume && phase gpuresume 600 python -m pytest tests/kd/test_gpu_resume.py -s -q \
+# one GPU: the distributed optimizer (with async save) resumes on CUDA; the fusions' inductor
+# kernels match the unfused modules
+want gpuresume && phase gpuresume 600 python -m pytest tests/kd/test_gpu_resume.py \
+  tests/kd/test_fused_gpu.py -s -q \
   -p no:cacheprovider --basetemp="$W/pytest_resume"
 want assets8b && phase assets8b 600 python scripts/gpu/build_8b.py "$B8" \
   --layers "${KD_8B_LAYERS:-32}"

@@ -9,6 +9,8 @@
 # through `sacct`; without it a cancelled job's state stays UNKNOWN and job.result() hangs),
 # slurmctld, and one slurmd per virtual node n1..nN (`slurmd -N nX`, distinct ports, all on
 # 127.0.0.1). Partitions: `debug` (default, preemptible: REQUEUE) and `high` (preempts debug).
+# scrontab (SLURM's cron) is enabled; Debian ships no scrontab command, so build_scrontab.sh
+# beside this script builds it from Debian's source package (once, about 10 s).
 #
 # Idempotent: re-running while everything is up and the config is unchanged is a quick no-op;
 # a changed config restarts the daemons that read it. Safe to run concurrently (flock).
@@ -26,6 +28,7 @@ LOG_DIR=/var/log/slurm
 CONF=/etc/slurm/slurm.conf
 DBD_CONF=/etc/slurm/slurmdbd.conf
 LOCK=/run/lock/kdlaunch-slurm.lock
+BUILD_SCRONTAB=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/build_scrontab.sh
 HOSTS_MARK="# kdlaunch-slurm-virtual-nodes"
 MAX_NODES=64  # `stop` and node-count changes look for slurmd pid files up to this index
 PACKAGES=(slurmctld slurmd slurm-client munge slurmdbd mariadb-server)
@@ -152,6 +155,8 @@ MailProg=/bin/true
 PreemptType=preempt/partition_prio
 PreemptMode=REQUEUE
 SlurmctldParameters=preempt_send_user_signal
+# scrontab: the nightly sweep's SLURM-cron entry (configs/sweeps/nightly_tiny.scrontab)
+ScronParameters=enable
 EOF
   local n
   for n in $(seq 1 "$NODES"); do
@@ -185,6 +190,14 @@ EOF
 # virtual node names must resolve, or every multi-node torch job times out connecting.
 render_hosts_line() {
   echo "127.0.0.1 $(seq -f 'n%g' -s ' ' 1 "$NODES") $HOSTS_MARK"
+}
+
+# scrontab built for this slurm-client, or its build failed for this version (not retried on
+# every start: build_scrontab.sh by hand retries)
+scrontab_settled() {
+  local rc=0
+  "$BUILD_SCRONTAB" --check || rc=$?
+  [ "$rc" != 1 ]
 }
 
 packages_missing() {
@@ -346,7 +359,8 @@ cmd_start() {
   dbd_conf=$(render_dbd_conf)
 
   # Fast path: nothing to install, configs and /etc/hosts as desired, every daemon alive.
-  if [ -z "$(packages_missing)" ] && [ -f "$CONF" ] && [ "$(cat "$CONF")" = "$slurm_conf" ] \
+  if [ -z "$(packages_missing)" ] && scrontab_settled \
+    && [ -f "$CONF" ] && [ "$(cat "$CONF")" = "$slurm_conf" ] \
     && [ -f "$DBD_CONF" ] && [ "$(cat "$DBD_CONF")" = "$dbd_conf" ] \
     && grep -qxF -- "$(render_hosts_line)" /etc/hosts && all_daemons_alive \
     && ctld_up && nodes_ready && sacct_ok; then
@@ -355,6 +369,9 @@ cmd_start() {
   fi
 
   install_packages
+  scrontab_settled || "$BUILD_SCRONTAB" \
+    || log "WARNING: no scrontab (see above); the cluster works without it, only" \
+      "tests/slurm/test_scrontab.py needs it: rerun $BUILD_SCRONTAB"
   mkdir -p /etc/slurm "$RUN_DIR" "$LOG_DIR" /var/spool/slurmctld
   local n
   for n in $(seq 1 "$NODES"); do mkdir -p "/var/spool/slurmd/n$n"; done
@@ -427,6 +444,13 @@ cmd_status() {
     echo "sacct: not answering"
     ok=1
   fi
+  local rc=0
+  "$BUILD_SCRONTAB" --check || rc=$?
+  case $rc in  # informational: only tests/slurm/test_scrontab.py needs it
+    0) echo "scrontab: $(command -v scrontab)" ;;
+    2) echo "scrontab: its build failed for this slurm-client (rerun $BUILD_SCRONTAB)" ;;
+    *) echo "scrontab: missing or built for another slurm-client (start builds it)" ;;
+  esac
   return "$ok"
 }
 

@@ -203,11 +203,17 @@ RULES = (
     Rule("cron-check", r"(cd /path/to/kdlaunch && )?\.venv/bin/python launch/sweep\.py check "
                        r"configs/sweeps/nightly_tiny\.yaml --date .*yesterday.*", "real",
          "slurm: yesterday was not launched: exit 3 and a partial report"),
+    Rule("scrontab", r"(mkdir -p runs/sweeps && )?scrontab( configs/sweeps/nightly_tiny\.scrontab"
+                     r"| -l| -r)|squeue --me -n kd-nightly-launch,kd-nightly-check .*"
+                     r"|sacct .* --name=kd-nightly-launch,kd-nightly-check .*", "real",
+         "slurm: tests/slurm/test_scrontab.py runs them on the shipped scrontab file (schedule "
+         "and paths substituted): install, list, follow both runs, remove"),
     Rule("bad-config-counts", r"python tests/bad_inputs/test_bad_config\.py", "real",
          "prints the bad-config table's count per category (no jobs)"),
     Rule("compat-table", r"\.venv/bin/python -m kd\.compat --device cpu --probe", "real",
          "prints this machine's workaround table (a few seconds, no jobs)"),
-    Rule("status", r"python launch/status\.py runs/(kd1|<run>)( --logs distill| --wait| --cancel)?",
+    Rule("status", r"python launch/status\.py runs/(kd1|<run>)"
+                   r"( --logs distill| --wait| --cancel| --provenance)?",
          "real", "slurm: runs/kd1 and runs/<run> = a member of the sweep run here"),
 )
 
@@ -425,7 +431,7 @@ def test_local_demo_commands(scratch, demo_assets):
 # rates (both members share its data prep, the teacher eval and the student-before eval), 10
 # iterations, no candidates
 SWEEP_SHORT = {"overrides": ["train.train_iters=10", "train.lr_warmup_iters=2", "eval.limit=100"],
-               "select": {"iterations": [], "task": "kd_synth"}}
+               "select": {"iterations": []}}
 SWEEP_DATA = "full"
 
 
@@ -503,6 +509,10 @@ def _status_commands(scratch: Path, night: Path, members: tuple[str, ...]) -> No
             assert "_log.out <==" in proc.stdout, proc.stdout
         elif c.text.endswith("--cancel"):
             assert "cancelled 0 job(s)" in proc.stdout, proc.stdout
+        elif c.text.endswith("--provenance"):  # the member's own stages, from their markers
+            for stage in own:
+                row = next(ln for ln in proc.stdout.splitlines() if ln.startswith(stage + " "))
+                assert f"slurm {manifest['stages'][stage]['job_id']} step" in row, proc.stdout
         elif not c.text.endswith("--wait"):
             assert proc.stdout.count("COMPLETED") == len(own), proc.stdout
 

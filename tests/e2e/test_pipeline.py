@@ -56,7 +56,69 @@ def check_finished_run(run_dir: Path, out: str, stages: tuple[str, ...] = STAGES
     ckpt = run_dir / "distill" / "checkpoints"
     assert (ckpt / "latest_checkpointed_iteration.txt").read_text().strip() == str(
         manifest["experiment"]["train"]["train_iters"])
+    check_provenance(run_dir, stages)
+    section = report[report.index("## What ran"):]
+    assert "| distill | " in section and "| report (this job) | " in section
+    assert "Warning" not in section  # one venv on every node and the login node
+    check_cost(run_dir, report, stages)
     return manifest
+
+
+def check_cost(run_dir: Path, report: str, stages: tuple[str, ...]) -> None:
+    """The report's "Cost: predicted against measured" (kd.runcost): the launch's prediction
+    (the manifest's ``cost``, launch/cost.py) against the step time of the distill logs and
+    every stage's wall time from its done marker; status shows the same ratios."""
+    from kd import runcost
+
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    predicted = manifest["cost"]
+    assert predicted["distill"]["step_s"] > 0 and set(stages) <= set(predicted["stages"])
+    section = report[report.index("## Cost: predicted against measured"):]
+    cmp = runcost.compare(run_dir)
+    step = cmp.row("step_s")
+    # the tiny CPU step is Python overhead: 67 ms to 1.7 s on the 2-core CI machine with load
+    assert step.predicted and step.measured and 1 / 30 < step.ratio < 30, step
+    assert (f"| distill step time | {runcost.fmt(step.predicted, 's')} | "
+            f"{runcost.fmt(step.measured, 's')} | {step.ratio:.2f} |") in section
+    for stage in stages:
+        if stage != "report":  # the report runs while it writes this section
+            row = cmp.row(f"wall_s:{stage}")
+            assert row.measured and row.predicted, row
+            assert f"| {stage} wall time | {runcost.fmt(row.predicted, 's')} | " in section
+    status = subprocess.run([sys.executable, "launch/status.py", str(run_dir)], cwd=REPO,
+                            capture_output=True, text=True)
+    assert "cost, predicted -> measured" in status.stdout, status.stdout
+    assert f"distill step time {runcost.fmt(step.predicted, 's')} -> " in status.stdout
+
+
+def check_provenance(run_dir: Path, stages: tuple[str, ...]) -> dict[str, dict]:
+    """Every stage's done marker records what ran (kd.provenance): the versions of what it
+    imported (this venv's), the compat set, no CUDA here (and why), hosts and job ids."""
+    import importlib.metadata
+
+    from kd import provenance as prov
+
+    deadline = time.monotonic() + 60  # rank 0 adds it right after the stage wrote the marker
+    while True:
+        recs = {s: prov.read_marker(run_dir / "stages" / f"{s}.done") for s in stages}
+        missing = {s: why for s, (rec, why) in recs.items() if rec is None}
+        if not missing or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert not missing, missing
+    recs = {s: rec for s, (rec, _) in recs.items()}
+    imports = {"distill": ("torch", "megatron-core", "megatron-bridge", "nvidia-modelopt"),
+               "export_hf": ("torch", "megatron-bridge"), "eval_teacher": ("lm-eval", "torch"),
+               "report": ("pandas",)}
+    for stage, rec in recs.items():
+        assert rec["stage"] == stage and rec["rank"] == 0 and rec["wall_s"] > 0, rec
+        for dist in ("kdlaunch", *imports.get(stage, ())):
+            assert rec["packages"][dist] == importlib.metadata.version(dist), (stage, dist)
+        assert rec["cuda"]["gpus"] is None and rec["cuda"]["reason"], rec["cuda"]
+        assert rec["job"]["job_id"] and rec["hosts"], rec
+    assert len(recs["distill"]["compat"]["active"]) > 10  # the CPU set (a distill logs it too)
+    assert recs["distill"]["cuda"]["reason"] == "CUDA not available: torch is a CPU build"
+    return recs
 
 
 @pytest.mark.e2e
@@ -89,6 +151,19 @@ def test_slurm_pipeline(slurm_cluster, demo_assets, tmp_path):
     status = subprocess.run([sys.executable, "launch/status.py", str(run_dir)], cwd=REPO,
                             capture_output=True, text=True)
     assert status.returncode == 0 and status.stdout.count("COMPLETED") == 7
+    # each stage's done marker names its SLURM job, step and nodes; distill both of its nodes
+    ran = check_provenance(run_dir, STAGES)
+    for stage, rec in ran.items():
+        assert rec["job"]["scheduler"] == "slurm" and rec["job"]["job_id"] == ids[stage], rec
+        assert rec["job"]["step_id"] is not None and rec["host"] in rec["hosts"], rec
+    assert len(ran["distill"]["hosts"]) == 2 and ran["distill"]["world_size"] == 2
+    from kd.provenance import expand_nodelist
+
+    assert ran["distill"]["hosts"] == expand_nodelist(rows[ids["distill"]][3]), acct
+    view = subprocess.run([sys.executable, "launch/status.py", str(run_dir), "--provenance"],
+                          cwd=REPO, capture_output=True, text=True)
+    assert view.returncode == 0 and f"slurm {ids['distill']} step" in view.stdout, view.stdout
+    assert "!" not in "".join(ln[:1] for ln in view.stdout.splitlines())  # nothing differs
 
 
 @pytest.mark.e2e

@@ -163,8 +163,7 @@ DATE = "2026-02-01"
 def stub_sweep(path, *cluster_over, retry=False):
     sweep = sp.load_sweep(str(path))
     cluster = _cluster(*cluster_over)
-    plans = [dataclasses.replace(p, graph=_stub(p.graph),
-                                 candidates=tuple(_stub(c) for c in p.candidates))
+    plans = [dataclasses.replace(p, graph=_stub(p.graph))
              for p in sp.plan_sweep(sweep, cluster, DATE)]
     out: list[str] = []
     submitted = run_sweep(sweep, cluster, DATE, plans, retry=retry, echo=out.append)
@@ -172,7 +171,7 @@ def stub_sweep(path, *cluster_over, retry=False):
 
 
 def test_sweep_shares_is_idempotent_and_retries_only_when_asked(fake_slurm, sweep_yaml):  # noqa: F811
-    path = sweep_yaml(select={"iterations": [10], "task": "kd_synth"})
+    path = sweep_yaml(select={"iterations": [10], "by": "kd_synth"})
     plans, submitted, out = stub_sweep(path, "env.KD_STUB_FAIL=eval_teacher")
     assert wait_all(plans, echo=lambda *_: None) == 1
     runs = {p.name: records(p.run_dir) for p in plans}
@@ -182,7 +181,10 @@ def test_sweep_shares_is_idempotent_and_retries_only_when_asked(fake_slurm, swee
                    "distill": sorted(MEMBERS)}
     assert all("report" not in r for r in runs.values())  # every report waited on the teacher
     assert runs["b-lo"]["distill"][0]["start"] >= runs["b-hi"]["prepare_data"][0]["end"]
-    assert sum(map(len, submitted.values())) == 4 * 4 + 2 + 2 + 4 * 2
+    # per member distill, candidate_10, candidate_20, select, eval_student_after, report; two
+    # data preps, one teacher eval, one student-before eval
+    assert sum(map(len, submitted.values())) == 4 * 6 + 2 + 2
+    assert all("candidate_10" in records(p.run_dir) for p in plans)
 
     _, again, out = stub_sweep(path)  # the same night again (cron retry): nothing submitted
     assert again == {} and out.count("failed, nothing submitted; pass --retry-failed") == 4, out

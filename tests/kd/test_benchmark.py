@@ -38,3 +38,37 @@ def test_benchmark_runs_reference_and_ours(tmp_path, anymodel_student, tiny_teac
     assert ours["loss_first"] == pytest.approx(ref["loss_first"], rel=1e-3)
     assert "speedup_ours_vs_reference" in result
     assert result["kd_flops_per_token"] > 0 and "| ours | sdpa | 1 | 2 | 4 | off |" in proc.stdout
+    # issue 26's columns: the guide's TP2 runs without SP (the torch norm refuses it without TE);
+    # ours at TP1 has nothing to split; no fusion on CPU (train.fuse: auto)
+    assert (ref["sequence_parallel"], ref["fuse"], ref["compile_teacher"]) == (False, [], False)
+    assert (ours["sequence_parallel"], ours["fuse"], ours["compile_teacher"]) == (False, [], False)
+    assert "| ours | sdpa | 1 | 2 | 4 | off | full | off | none | no |" in proc.stdout
+
+
+def test_benchmark_variants_as_a_gpu_run_would_configure_them(tmp_path, anymodel_student,
+                                                              tiny_teacher, token_prefix):
+    """--dry-run --device cuda: each variant's layout and issue 26 settings, nothing run (the
+    GPU call compares them side by side: scripts/gpu/pipeline.sh bench8b, KD_8B_VARIANTS)."""
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/kd_throughput.py", "--student", str(anymodel_student),
+         "--teacher", str(tiny_teacher), "--data", token_prefix, "--world", "2", "--tp", "2",
+         "--seq", "32", "--gbs", "8", "--device", "cuda", "--gpu-memory-gib", "80",
+         "--dry-run", "--variants", "reference,anchor,ours_plain,ours,ours_ct",
+         "--work", str(tmp_path / "work")],
+        cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    plan = {p["variant"]: p for p in (json.loads(ln.split(" ", 1)[1])
+                                      for ln in proc.stdout.splitlines()
+                                      if ln.startswith("KD_BENCH_PLAN "))}
+    assert list(plan) == ["reference", "anchor", "ours_plain", "ours", "ours_ct"]
+    before = ["swiglu", "residual"]  # what Megatron-Bridge's Llama provider switched on before
+    assert {n: (p["sequence_parallel"], p["fuse"], p["compile_teacher"])
+            for n, p in plan.items()} == {
+        "reference": (False, before, False),  # TP2, but SP needs our norm: the guide has none
+        "anchor": (False, before, False),
+        "ours_plain": (False, before, False),
+        "ours": (False, ["norm", "rope", "swiglu", "residual"], False),  # TP1: no SP to have
+        "ours_ct": (False, ["norm", "rope", "swiglu", "residual"], True)}
+    assert (plan["reference"]["tp"], plan["anchor"]["tp"], plan["ours"]["tp"]) == (2, 2, 1)
+    assert plan["anchor"]["distributed_optimizer"] and plan["anchor"]["overlap_grad_reduce"]
+    assert not (tmp_path / "work").exists()  # nothing ran

@@ -22,8 +22,8 @@ Dimensions share runs to keep CI near 10 minutes (each rank start costs ~10 CPU-
 covered at TP2 x DP2; the plain (non-distributed) optimizer's resume at DP1 by the SLURM tests.
 
 ``checkpoint.async_save`` needs CUDA (megatron-core's persistent checkpoint worker binds a
-device; kd.distill refuses it on CPU): its resume is checked on the GPU machine
-(``tests/kd/test_gpu.py``), not here.
+device; kd.distill refuses it on CPU): its resume with the distributed optimizer is checked on
+the GPU machine (``tests/kd/test_gpu_resume.py``), not here.
 """
 
 from __future__ import annotations

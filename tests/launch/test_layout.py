@@ -35,7 +35,8 @@ def fits(student, teacher, t, budget, world=8) -> bool:
     dp = world // (t.tp * t.pp)  # the distributed optimizer (default for dp > 1) shards over dp
     return estimate(student, teacher, tp=t.tp, pp=t.pp, seq=t.seq_length,
                     mbs=t.micro_batch_size, recompute=t.recompute == "full", dp=dp,
-                    sharded_optimizer=dp > 1).total <= budget
+                    sharded_optimizer=dp > 1,  # sequence parallelism: the default at tp > 1
+                    sequence_parallel=t.tp > 1 and t.sequence_parallel is not False).total <= budget
 
 
 def test_8b_pair_on_an_8_gpu_node_gets_the_smallest_tp_that_fits(shaped):
@@ -47,7 +48,8 @@ def test_8b_pair_on_an_8_gpu_node_gets_the_smallest_tp_that_fits(shaped):
     assert (t.tp, t.pp, t.recompute) == (lay.tp, lay.pp, "none")
     assert lay.dp * t.tp * t.pp == 8
     assert fits(LLAMA_8B, LLAMA_8B, t, budget)
-    smaller = out.train.__class__(**{**vars(t), "tp": t.tp // 2, "micro_batch_size": 1})
+    smaller = out.train.__class__(**{**vars(t), "tp": t.tp // 2, "micro_batch_size": 1,
+                                     "sequence_parallel": "auto"})
     assert t.tp > 1 and not fits(LLAMA_8B, LLAMA_8B, smaller, budget)  # tp/2 would not fit
     assert lay.auto == ("tp", "pp", "micro_batch_size", "recompute", "distributed_optimizer")
     assert f"tp={t.tp}" in lay.describe() and "estimated peak" in lay.describe()
@@ -61,7 +63,9 @@ def test_sharded_optimizer_lets_a_smaller_tp_fit(shaped):
     _, whole = layout.resolve(
         shaped(LLAMA_8B, LLAMA_8B, *common, "train.distributed_optimizer=false"), cluster)
     assert sharded.tp < whole.tp
-    assert sharded.estimate_gib < whole.estimate_gib
+    # (with sequence parallelism at tp > 1 the unsharded run fits a larger micro-batch at its
+    # larger tp, so the two estimates are not ordered; both fit)
+    assert max(sharded.estimate_gib, whole.estimate_gib) <= sharded.budget_gib
 
 
 def test_distributed_optimizer_term():
@@ -96,7 +100,7 @@ def test_pinned_values_are_kept_and_only_the_rest_chosen(shaped):
 
 def test_recompute_only_when_nothing_fits_without_it(shaped):
     exp = shaped(LLAMA_8B, LLAMA_8B, "train.pp=1", "train.global_batch_size=8",
-                 "train.seq_length=32768")
+                 "train.seq_length=32768", "train.sequence_parallel=false")  # (with it: fits)
     cluster = cfg.load_cluster("pyxis_nemo", ["nodes=1"])
     out, lay = layout.resolve(exp, cluster)
     assert lay.recompute == "full" and lay.tp == 4  # tp 4 with the sharded optimizer (8 without)

@@ -43,6 +43,23 @@ def test_seed_graph_edges():
     assert g.job("eval_teacher").spec.cache_dir == "/lustre/fsw/my_account/kd_eval_cache"
 
 
+def test_distill_spec_carries_the_resolved_layout_and_the_stage_holds_it():
+    """The layout is resolved once, on the login side: the distill spec says the world size it
+    was resolved for, and the stage refuses any other (a job that somehow got other nodes)."""
+    from kd.distill import validate
+
+    _, cl, g = seed_graph("pyxis_nemo", "nodes=2")
+    spec = g.job("distill").spec
+    assert spec.world_size == 16 and spec.data_parallel_size == 2
+    assert spec.train.distributed_optimizer is True  # auto resolved for dp 2, not left "auto"
+    assert spec.train.sequence_parallel is True  # tp 8
+    with pytest.raises(ValueError, match="student"):  # past the world check: the paths
+        validate(spec, 16)
+    with pytest.raises(ValueError, match="this job has 8 ranks, but the launcher resolved the "
+                                         "layout .*tp 8, pp 1, dp 2.* for 16"):
+        validate(spec, 8)
+
+
 def test_pretokenized_prefix_skips_data_prep(tmp_path):
     cl = cfg.load_cluster("slurm")
     exp, _ = layout.load_experiment(

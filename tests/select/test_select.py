@@ -59,14 +59,6 @@ def test_pick_best_ties_and_direction():
         sel.pick_best({})
 
 
-def test_sweeps_pick_the_same_way(tmp_path):
-    """launch.history.select_best (sweeps) goes through the same pick_best."""
-    cands = make_candidates(tmp_path / "run", {10: 0.40, 20: 0.55, 30: 0.55})
-    files = {it: sel.candidate_paths(d)[1] for it, d in cands}
-    best, scores = history.select_best(files, "kd_synth")
-    assert best == 30 == sel.pick_best(scores)
-
-
 def test_stage_names():
     assert candidate_stage(50) == "candidate_50" and is_stage("candidate_50")
     assert is_stage("select") and is_stage("export_hf")
@@ -149,16 +141,50 @@ def test_bad_task_names_the_field(tmp_path):
 
 
 def test_sweep_history_reads_a_runs_own_selection(tmp_path):
-    """A sweep member that selected its checkpoint itself: the history records its full eval of
-    the chosen iteration, never the candidates' limited quick evals."""
+    """A sweep member selects its checkpoint with the experiment's select: (there is no other
+    selection): the history records its full eval of the chosen iteration, never the
+    candidates' limited quick evals, and the candidates' quick scores beside it."""
     run = tmp_path / "member"
     cands = make_candidates(run, {10: 0.50, 20: 0.90, 30: 0.45})
-    assert history.exported_iteration(run, 30) == 30  # nothing selected yet
+    manifest = {"experiment": {"train": {"train_iters": 30}, "export": {"iteration": None},
+                               "select": {"iterations": [], "every_save": True}}}
+    assert history.member_result(run, manifest) is None  # nothing evaluated yet
     sel.run(spec(run, cands))
-    assert history.candidate_results(run, 30) == {}  # eval_student_after has not run yet
+    assert history.member_result(run, manifest) is None  # eval_student_after has not run yet
     after = RunPaths(run).eval_result("student_after")
     results.write_json_atomic(after, record(0.70))
-    assert history.exported_iteration(run, 30) == 20
-    assert history.candidate_results(run, 30) == {20: after}
-    best, scores = history.select_best(history.candidate_results(run, 30), "kd_synth")
-    assert (best, scores) == (20, {20: 0.70})
+    got = history.member_result(run, manifest)
+    assert (got.iteration, got.results_file, got.candidates) == (20, after,
+                                                                 "10:50.00;20:90.00;30:45.00")
+    assert got.record["groups"]["kd_synth"]["acc"] == 0.70
+    # a run without select: its export.iteration, else its last iteration; no selection read
+    plain = {"experiment": {"train": {"train_iters": 30}, "export": {"iteration": None},
+                            "select": {"iterations": [], "every_save": False}}}
+    assert history.member_result(run, plain).iteration == 30
+    plain["experiment"]["export"]["iteration"] = 10
+    assert history.member_result(run, plain).iteration == 10
+
+
+def test_load_checks_what_decide_writes(tmp_path):
+    """``selection.load`` accepts every record ``decide`` can write (by a task, with and without
+    stderrs; by validation loss: lower is better, no stderr, noise not assessed) and refuses a
+    hand-edited decision that its own scores contradict."""
+    run = tmp_path / "run"
+    cands = make_candidates(run, {10: 0.50, 20: 0.60, 30: 0.45}, stderr=None)
+    by_task = sel.decide(spec(run, cands))
+    rows = [{"iteration": it, "export": f"/x/{it}", "results": None, "val_loss": loss,
+             "score": loss, "stderr": None, "n": None} for it, loss in ((10, 2.5), (20, 2.1))]
+    by_loss = {"schema": sel.SCHEMA, "by": "val_loss", "label": "validation loss",
+               "higher_is_better": False, "selected": 20, "candidates": rows,
+               "overfitting": sel.overfitting(rows, 20, higher=False), "export": "/x/hf",
+               "keep_candidates": True}
+    for i, record in enumerate((by_task, by_loss)):
+        path = tmp_path / f"s{i}.json"
+        results.write_json_atomic(path, record)
+        assert sel.load(path) == json.loads(path.read_text())
+    by_loss["selected"] = by_loss["overfitting"]["best"] = 10  # 2.5 is not the lowest loss
+    results.write_json_atomic(tmp_path / "bad.json", by_loss)
+    with pytest.raises(sel.SelectionFileError, match=r"bad.json: selected=10: inconsistent "
+                                                     r"with the candidates' scores \(the best "
+                                                     r"by val_loss is iteration 20\)"):
+        sel.load(tmp_path / "bad.json")

@@ -119,11 +119,3 @@ def test_specs_round_trip_through_json():
     _, g = demo_graph("select.every_save=true", "select.by=val_loss")
     spec = g.job("candidate_100").spec
     assert spec_from_dict(CandidateSpec, json.loads(json.dumps(asdict(spec)))) == spec
-
-
-def test_sweep_and_experiment_selection_are_not_combined(tmp_path):
-    from launch import sweep_plan as sp
-
-    exp, g = demo_graph("select.every_save=true")
-    with pytest.raises(ConfigError, match="keep one"):
-        sp.candidates(exp, g, (50,))

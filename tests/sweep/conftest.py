@@ -69,19 +69,36 @@ def record(scores: dict[str, float], stderr: float = 0.02, n: int = 500) -> dict
 
 def write_night(sweep_file: Path, date: str, scores: dict[str, dict[str, float]],
                 candidate_scores: dict[str, dict[int, dict[str, float]]] | None = None) -> None:
-    """What a finished night leaves behind: manifests, student-after results, done markers."""
+    """What a finished night leaves behind: manifests, student-after results, done markers; a
+    member that selects its checkpoint also gets its candidates (an export and a quick-eval
+    result each, ``candidate_scores``) and the real ``select`` stage's decision over them
+    (``kd.selection.run`` with the member graph's own select spec)."""
     sweep = sp.load_sweep(str(sweep_file))
     cluster = cfg.load_cluster(sweep.cluster)
     plans = sp.plan_sweep(sweep, cluster, date)
     for p in plans:
-        for graph in (p.graph, *p.candidates):
-            paths = RunPaths(graph.run_dir)
-            paths.root.mkdir(parents=True, exist_ok=True)
-            mf.write(paths.manifest, mf.new(paths.root, to_dict(p.experiment), to_dict(cluster)))
+        paths = RunPaths(p.run_dir)
+        paths.root.mkdir(parents=True, exist_ok=True)
+        mf.write(paths.manifest, mf.new(paths.root, to_dict(p.experiment), to_dict(cluster)))
+        if "select" in p.graph.stages:
+            _select(p.graph.job("select").spec, (candidate_scores or {})[p.name])
         _write_result(p.run_dir, scores[p.name])
-        for it, sc in (candidate_scores or {}).get(p.name, {}).items():
-            _write_result(sp.candidate_dir(p.run_dir, it), sc)
     write_night_manifest(sweep, cluster, date, plans, {})
+
+
+def _select(spec, scores: dict[int, dict[str, float]]) -> None:
+    import json
+
+    from kd import selection
+
+    for it, cdir in spec.candidates:
+        export, result = selection.candidate_paths(cdir)
+        if (Path(spec.out_dir) / selection.EXPORT_MARKER).is_file():
+            break  # selected before (write_night called again for the same night)
+        export.mkdir(parents=True, exist_ok=True)
+        (export / selection.EXPORT_MARKER).write_text(json.dumps({"iteration": it}))
+        results.write_json_atomic(result, record(scores[it]))
+    selection.run(spec)
 
 
 def _write_result(run_dir: Path, scores: dict[str, float]) -> None:

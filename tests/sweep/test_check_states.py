@@ -52,7 +52,8 @@ def fake_slurm(tmp_path, monkeypatch):
     return set_states
 
 
-def unfinish(night: Path, member: str, states: dict[str, str], first_id: int) -> dict[str, str]:
+def unfinish(night: Path, member: str, states: dict[str, str], first_id: int,
+             stages: tuple[str, ...] = STAGES) -> dict[str, str]:
     """Turn a fabricated finished member back into a submitted one whose stages are in
     ``states`` (stage -> SLURM state); returns {job id: state} for the fake sacct."""
     paths = RunPaths(night / member)
@@ -61,7 +62,7 @@ def unfinish(night: Path, member: str, states: dict[str, str], first_id: int) ->
         marker.unlink()
     manifest = mf.read(paths.manifest)
     out = {}
-    for i, stage in enumerate(STAGES):
+    for i, stage in enumerate(stages):
         job = str(first_id + i)
         manifest["stages"][stage] = {"job_id": job, "state": "SUBMITTED", "log": ""}
         out[job] = states.get(stage, "PENDING")
@@ -153,3 +154,23 @@ def test_report_of_an_earlier_night_leaves_later_nights_out(sweep_yaml, capsys):
     assert main(["check", str(path), "--date", "2026-01-04"]) == 3  # never launched
     md = (path.parent / "sweeps/unit_sweep/2026-01-04/trend/trend.md").read_text()
     assert DATE not in md and "- a-hi: not launched" in md and "nothing to plot" in md
+
+
+def test_a_selecting_member_waits_on_its_candidates(sweep_yaml, fake_slurm, capsys):
+    """A member that selects its checkpoint (the sweep's select:) has no results until its
+    candidate_<N> and select jobs and then its full eval have run: check says which it waits on."""
+    path = sweep_yaml(select={"iterations": [10], "by": "kd_synth"})
+    quick = {10: {"mmlu": 0.39, "kd_synth": 0.70}, 20: {"mmlu": 0.40, "kd_synth": 0.50}}
+    write_night(path, DATE, dict.fromkeys(MEMBERS, GOOD), dict.fromkeys(MEMBERS, quick))
+    night = path.parent / "sweeps" / "unit_sweep" / DATE
+    stages = ("distill", "candidate_10", "candidate_20", "select", "eval_student_after", "report")
+    fake_slurm(unfinish(night, "b-lo", {"distill": "COMPLETED", "candidate_10": "COMPLETED",
+                                        "candidate_20": "RUNNING"}, 600, stages))
+    code, out, trend = check(path, capsys)
+    assert code == 3, out
+    md = (trend / "trend.md").read_text()
+    assert "- b-lo: waiting: candidate_20 RUNNING, select PENDING, eval_student_after PENDING" \
+        in md, md
+    hist = pd.read_csv(path.parent / "sweeps" / "unit_sweep" / "history.csv")
+    assert set(hist["member"]) == {"a-hi", "a-lo", "b-hi"}
+    assert set(hist["iteration"]) == {10}  # each selected 10 (70 > 50 on kd_synth)

@@ -1,5 +1,6 @@
-"""Sweeps and the anchor's options (issue 15): members with one blend share Megatron's index
-cache; checkpoint candidates are protected from checkpoint.keep_last."""
+"""Sweeps and Model-Optimizer's distill.py options: members with one blend share Megatron's
+index cache; a sweep's checkpoint candidates (its members' select:) are protected from
+checkpoint.keep_last."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ def test_sweep_members_share_the_index_cache_and_keep_candidates(sweep_yaml):
     # members with the same blend (one prepare_data owner) share one index cache
     assert cache["a-hi"] == cache["a-lo"] == str(plans[0].run_dir / "data" / "index_cache")
     assert cache["b-hi"] == cache["b-lo"] == str(plans[2].run_dir / "data" / "index_cache")
-    for p in plans:  # the checkpoint candidate's iteration is never pruned before its export
-        assert p.graph.job("distill").spec.keep_iterations == (10,)
-        assert [c.job("export_hf").spec.export.iteration for c in p.candidates] == [10]
+    for p in plans:  # the candidates' iterations are never pruned before their export
+        assert p.graph.job("distill").spec.keep_iterations == (10, 20)
+        assert [p.graph.job(f"candidate_{it}").spec.export.export.iteration
+                for it in (10, 20)] == [10, 20]

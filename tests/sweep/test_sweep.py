@@ -1,16 +1,18 @@
 """Sweeps without SLURM: config validation, member expansion, stage sharing in the plan,
-history, trend report + regression alarm (exit code), checkpoint selection."""
+history, trend report + regression alarm (exit code), checkpoint selection (the experiment's
+``select:``, set for every member by the sweep's)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
 import pandas as pd
 import pytest
 
+from kd.sections import Select
 from launch import config as cfg
-from launch import history
 from launch import sweep_plan as sp
 from launch.schema import ConfigError
 from launch.sweep import main
@@ -49,11 +51,39 @@ def test_grid_expands_and_shared_stages_run_once(sweep_yaml):
 
 @pytest.mark.parametrize("changes, message", [
     ({"gird": {}}, "unknown key(s) gird; valid keys: alarm, base, cluster"),
-    ({"overrides": ["cluster.partition=x"]}, "go to cluster_overrides"),
-    ({"grid": {"lr": {"a b": ["train.lr=1"]}}}, "use letters, digits"),
+    ({"overrides": ["cluster.partition=x"]}, "overrides[0]='cluster.partition=x': cluster "
+                                             "settings go to cluster_overrides"),
+    ({"overrides": ["train.lr"]}, "overrides[0]='train.lr': override 'train.lr' is not "
+                                  "key=value"),
+    ({"grid": {"lr": {"a b": ["train.lr=1"]}}}, "grid.lr value name='a b': use letters"),
+    ({"grid": {"lr": {}}}, "grid.lr={}: is empty"),
     ({"grid": {"lr": {"x": ["train.lr=-1"]}}}, "member x: train.lr=-1.0"),
-    ({"select": {"iterations": [15]}}, "iteration 15 is not saved"),
-    ({"share": ["distill"]}, "distill cannot be shared"),
+    ({"members": [{"name": "../x"}], "grid": {}}, "members[0].name='../x': use letters"),
+    ({"grid": {}}, "the sweep has no members"),
+    ({"share": ["distill"]}, "share[0]='distill': distill cannot be shared"),
+    ({"alarm": {"z": 0}}, "alarm.z=0.0: must be a finite number > 0"),
+    ({"alarm": {"min_drop_points": -1}}, "alarm.min_drop_points=-1.0: must be >= 0"),
+    # the sweep's select: is the experiment's select: section, checked by its own fields ...
+    ({"select": {"iterations": [0]}}, "select.iterations[0]=0: must be > 0"),
+    ({"select": {"limit": -1}}, "select.limit=-1: must be > 0"),
+    ({"select": {"bogus": 1}}, "unknown key(s) select.bogus; valid keys of select: by,"),
+    ({"select": {"iterations": [10], "task": "kd_synth"}},
+     "select.task='kd_synth': a sweep's select: is the experiment's select: section"),
+    # ... and refused for each member as that member's experiment refuses it
+    ({"select": {"iterations": [15]}}, "member a-hi: select.iterations=[15]: 15 is not a save "
+                                       "point"),
+    ({"select": {"iterations": [10], "by": "gsm8k"}},
+     "member a-hi: select.by=gsm8k: not an MMLU group and not in eval.tasks"),
+    # what only the sweep gets wrong
+    ({"grid": {"lr": {"hi": ["train.lr=1e-3"], "lo": ["train.lr=1e-4"]},
+               "lr2": {"x": ["train.lr=5e-4"], "y": ["train.seed=7"]}}},
+     "grid.lr and grid.lr2 both set train.lr: the later axis wins"),
+    ({"grid": {"lr": {"hi": ["train.lr=1e-3"]}, "all": {"t": ["train={lr: 1e-4, tp: 1}"]}}},
+     "grid.all and grid.lr both set train: the later axis wins"),  # (YAML written sorted)
+    ({"grid": {"lr": {"hi": ["train.lr=1e-3"], "same": ["train.lr=0.001"]}}},
+     "members hi and same have the same config"),
+    ({"alarm": {"tasks": ["mmlu", "gsm8k"]}}, "alarm.tasks=['mmlu', 'gsm8k']: no member "
+                                              "evaluates gsm8k"),
 ])
 def test_bad_sweeps_name_the_field(sweep_yaml, changes, message):
     with pytest.raises(ConfigError, match=None) as e:
@@ -63,11 +93,35 @@ def test_bad_sweeps_name_the_field(sweep_yaml, changes, message):
 
 
 def test_dry_run_submits_nothing(sweep_yaml, capsys):
-    path = sweep_yaml(select={"iterations": [10, 20], "task": "kd_synth"})
+    path = sweep_yaml(select={"iterations": [10, 20], "by": "kd_synth"})
     assert main([str(path), "--dry-run", "--date", "2026-01-01"]) == 0
     out = capsys.readouterr().out
     assert "4 member(s)" in out and out.count("shared from") == 8
-    assert "select/iter_0000010" in out and not (path.parent / "sweeps").exists()
+    assert "select.by=kd_synth select.iterations=[10, 20]" in out  # each member's overrides
+    graph_lines = [ln.split() for ln in out.splitlines() if "kd.selection" in ln]
+    assert [w[0] for w in graph_lines].count("candidate_10") == 4, out  # every member's graph
+    assert [w[0] for w in graph_lines].count("select") == 4, out
+    assert not (path.parent / "sweeps").exists()
+
+
+def test_sweep_select_is_each_members_experiment_select(sweep_yaml):
+    """One selection system: the sweep's select: becomes select.* overrides of every member,
+    whose graph then has the experiment's candidate_<N> + select jobs (and no other)."""
+    path = sweep_yaml(select={"iterations": [10], "by": "kd_synth", "limit": 5},
+                      grid={"lr": {"hi": ["train.lr=1e-3"], "lo": ["train.lr=1e-4",
+                                                                   "select.limit=2"]}})
+    sweep = sp.load_sweep(str(path))
+    plans = sp.plan_sweep(sweep, cfg.load_cluster("ci"), "2026-01-01")
+    for p, limit in zip(plans, (5, 2), strict=True):  # a member's own override comes later
+        assert p.experiment.select == Select(iterations=(10,), by="kd_synth", limit=limit)
+        assert p.graph.stages[:5] == ("prepare_data", "distill", "candidate_10", "candidate_20",
+                                      "select") or p.graph.stages[:4] == (
+            "distill", "candidate_10", "candidate_20", "select")
+        assert p.graph.job("candidate_10").spec.eval.eval.limit == limit
+        assert p.graph.job("distill").spec.keep_iterations == (10, 20)  # kept from keep_last
+    # without a select: the base experiment's own selection (here none) stands
+    plain = sp.plan_sweep(sp.load_sweep(str(sweep_yaml())), cfg.load_cluster("ci"), "2026-01-01")
+    assert all("select" not in p.graph.stages and not p.experiment.select.enabled for p in plain)
 
 
 def test_history_next_date_and_injected_drop_alarm(sweep_yaml, capsys):
@@ -108,32 +162,30 @@ def test_missing_member_exit_code(sweep_yaml):
     assert main(["check", str(path), "--date", "2026-01-01"]) == 3
 
 
-def test_checkpoint_selection_picks_the_better_iteration(sweep_yaml):
-    path = sweep_yaml(select={"iterations": [10, 20], "task": "kd_synth"})
+def test_checkpoint_selection_picks_the_better_iteration(sweep_yaml, capsys):
+    """Each member's own select stage chose (quick evals of 10 and 20); the history records the
+    member's full eval of the chosen iteration, with the candidates' quick scores beside it."""
+    path = sweep_yaml(select={"iterations": [10, 20], "by": "kd_synth"})
     # constructed: the last iteration (20) is worse on kd_synth than iteration 10
-    scores = dict.fromkeys(MEMBERS, {"mmlu": 0.40, "kd_synth": 0.50})
-    cands = dict.fromkeys(MEMBERS, {10: {"mmlu": 0.39, "kd_synth": 0.70}})
-    cands["a-hi"] = {10: {"mmlu": 0.41, "kd_synth": 0.45}}  # here the last one is best
-    write_night(path, "2026-01-01", scores, cands)
+    quick = dict.fromkeys(MEMBERS, {10: {"mmlu": 0.39, "kd_synth": 0.70},
+                                    20: {"mmlu": 0.40, "kd_synth": 0.50}})
+    quick["a-hi"] = {10: {"mmlu": 0.41, "kd_synth": 0.45}, 20: {"mmlu": 0.4, "kd_synth": 0.5}}
+    full = dict.fromkeys(MEMBERS, {"mmlu": 0.40, "kd_synth": 0.66})  # of the chosen iteration
+    write_night(path, "2026-01-01", full, quick)
     assert main(["check", str(path), "--date", "2026-01-01"]) == 0
+    assert "a-lo: iteration 10 selected" in capsys.readouterr().out
     hist = pd.read_csv(path.parent / "sweeps" / "unit_sweep" / "history.csv")
     chosen = hist[hist["task"] == "kd_synth"].set_index("member")
     assert chosen["iteration"].to_dict() == {"a-hi": 20, "a-lo": 10, "b-hi": 10, "b-lo": 10}
-    assert chosen.loc["a-lo", "acc"] == 0.70 and chosen.loc["a-lo", "candidates"] == "10:70.00;20:50.00"
-    sel = path.parent / "sweeps/unit_sweep/2026-01-01/a-lo/select/selection.md"
-    assert "| 10 | 70.00 | **selected** |" in sel.read_text()
-
-
-def test_select_best_ties_take_the_later_iteration(tmp_path):
-    from kd import results
-    from tests.sweep.conftest import record
-
-    files = {}
-    for it in (10, 20):
-        files[it] = results.write_json_atomic(tmp_path / f"{it}.json", record({"mmlu": 0.5}))
-    assert history.select_best(files, "mmlu") == (20, {10: 0.5, 20: 0.5})
-    with pytest.raises(ValueError, match="set select.task"):
-        history.select_best(files, "nope")
+    assert chosen.loc["a-lo", "acc"] == 0.66  # the full eval, never a quick one
+    assert chosen.loc["a-lo", "candidates"] == "10:70.00;20:50.00"
+    assert chosen.loc["a-hi", "candidates"] == "10:45.00;20:50.00"
+    night = path.parent / "sweeps/unit_sweep/2026-01-01"
+    assert "| 10 | 70.00 | 2.00 | - | **chosen** |" in (night / "a-lo/select/selection.md").read_text()
+    # one selection.json writer: the select stage's (kd/selection.py schema)
+    for m in MEMBERS:
+        assert json.loads((night / m / "select/selection.json").read_text())["schema"] == \
+            "kdlaunch.selection/v1"
 
 
 def test_launch_side_stays_light():
