@@ -59,7 +59,7 @@ def _looks_secret(env_key: str) -> bool:
 
 
 def _gpu_kind(v: Any) -> str | None:
-    from launch.cost import GPU_KINDS
+    from launch.gpus import GPU_KINDS
 
     if isinstance(v, str) and v.lower() in GPU_KINDS:
         return None

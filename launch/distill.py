@@ -22,7 +22,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from launch import backends, cli, shell  # noqa: E402
+from launch import cli, shell  # noqa: E402
 from launch import config as cfg  # noqa: E402
 from launch import manifest as mf  # noqa: E402
 from launch.schema import ConfigError, to_dict  # noqa: E402
@@ -40,7 +40,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     cli.add_dry_run(p, "print the job graph and every sbatch script; submit nothing")
     p.add_argument("--emit-sbatch", type=str, metavar="DIR",
                    help="write the run as standalone sbatch scripts + submit.sh to DIR (for "
-                        "hand submission); submit nothing")
+                        "hand submission; needs a SLURM cluster profile); submit nothing")
     p.add_argument("--new-run", action="store_true",
                    help="if --run-dir holds a run with a different config, start a new run in "
                         "RUN_DIR-2 (-3, ...) instead of refusing")
@@ -132,74 +132,50 @@ def main(argv: list[str] | None = None) -> int:
         exp_hash = mf.config_hash(exp_resolved)
         run_dir = choose_run_dir(args, experiment.name, exp_hash)
         from launch import plan as planner
+        from launch import start
 
         graph = planner.plan(experiment, cluster, run_dir)
-        from launch import preflight, submit
-
-        preflight.check_layout(experiment, cluster)
-        submit.check_scripts(graph, cluster, experiment.name)
-        prediction = cost.predict(experiment, cluster)
-        estimate = cost.text(prediction, graph, experiment)
+        run = start.prepare(experiment, cluster, graph, experiment.name)
         if args.emit_sbatch is not None:
             out_dir = validate_dir("--emit-sbatch", args.emit_sbatch)
-            print(f"wrote {submit.emit_sbatch(graph, cluster, experiment.name, out_dir)}")
+            print(f"wrote {run.backend.emit_scripts(graph, out_dir)}")
             return 0
         if args.dry_run:
-            print(submit.dry_run_text(graph, cluster, experiment.name))
-            print("\n" + estimate)
+            print(run.dry_run_text())
+            print("\n" + run.estimate())
             try:
-                preflight.check(experiment, cluster)
-                preflight.check_live(graph, cluster)
+                run.preflight()
             except ConfigError as e:
                 # exit 2 so that `--dry-run` can serve as a check in scripts
                 print(f"\npre-flight: a real launch would stop here: {e}")
                 return cli.input_error(str(e), queued_note=True)
             return 0
-        preflight.check(experiment, cluster)
-        preflight.check_live(graph, cluster)
+        run.preflight()
     except ConfigError as e:
         return cli.input_error(str(e), queued_note=True)
     except UnicodeDecodeError as e:  # a config read as text before the schema could say which
         return cli.input_error(f"--config {args.config} or --cluster {args.cluster}: not UTF-8 "
                                f"text ({e.reason} at byte {e.start}); save it as UTF-8",
                                queued_note=True)
+    print(run.describe())
+    print(run.estimate())
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)  # default mode: the user's umask decides
-    except OSError as e:
-        return cli.input_error(f"--run-dir {run_dir}: cannot create it ({e.strerror}); choose "
-                               f"a writable path", queued_note=True)
-    try:
-        with submit.run_lock(run_dir):
-            # read under the lock: a launch that held it before us recorded its job ids, which
-            # this one adopts instead of submitting them a second time
-            manifest = mf.read(run_dir / "manifest.json") or mf.new(run_dir, exp_resolved,
-                                                                    cluster_resolved)
-            if manifest.get("config_hash") != exp_hash:
-                raise ConfigError(f"--run-dir {run_dir} was taken by a launch of a different "
-                                  f"config meanwhile; use another --run-dir")
-            manifest["cluster"] = cluster_resolved
-            manifest["cost"] = cost.record(prediction, graph, experiment)  # status/report compare
-            mf.write(run_dir / "manifest.json", manifest)
-            print(submit.describe(graph))
-            print(estimate)
-            backend = backends.for_cluster(cluster, run_dir, experiment.name)
-            code = submit.launch(graph, cluster, manifest, experiment.name, backend=backend)
+        code = run.start(wait=args.wait)
     except ConfigError as e:
-        return cli.input_error(str(e))
-    if args.wait and not backend.runs_here and code == 0:
-        from launch.status import wait_for_run
-
-        code = wait_for_run(run_dir)
-    if backend.runs_here:  # the run has ended: show its report
-        _print_report(run_dir)
+        # "nothing was queued" is sure only when the run directory could not even be created
+        return cli.input_error(str(e), queued_note=not run_dir.exists())
+    _print_report(run_dir)  # when the run has ended (local, or --wait): its report
     print(f"run directory: {run_dir}")
     return code
 
 
 def _print_report(run_dir: Path) -> None:
-    report = run_dir / "report" / "report.md"
-    if report.is_file():
-        print("\n" + report.read_text())
+    """The run's report, once its report stage is done."""
+    from kd.paths import RunPaths
+
+    paths = RunPaths(run_dir)
+    if paths.stage_done("report").exists() and (paths.report / "report.md").is_file():
+        print("\n" + (paths.report / "report.md").read_text())
 
 
 if __name__ == "__main__":

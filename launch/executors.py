@@ -15,7 +15,7 @@ from typing import Any
 
 from launch import shell
 from launch.config import REPO, Cluster
-from launch.plan import Job
+from launch.graph import Job
 
 SUBMITIT_COMMAND = "{python} -u -m submitit.core._submit {folder}"
 TEMPLATES = REPO / "slurm_templates"

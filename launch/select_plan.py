@@ -20,6 +20,7 @@ from pathlib import Path
 from kd.paths import SELECT_STAGE, RunPaths, candidate_stage
 from kd.sections import MMLU_GROUPS, VAL_LOSS, Select
 from kd.specs import CandidateSpec, SelectSpec, replace_fields
+from launch.graph import JobGraph
 
 
 def quick_tasks(by: str, tasks: tuple[str, ...]) -> tuple[str, ...]:
@@ -33,11 +34,9 @@ def quick_tasks(by: str, tasks: tuple[str, ...]) -> tuple[str, ...]:
     return ("mmlu", by)
 
 
-def with_selection(graph, select: Select, iterations: list[int], tensorboard: str | None):
+def with_selection(graph: JobGraph, select: Select, iterations: list[int], tensorboard: str | None):
     """``graph`` with its ``export_hf`` job replaced by one ``candidate_<N>`` job per iteration
     and a ``select`` job that ``eval_student_after`` waits on."""
-    from launch.plan import JobGraph  # plan imports this module
-
     by = select.by
     paths = RunPaths(graph.run_dir)
     export = graph.job("export_hf")

@@ -4,7 +4,7 @@
 ``scontrol show partition|node -o`` (one record per line, ``Key=value`` fields);
 ``accounting()`` asks ``sacctmgr`` (where slurmdbd runs) for the user's associations (accounts,
 partitions, allowed and default QOS) and each QOS's MaxWall. Used by
-``launch.preflight.check_live`` so a request the cluster would refuse (or leave pending
+the SLURM backend's ``check_live`` (``launch/backends/slurm_checks.py``) so a request the cluster would refuse (or leave pending
 forever) is refused before the first job is queued (sbatch would refuse it only after earlier
 stages were submitted).
 """

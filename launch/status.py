@@ -79,10 +79,8 @@ EXIT_SLURM_UNREACHABLE = 3  # neither squeue nor sacct answered: the table is th
 
 
 def backend_of(manifest: dict) -> backends.Backend:
-    """The backend the run was launched with (a local run's jobs ended with their launch, so
-    its backend knows none of them: the manifest's states stand)."""
-    executor = (manifest.get("cluster") or {}).get("executor")
-    return backends.get("slurm" if executor == "slurm" else "local")
+    """The backend the run was launched with (``backends.for_manifest``)."""
+    return backends.for_manifest(manifest)
 
 
 def stage_states(run_dir: Path) -> tuple[dict, dict[str, dict]]:

@@ -6,7 +6,9 @@ whose job is still queued or running from an earlier launch are adopted, not res
 The manifest is rewritten as soon as each job id is known. A submission refused midway cancels
 what this launch had queued and records it. Stages a graph shares from another run
 (``graph.external``, sweeps) are waited on through that run's manifest, or not at all once
-their done marker exists. A local backend's jobs are followed to the end (``follow``).
+their done marker exists. How a launch ends once its jobs are queued is the backend's
+``finish``: a local backend follows its jobs to the end (``follow``), SLURM's returns (or waits
+for the run, ``--wait``).
 """
 
 from __future__ import annotations
@@ -18,17 +20,17 @@ import shlex
 import socket
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from kd.paths import RunPaths
-from launch import backends, shell
+from launch import backends
 from launch import manifest as mf
 from launch.backends import ACTIVE, COMPLETED, FAILED, Backend, SubmitError
 from launch.config import Cluster
 from launch.executors import job_folder
-from launch.plan import Job, JobGraph
+from launch.graph import Job, JobGraph
 
 
 def describe(graph: JobGraph) -> str:
@@ -42,47 +44,6 @@ def describe(graph: JobGraph) -> str:
     for stage, owner in graph.external.items():
         lines.append(f"  {stage:<20} shared: runs in {owner}")
     return "\n".join(lines)
-
-
-def dry_run_text(graph: JobGraph, cluster: Cluster, run_name: str) -> str:
-    backend = backends.for_cluster(cluster, graph.run_dir, run_name)
-    return "\n".join([describe(graph), "", backend.dry_run_text(graph)])
-
-
-def check_scripts(graph: JobGraph, cluster: Cluster, run_name: str) -> None:
-    """Render every stage's script once, so launch.shell refuses a bad value (naming the
-    field) before the run directory, the manifest or any job exists."""
-    backends.for_cluster(cluster, graph.run_dir, run_name).check_scripts(graph)
-
-
-def emit_sbatch(graph: JobGraph, cluster: Cluster, run_name: str, out_dir: Path) -> Path:
-    """Write the standalone form of the run (one sbatch per stage + submit.sh) to ``out_dir``."""
-    import json
-    from string import Template
-
-    from launch.executors import TEMPLATES, standalone_sbatch_text
-
-    out_dir = Path(out_dir).absolute()
-    shell.sbatch_value("--emit-sbatch directory", out_dir)
-    check_scripts(graph, cluster, run_name)  # refuse before anything is written
-    (out_dir / "specs").mkdir(parents=True, exist_ok=True)
-    for job in graph.jobs:
-        spec_file = out_dir / "specs" / f"{job.stage}.json"
-        spec_file.write_text(json.dumps(asdict(job.spec), indent=2) + "\n")
-        text = standalone_sbatch_text(job, cluster, graph.run_dir, run_name, spec_file)
-        (out_dir / f"{job.stage}.sbatch").write_text(text)
-    folders = " ".join(shell.quote("run directory", job_folder(graph.run_dir, j.stage))
-                       for j in graph.jobs)
-    lines = [f"mkdir -p {folders}  # sbatch needs its --output folders"]
-    lines += [" ".join(shell.quote("stage name", w) for w in ["submit", j.stage, *j.deps])
-              for j in graph.jobs]
-    script = Template((TEMPLATES / "submit_run.sh.tmpl").read_text()).substitute(
-        submit_script=shell.quote("--emit-sbatch directory", out_dir / "submit.sh"),
-        submit_lines="\n".join(lines))
-    path = out_dir / "submit.sh"
-    path.write_text(script)
-    path.chmod(0o755)
-    return path
 
 
 LOCK_WAIT_S = float(os.environ.get("KD_LOCK_WAIT_S", "120"))
@@ -147,8 +108,9 @@ def launch(graph: JobGraph, cluster: Cluster, manifest: dict, run_name: str,
            wait: bool = False, echo=print, backend: Backend | None = None,
            poll_s: float = 0.5) -> int:
     """Submit every unfinished stage through the cluster's backend, holding the run
-    directory's lock; a local backend's jobs are followed to the end. Returns the process exit
-    code."""
+    directory's lock; then the backend ends the launch (``Backend.finish``: a local backend
+    follows its jobs to the end; SLURM returns, or waits for the run with ``wait``). Returns the
+    process exit code."""
     backend = backend or backends.for_cluster(cluster, graph.run_dir, run_name)
     paths = RunPaths(graph.run_dir)
     paths.jobs.mkdir(parents=True, exist_ok=True)
@@ -161,16 +123,32 @@ def launch(graph: JobGraph, cluster: Cluster, manifest: dict, run_name: str,
         ids = _submit_graph(graph, backend, manifest, entry, echo)
         if ids is None:
             return 1
-        if backend.runs_here:
-            return follow(graph, backend, manifest, ids, echo, poll_s)
-        run = shlex.quote(str(graph.run_dir))
-        echo(f"status:  python launch/status.py {run}")
-        echo(f"logs:    python launch/status.py {run} --logs STAGE")
-        if not wait:
-            return 0
+        return backend.finish(_Launched(graph, backend, manifest, ids, echo, poll_s), wait)
+
+
+@dataclass
+class _Launched:
+    """A launch whose jobs are queued, as ``Backend.finish`` sees it (``backends.Launched``)."""
+
+    graph: JobGraph
+    backend: Backend
+    manifest: dict
+    ids: dict[str, str]
+    echo: Any
+    poll_s: float
+
+    def follow(self) -> int:
+        return follow(self.graph, self.backend, self.manifest, self.ids, self.echo, self.poll_s)
+
+    def wait(self) -> int:
         from launch.status import wait_for_run
 
-        return wait_for_run(graph.run_dir, echo=echo)
+        return wait_for_run(self.graph.run_dir, echo=self.echo)
+
+    def hint(self) -> None:
+        run = shlex.quote(str(self.graph.run_dir))
+        self.echo(f"status:  python launch/status.py {run}")
+        self.echo(f"logs:    python launch/status.py {run} --logs STAGE")
 
 
 def _done(paths: RunPaths, stage: str) -> bool:
@@ -289,23 +267,18 @@ def _abort(graph: JobGraph, backend: Backend, manifest: dict, entry: dict, stage
     echo("nothing of this launch is left queued; fix the error and launch again")
 
 
-def external_job_ids(graph: JobGraph, backend: Backend | None = None) -> dict[str, str]:
-    """Job ids of the unfinished stages this graph shares from other runs (sweeps). A backend
-    that runs jobs here cannot wait on another launch's job: it gets the recorded id (or
-    ``unknown``) and cancels the dependents, as SLURM does for a dependency that failed."""
+def external_job_ids(graph: JobGraph, backend: Backend) -> dict[str, str]:
+    """Dependency ids of the unfinished stages this graph shares from other runs (sweeps), from
+    the job ids those runs recorded (``Backend.external_id``: SLURM refuses a stage its owner
+    has not queued; a local backend cannot wait on another launch's job and cancels the
+    dependents, as SLURM does for a dependency that failed)."""
     ids: dict[str, str] = {}
     for stage, owner in graph.external.items():
         owner_paths = RunPaths(owner)
         if _done(owner_paths, stage):
             continue
         rec = ((mf.read(owner_paths.manifest) or {}).get("stages") or {}).get(stage) or {}
-        if not rec.get("job_id"):
-            if backend is not None and backend.runs_here:
-                ids[stage] = f"unknown:{stage}"
-                continue
-            raise ValueError(f"stage {stage} of {graph.run_dir} is shared from {owner}, which has "
-                             f"not submitted it: launch that run first")
-        ids[stage] = str(rec["job_id"])
+        ids[stage] = backend.external_id(stage, Path(owner), rec.get("job_id"))
     return ids
 
 

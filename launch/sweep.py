@@ -37,8 +37,9 @@ from launch import config as cfg  # noqa: E402
 from launch import manifest as mf  # noqa: E402
 from launch import sweep_plan as sp  # noqa: E402
 from launch.backends import FAILED  # noqa: E402
-from launch.plan import JobGraph  # noqa: E402
+from launch.graph import JobGraph  # noqa: E402
 from launch.schema import ConfigError, to_dict  # noqa: E402
+from launch.start import Launch  # noqa: E402
 
 REGRESSED, MISSING = 1, 3
 NIGHT_MANIFEST = "sweep.json"
@@ -93,12 +94,26 @@ def graph_state(graph: JobGraph, config_hash: str) -> str:
         r["job_id"] for r in rows.values()) else "partial"
 
 
-def launch_graph(graph: JobGraph, plan: sp.MemberPlan, cluster: cfg.Cluster, retry: bool,
-                 echo: Callable[[str], None]) -> list[str]:
-    """Launch one member's graph unless tonight already did; returns the stages submitted
-    now."""
-    from launch.submit import launch
+def prepare(plans: list[sp.MemberPlan], cluster: cfg.Cluster) -> dict[str, Launch]:
+    """{member: its launch} (``launch.start.prepare``: the layout and every value that reaches
+    a script are refused, naming the member, before any member is queued)."""
+    from launch import start
 
+    out = {}
+    for p in plans:
+        try:
+            out[p.name] = start.prepare(p.experiment, cluster, p.graph,
+                                        f"{p.experiment.name}-{p.name}")
+        except ConfigError as e:
+            raise ConfigError(f"member {p.name}: {e}") from e
+    return out
+
+
+def launch_graph(run: Launch, plan: sp.MemberPlan, retry: bool,
+                 echo: Callable[[str], None]) -> list[str]:
+    """Launch one member (``Launch.start``, as ``launch/distill.py`` does) unless tonight already
+    did; returns the stages submitted now."""
+    graph = run.graph
     state = graph_state(graph, plan.config_hash)
     label = plan.name
     if state in ("done", "active") or (state == "failed" and not retry):
@@ -106,27 +121,23 @@ def launch_graph(graph: JobGraph, plan: sp.MemberPlan, cluster: cfg.Cluster, ret
         echo(f"{label}: {state}, nothing submitted{hint}")
         return []
     echo(f"{label}: {state}, launching")
-    graph.run_dir.mkdir(parents=True, exist_ok=True)
-    manifest = mf.read(RunPaths(graph.run_dir).manifest) or mf.new(
-        graph.run_dir, to_dict(plan.experiment), to_dict(cluster))
-    from launch import cost  # the prediction that status, the report and the trend compare
-
-    manifest["cost"] = cost.record(cost.predict(plan.experiment, cluster), graph, plan.experiment)
-    mf.write(RunPaths(graph.run_dir).manifest, manifest)
-    launch(graph, cluster, manifest, f"{plan.experiment.name}-{plan.name}",
-           echo=lambda line: echo("  " + line))
-    return list(manifest["launches"][-1]["submitted"])
+    run.start(echo=lambda line: echo("  " + line))
+    manifest = mf.read(RunPaths(graph.run_dir).manifest) or {}
+    return list((manifest.get("launches") or [{}])[-1].get("submitted", []))
 
 
 def run_sweep(sweep: sp.Sweep, cluster: cfg.Cluster, date: str, plans: list[sp.MemberPlan], *,
-              retry: bool = False, echo: Callable[[str], None] = print) -> dict[str, list[str]]:
+              retry: bool = False, echo: Callable[[str], None] = print,
+              launches: dict[str, Launch] | None = None) -> dict[str, list[str]]:
     """Launch every member (owners of shared stages come first: sweep order); returns
-    {run dir: stages submitted now} and records the launch in the night's sweep.json."""
+    {run dir: stages submitted now} and records the launch in the night's sweep.json.
+    ``launches``: the members' prepared launches (``prepare``; made here when None)."""
+    launches = prepare(plans, cluster) if launches is None else launches
     night = sp.night_dir(sweep, date)
     night.mkdir(parents=True, exist_ok=True)
     submitted: dict[str, list[str]] = {}
     for p in plans:
-        stages = launch_graph(p.graph, p, cluster, retry, echo)
+        stages = launch_graph(launches[p.name], p, retry, echo)
         if stages:
             submitted[str(p.graph.run_dir)] = stages
     write_night_manifest(sweep, cluster, date, plans, submitted)
@@ -274,22 +285,16 @@ def main(argv: list[str] | None = None) -> int:
 
         cluster = cost.with_site_facts(cluster)  # GPU kind, partition/QOS limit, from SLURM
         plans = sp.plan_sweep(sweep, cluster, date)
-        from launch import submit
-
-        for p in plans:  # launch.shell refuses a bad value before any member is queued
-            try:
-                submit.check_scripts(p.graph, cluster, p.experiment.name)
-            except ConfigError as e:
-                raise ConfigError(f"member {p.name}: {e}") from e
+        launches = prepare(plans, cluster)  # launch.shell refuses a bad value, naming the member
         if args.dry_run:
-            errors = preflight_errors(plans, cluster)
+            errors = preflight_errors(plans, launches)
             print(dry_run(sweep, cluster, date, plans, errors))
             for name, e in errors.items():
                 print(f"error: member {name}: {e}", file=sys.stderr)
             return cli.EXIT_INPUT if errors else cli.EXIT_OK
-        preflight_all(plans, cluster)
+        preflight_all(plans, launches)
         print("\n".join(cost.night_lines(plans, cluster)))
-        run_sweep(sweep, cluster, date, plans, retry=args.retry_failed)
+        run_sweep(sweep, cluster, date, plans, retry=args.retry_failed, launches=launches)
     except ConfigError as e:  # launch.shell's refusals, damaged manifests, history, results
         return cli.input_error(str(e))
     except OSError as e:  # an unreadable sweep file or an unwritable sweep directory
@@ -304,18 +309,17 @@ def main(argv: list[str] | None = None) -> int:
         return cli.input_error(str(e))
 
 
-def preflight_errors(plans: list[sp.MemberPlan], cluster: cfg.Cluster) -> dict[str, str]:
-    """{member: pre-flight error} for every member a launch would refuse (the same checks as
-    ``launch/distill.py``; members with the same config are checked once)."""
-    from launch import preflight
-
+def preflight_errors(plans: list[sp.MemberPlan],
+                     launches: dict[str, Launch]) -> dict[str, str]:
+    """{member: pre-flight error} for every member a launch would refuse (``Launch.preflight``,
+    the checks of ``launch/distill.py``, the live cluster included; members with the same
+    config are checked once)."""
     errors: dict[str, str] = {}
     by_hash: dict[str, str | None] = {}
     for p in plans:
         if p.config_hash not in by_hash:
             try:
-                preflight.check_layout(p.experiment, cluster)
-                preflight.check(p.experiment, cluster)
+                launches[p.name].preflight()
                 by_hash[p.config_hash] = None
             except ConfigError as e:
                 by_hash[p.config_hash] = str(e)
@@ -324,9 +328,9 @@ def preflight_errors(plans: list[sp.MemberPlan], cluster: cfg.Cluster) -> dict[s
     return errors
 
 
-def preflight_all(plans: list[sp.MemberPlan], cluster: cfg.Cluster) -> None:
+def preflight_all(plans: list[sp.MemberPlan], launches: dict[str, Launch]) -> None:
     """Refuse the whole launch, naming every member's error, when any member would fail."""
-    errors = preflight_errors(plans, cluster)
+    errors = preflight_errors(plans, launches)
     if errors:
         raise ConfigError("; ".join(f"member {name}: {e}" for name, e in errors.items()))
 

@@ -43,7 +43,8 @@ from launch import config as cfg
 from launch import layout
 from launch import manifest as mf
 from launch.config import Cluster, Experiment
-from launch.plan import SHAREABLE, JobGraph, plan
+from launch.graph import JobGraph
+from launch.plan import SHAREABLE, plan
 from launch.schema import ConfigError, build, parse_override, to_dict
 
 REPO = cfg.REPO

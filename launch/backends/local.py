@@ -10,7 +10,10 @@ unknown here (another process's job) is cancelled without running: SLURM's ``aft
 ``kill-on-invalid-dep``.
 
 The jobs are children of this process: ``states`` advances the schedule (starts what became
-ready, notices what ended), so whoever waits on the jobs polls ``states``.
+ready, notices what ended), so whoever waits on the jobs polls ``states``, and a launch follows
+its jobs to the end (``finish``). A job of another launch can never be waited on: a stage shared
+from another run that is not done yet cancels its dependents (``external_id``). There are no
+scripts to emit and no cluster to ask before queueing.
 """
 
 from __future__ import annotations
@@ -21,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from launch.backends import COMPLETED, FAILED, log_path
-from launch.plan import Job
+from launch.backends.base import COMPLETED, FAILED, Launched, log_path
+from launch.graph import Job, JobGraph
 
 _IDS = itertools.count(1)
 
@@ -46,7 +49,6 @@ class _Entry:
 
 class LocalBackend:
     name = "local"
-    runs_here = True
 
     def __init__(self, cluster=None, run_dir: Path | None = None, run_name: str = "",
                  cpus: int | None = None, gpus: int | None = None, start=None):
@@ -109,8 +111,29 @@ class LocalBackend:
                 f"in dependency order, independent ones side by side while this machine has "
                 f"room ({self.cpus} CPUs, {self.gpus} GPUs); no sbatch scripts.")
 
+    def emit_scripts(self, graph: JobGraph, out_dir: Path) -> Path:
+        from launch.schema import ConfigError
+
+        raise ConfigError(f"--emit-sbatch writes sbatch scripts, and cluster "
+                          f"{self.cluster.name!r} runs locally (executor: local); pass a SLURM "
+                          f"cluster profile (--cluster slurm or your site's)")
+
     def cluster_info(self):
         return None
+
+    def check_cluster(self) -> None:
+        return None  # this machine: nothing to ask
+
+    def check_live(self, graph: JobGraph, echo=print) -> None:
+        return None
+
+    def external_id(self, stage: str, owner: Path, job_id: str | None) -> str:
+        # another process's job (or none yet): unknown here, so its dependents are cancelled,
+        # as SLURM does for a dependency that failed
+        return str(job_id) if job_id else f"unknown:{stage}"
+
+    def finish(self, launched: Launched, wait: bool) -> int:
+        return launched.follow()  # the jobs are children of this process
 
     # ------------------------------------------------------------ schedule
     def _need(self, e: _Entry) -> tuple[int, int]:

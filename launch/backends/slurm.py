@@ -1,5 +1,8 @@
 """The SLURM backend: the only module that runs SLURM commands (sbatch through submitit,
-sacct, squeue, scancel, sinfo; ``cluster_info`` hands the pre-flight ``launch.slurm_info``).
+sacct, squeue, scancel, sinfo; ``cluster_info`` hands the cost estimate ``launch.slurm_info``,
+and ``check_live`` asks it through ``slurm_checks.py``). It writes the standalone form of a run
+(``emit_scripts``: one sbatch per stage + submit.sh), and a launch returns once its jobs are
+queued (``finish``; with ``--wait`` it waits for the run).
 
 States come from accounting (sacct, the source submitit also uses) merged with the
 controller (squeue, the live queue: requeues in progress, pending reasons, and jobs queued a
@@ -18,8 +21,10 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from launch.backends import ACTIVE, REQUEUE_CAUSE, SubmitError, log_path
-from launch.plan import Job
+from launch import shell
+from launch.backends import slurm_checks
+from launch.backends.base import ACTIVE, REQUEUE_CAUSE, Launched, SubmitError, log_path
+from launch.graph import Job, JobGraph
 
 FIELDS = ("JobIDRaw", "State", "ExitCode", "Elapsed", "Start", "End", "NodeList")
 TIMEOUT_S = 8.0  # one query; status must answer even when a daemon hangs
@@ -125,7 +130,6 @@ def merge(info: dict | None, live: dict | None) -> dict[str, Any]:
 
 class SlurmBackend:
     name = "slurm"
-    runs_here = False
 
     def __init__(self, cluster=None, run_dir: Path | None = None, run_name: str = ""):
         self.cluster, self.run_dir, self.run_name = cluster, run_dir, run_name
@@ -178,11 +182,61 @@ class SlurmBackend:
                     sbatch_text(j, self.cluster, graph.run_dir, self.run_name, deps)]
         return "\n".join(out)
 
+    def emit_scripts(self, graph: JobGraph, out_dir: Path) -> Path:
+        """Write the standalone form of the run (one sbatch per stage + submit.sh) to
+        ``out_dir``; returns submit.sh."""
+        import json
+        from dataclasses import asdict
+        from string import Template
+
+        from launch.executors import TEMPLATES, job_folder, standalone_sbatch_text
+
+        out_dir = Path(out_dir).absolute()
+        shell.sbatch_value("--emit-sbatch directory", out_dir)
+        self.check_scripts(graph)  # refuse before anything is written
+        (out_dir / "specs").mkdir(parents=True, exist_ok=True)
+        for job in graph.jobs:
+            spec_file = out_dir / "specs" / f"{job.stage}.json"
+            spec_file.write_text(json.dumps(asdict(job.spec), indent=2) + "\n")
+            text = standalone_sbatch_text(job, self.cluster, graph.run_dir, self.run_name,
+                                          spec_file)
+            (out_dir / f"{job.stage}.sbatch").write_text(text)
+        folders = " ".join(shell.quote("run directory", job_folder(graph.run_dir, j.stage))
+                           for j in graph.jobs)
+        lines = [f"mkdir -p {folders}  # sbatch needs its --output folders"]
+        lines += [" ".join(shell.quote("stage name", w) for w in ["submit", j.stage, *j.deps])
+                  for j in graph.jobs]
+        script = Template((TEMPLATES / "submit_run.sh.tmpl").read_text()).substitute(
+            submit_script=shell.quote("--emit-sbatch directory", out_dir / "submit.sh"),
+            submit_lines="\n".join(lines))
+        path = out_dir / "submit.sh"
+        path.write_text(script)
+        path.chmod(0o755)
+        return path
+
     def cluster_info(self):
-        """The live queries the pre-flight asks (``launch.slurm_info``: scontrol)."""
+        """The live queries of the cluster (``launch.slurm_info``: scontrol, sacctmgr)."""
         from launch import slurm_info
 
         return slurm_info
+
+    def check_cluster(self) -> None:
+        slurm_checks.check_cluster(self.cluster, self.default_partition)
+
+    def check_live(self, graph: JobGraph, echo=print) -> None:
+        slurm_checks.check_live(graph, self.cluster, self.default_partition, echo)
+
+    def external_id(self, stage: str, owner: Path, job_id: str | None) -> str:
+        if not job_id:  # afterok needs a job id: the owner must have queued it
+            from launch.schema import ConfigError
+
+            raise ConfigError(f"stage {stage} is shared from {owner}, which has not submitted "
+                              f"it: launch that run first")
+        return str(job_id)
+
+    def finish(self, launched: Launched, wait: bool) -> int:
+        launched.hint()
+        return launched.wait() if wait else 0
 
     @staticmethod
     def default_partition() -> str | None:

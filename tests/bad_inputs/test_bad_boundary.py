@@ -24,10 +24,10 @@ from pathlib import Path
 
 import pytest
 
+from launch import backends, submit
 from launch import distill as distill_cli
 from launch import report as report_cli
 from launch import status as status_cli
-from launch import submit
 from launch import sweep as sweep_cli
 
 REPO = Path(__file__).resolve().parents[2]
@@ -265,7 +265,8 @@ def test_rendered_scripts_run_nothing_injected(world, capsys, tmp_path):
         (scripts / f"{j.stage}.submitit.sh").write_text(
             sbatch_text(j, cluster, run_dir, experiment.name, ["1" for _ in j.deps]))
     emit = tmp_path / "emit $(touch Z)"
-    submit_sh = submit.emit_sbatch(graph, cluster, experiment.name, emit)
+    submit_sh = backends.for_cluster(cluster, run_dir, experiment.name).emit_scripts(graph,
+                                                                              emit)
     shims = tmp_path / "shims"
     shims.mkdir()
     log = tmp_path / "shim.log"

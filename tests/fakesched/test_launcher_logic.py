@@ -220,3 +220,20 @@ def test_fake_formats_match_what_submitit_parses(fake_slurm, tmp_path):
             break
         time.sleep(0.5)
     assert info[job.job_id]["State"] == "COMPLETED" and info[bad.job_id]["State"] == "FAILED"
+
+
+def test_a_sweep_gets_the_live_cluster_check(fake_slurm, sweep_yaml, capsys):  # noqa: F811
+    """The sweep launches through the same pre-flight as a single launch, the live cluster
+    included: a distill that asks more memory than any node of the partition has is refused,
+    naming every member and the field, and nothing is queued (dry run and real launch)."""
+    from launch import sweep as sweep_cli
+
+    path = sweep_yaml(cluster_overrides=["mem_gb=64"])  # the fake's nodes have 4000 MB
+    argv = [str(path), "--date", DATE]
+    for extra in (["--dry-run"], []):
+        assert sweep_cli.main([*argv, *extra]) == 2
+        err = capsys.readouterr().err
+        for member in ("a-hi", "a-lo", "b-hi", "b-lo"):
+            assert f"member {member}: stage distill: cluster.mem_gb=64" in err, err
+        assert "partition debug" in err, err
+    assert not list((fake_slurm / "jobs").glob("*.json")), "a refused sweep queued a job"

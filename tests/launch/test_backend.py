@@ -20,7 +20,8 @@ from launch import backends, cli, layout
 from launch import config as cfg
 from launch import manifest as mf
 from launch.backends.local import LocalBackend
-from launch.plan import Job, plan
+from launch.graph import Job
+from launch.plan import plan
 from launch.schema import to_dict
 from launch.submit import launch
 
@@ -159,8 +160,7 @@ def test_cancel_stops_running_and_queued_jobs(tmp_path):
 
 
 def test_backend_choice_and_unknown_executor():
-    assert backends.get("slurm").name == "slurm" and not backends.get("slurm").runs_here
-    assert backends.get("local").runs_here
+    assert backends.get("slurm").name == "slurm" and backends.get("local").name == "local"
     with pytest.raises(ValueError, match="cluster.executor='pbs'"):
         backends.get("pbs")
 
@@ -306,13 +306,64 @@ def test_slurm_backend_submit_states_cancel(slurm_cluster, local_graph, tmp_path
 
 def test_only_the_slurm_backend_runs_slurm_commands():
     """sbatch/sacct/squeue/scancel/sinfo/scontrol appear as a command only in
-    launch/backends/slurm.py and in launch/slurm_info.py (which pre-flight reaches through
-    ``backend.cluster_info()``)."""
+    launch/backends/slurm.py and in launch/slurm_info.py (which only the SLURM backend imports:
+    its live check, and ``cluster_info()`` for the cost estimate's site facts)."""
     allowed = {"launch/backends/slurm.py", "launch/slurm_info.py"}
     command = re.compile(r'\[\s*"(sbatch|sacct|squeue|scancel|sinfo|scontrol)"')
     users = {str(p.relative_to(REPO)) for p in (REPO / "launch").rglob("*.py")
              if command.search(p.read_text())}
     assert users <= allowed, users - allowed
     assert "launch/backends/slurm.py" in users
-    preflight = (REPO / "launch" / "preflight.py").read_text()
-    assert "import slurm_info" not in preflight and "cluster_info()" in preflight
+    importers = {str(p.relative_to(REPO)) for p in (REPO / "launch").rglob("*.py")
+                 if re.search(r"import slurm_info|from launch.slurm_info", p.read_text())}
+    assert importers <= {"launch/backends/slurm.py", "launch/backends/slurm_checks.py"}, importers
+
+
+class _Launched:
+    def __init__(self):
+        self.calls: list[str] = []
+
+    def follow(self):
+        self.calls.append("follow")
+        return 5
+
+    def wait(self):
+        self.calls.append("wait")
+        return 7
+
+    def hint(self):
+        self.calls.append("hint")
+
+
+def test_what_differs_between_backends_is_a_backend_method(tmp_path):
+    """How a launch ends, what a stage shared from another launch waits on and whether scripts
+    can be emitted are answered by the backend itself: nothing outside launch/backends asks
+    which backend it has."""
+    from launch.schema import ConfigError
+
+    local = backends.get("local", cluster=cfg.load_cluster("local"), run_dir=tmp_path)
+    slurm = backends.get("slurm", cluster=cfg.load_cluster("ci"), run_dir=tmp_path)
+    runs = {name: _Launched() for name in ("local", "slurm", "slurm-wait")}
+    assert local.finish(runs["local"], wait=False) == 5  # its jobs are children: followed
+    assert slurm.finish(runs["slurm"], wait=False) == 0
+    assert slurm.finish(runs["slurm-wait"], wait=True) == 7
+    assert {k: v.calls for k, v in runs.items()} == {
+        "local": ["follow"], "slurm": ["hint"], "slurm-wait": ["hint", "wait"]}
+    # a shared stage its owner has not queued: SLURM cannot depend on it, local cancels
+    assert local.external_id("eval_teacher", tmp_path, None) == "unknown:eval_teacher"
+    assert slurm.external_id("eval_teacher", tmp_path, 42) == "42"
+    with pytest.raises(ConfigError, match="eval_teacher is shared from .*launch that run first"):
+        slurm.external_id("eval_teacher", tmp_path, None)
+    with pytest.raises(ConfigError, match="--emit-sbatch.*runs locally"):
+        local.emit_scripts(None, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    local.check_cluster(), local.check_live(None)  # nothing to ask on this machine
+
+
+def test_no_module_outside_the_backends_asks_which_backend_it_has():
+    repo = Path(__file__).resolve().parents[2]
+    asks = re.compile(r"\.executor\s*[!=]=|runs_here|isinstance\([^)]*(Slurm|Local)Backend")
+    found = [f"{p.relative_to(repo)}:{i}" for p in sorted((repo / "launch").rglob("*.py"))
+             if "backends" not in p.parts and p.name != "config.py"  # config declares the knob
+             for i, line in enumerate(p.read_text().splitlines(), 1) if asks.search(line)]
+    assert not found, f"ask the backend (launch/backends/base.py) instead: {found}"

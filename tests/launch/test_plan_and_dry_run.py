@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from launch import backends, layout
 from launch import config as cfg
-from launch import layout
 from launch.executors import sbatch_text, setup_lines
 from launch.plan import plan
-from launch.submit import dry_run_text
+from launch.start import dry_run_text
 
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN = REPO / "tests" / "golden" / "sbatch"
@@ -72,7 +72,7 @@ def test_pretokenized_prefix_skips_data_prep(tmp_path):
 @pytest.mark.parametrize("cluster", ["pyxis_nemo", "ci"])
 def test_dry_run_matches_golden(cluster):
     exp, cl, g = seed_graph(cluster)
-    text = dry_run_text(g, cl, exp.name)
+    text = dry_run_text(g, backends.for_cluster(cl, g.run_dir, exp.name))
     golden = GOLDEN / f"seed__{cluster}.txt"
     if os.environ.get("KD_UPDATE_GOLDEN"):
         golden.parent.mkdir(parents=True, exist_ok=True)
@@ -141,11 +141,9 @@ def test_help_and_dry_run(tmp_path):
 
 
 def test_standalone_sbatch_matches_golden(tmp_path):
-    from launch.submit import emit_sbatch
-
     exp, cl, g = seed_graph("pyxis_nemo")
     out = tmp_path / "standalone"
-    emit_sbatch(g, cl, exp.name, out)
+    backends.for_cluster(cl, g.run_dir, exp.name).emit_scripts(g, out)
     parts = [f"===== {p.name} =====\n{p.read_text()}" for p in sorted(out.glob("*.sbatch"))]
     parts.append(f"===== submit.sh =====\n{(out / 'submit.sh').read_text()}")
     text = "\n".join(parts).replace(str(out), "{OUT}")  # the golden names no temp path

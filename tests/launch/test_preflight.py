@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
 from launch import config as cfg
@@ -85,7 +87,7 @@ def test_prefix_needs_bin_and_idx(make_experiment, tmp_path):
 def test_named_cluster_without_partition(make_experiment):
     cl = cfg.load_cluster("pyxis_nemo", ["partition=null"])
     exp, _ = layout.load_experiment(str(make_experiment()), [], cl)
-    if not preflight.shutil.which("sbatch"):
+    if not shutil.which("sbatch"):
         pytest.skip("needs the SLURM client (started by the test command)")
     with pytest.raises(ConfigError, match=r"cluster.partition is not set for cluster 'pyxis_nemo'"):
         preflight.check(exp, cl)
