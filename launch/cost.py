@@ -39,7 +39,7 @@ The five coefficients (``FIT``) are a least-squares fit (relative error, ``e <= 
 times of 14 measured layouts (benchmarks/results: ``h100x4_2026-11-28_issue8.json``, the
 ``kd_throughput`` run of ``h200x1_2026-11-28_issue14_8b.json`` and
 ``h200x2_2026-11-28_issue14_8b32.json``); tests/launch/test_cost.py refits them and judges the
-model on 11 held-out layouts (error table in CONTRIBUTING.md, "Cost estimate"). Sequence
+model on 13 held-out layouts (error table in CONTRIBUTING.md, "Cost estimate"). Sequence
 parallelism and the fusions of ``train.fuse`` were not in any measured run: the estimate does
 not count their gain (it errs long, the safe side for a time limit), and the report's
 measured / predicted ratio shows what they bought.
