@@ -14,7 +14,7 @@ demo: env  ## the embedded default: the whole pipeline on this machine, CPU, tin
 	$(PY) launch/distill.py --cluster local --config tiny_demo --run-dir runs/demo
 
 test: env cluster  ## every CPU test, SLURM ones included (starts the test cluster); 2 workers
-	$(PY) -m pytest -q -n 3 --dist worksteal --durations=25
+	$(PY) -m pytest -q -n 2 --dist worksteal --durations=25
 
 test-fast: env  ## the unit tier: pure logic and the fake scheduler (no cluster, no model work)
 	$(PY) -m pytest -q -n 2 -m unit
