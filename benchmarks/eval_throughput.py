@@ -15,7 +15,7 @@ included): questions/s = questions / eval_seconds. ``auto`` is lm-eval's own sea
 largest batch that fits. ``--processes 1,4`` runs each batch size with 1 and with 4 data-parallel
 model processes (kd/eval_shards.py: one per GPU, ``cuda:0..3``, each loading the model itself,
 so load time is included) and checks that the scores are identical; ``--n-test 100`` (5700
-questions, the seed's ``limit 100``) keeps the model load from dominating.
+questions, the guide's ``limit 100``) keeps the model load from dominating.
 """
 
 from __future__ import annotations

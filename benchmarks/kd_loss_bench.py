@@ -1,5 +1,5 @@
 """The KD loss alone at the 8B shape: ModelOpt's full-vocabulary KL vs kd/kd_loss.py's chunked
-one (issue 14.3). One GPU, random bf16 logits [seq, mbs, vocab], forward + backward.
+one. One GPU, random bf16 logits [seq, mbs, vocab], forward + backward.
 
     python benchmarks/kd_loss_bench.py --seq 4096 --vocab 128256 --mbs 1,2 --out loss.json
 

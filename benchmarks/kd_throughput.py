@@ -1,31 +1,35 @@
-"""KD throughput: reference settings vs ours, on the same models, data and GPUs (issue 8).
+"""KD throughput: the guide's settings vs ours, on the same models, data and GPUs.
 
 Variants (each a fresh ``world``-process job of Megatron-Bridge's ``distill()`` built by
-``kd.distill.build_config``; no checkpoint is written), one change at a time in the order the
-issue expects the gains:
+``kd.distill.build_config``; no checkpoint is written), one change at a time in the order
+the gains are expected:
 
-- ``reference``: the seed's ``distill_hf.py`` settings: TP as given (``--tp``, all GPUs of the
+- ``guide``:     the guide's ``distill_hf.py`` settings: TP as given (``--tp``, all GPUs of the
   node as in the guide), micro-batch 1, megatron-core's local spec (unfused
   ``DotProductAttention``, the default without TE), no gradient-reduce overlap;
 - ``sdpa``:      + attention through torch SDPA (``kd.layer_specs.SDPACoreAttention``);
 - ``auto_tp``:   + the parallel layout ``launch.layout.choose`` picks (smallest TP that fits,
   the rest data parallel), micro-batch still 1;
 - ``ours_plain``: + the micro-batch it picks (the largest that fits, at most 8): the distill
-  stage's defaults before issue 26 (no sequence parallelism, megatron-core's own compiled
-  SwiGLU and bias-dropout-add, unfused norms and RoPE);
+  stage's defaults before sequence parallelism and kd/fused.py (no sequence parallelism,
+  megatron-core's own compiled SwiGLU and bias-dropout-add, unfused norms and RoPE);
 - ``ours``:      + sequence parallelism at TP > 1 (``train.sequence_parallel: auto``) and every
   fusion of kd/fused.py (``train.fuse: auto``: compiled RMSNorm and RoPE too): exactly what the
   distill stage runs by default now (train.tp/pp/micro_batch_size/recompute = auto);
-- ``ours_ct``:   ours + the compiled frozen teacher (``kd.compile_teacher: true``, issue 26.3);
+- ``ours_ct``:   ours + the compiled frozen teacher (``kd.compile_teacher: true``);
 - ``ours_overlap``: ours + overlap of the data-parallel gradient all-reduce with backward
   (``train.overlap_grad_reduce``; off by default: it measured no gain on one 4 x H100 node);
 - ``ours_chunked``: ours + kd/kd_loss.py's chunked KD loss, the layout chosen with its smaller
-  logit memory (issue 14.3);
-- ``anchor``: Model-Optimizer's ``examples/megatron_bridge/distill.py`` as its README runs it
-  (TP as given, micro-batch 1, distributed optimizer, overlapped reduce and gather; SDPA).
+  logit memory;
+- ``modelopt``: Model-Optimizer's ``examples/megatron_bridge/distill.py`` settings as its README
+  runs it (TP as given, micro-batch 1, distributed optimizer, overlapped reduce and gather; SDPA).
 
-``reference``, ``sdpa``, ``auto_tp``, ``anchor`` and ``ours_plain`` run the element-wise work as
-the stage did before issue 26 (``FUSE_BEFORE``: megatron-core's compiled SwiGLU and
+Former names, still accepted by ``--variants`` (deprecated, so that recorded commands run):
+``reference`` = ``guide``, ``anchor`` = ``modelopt``. Recorded results
+(benchmarks/results/*.json) keep the names they were recorded under.
+
+``guide``, ``sdpa``, ``auto_tp``, ``modelopt`` and ``ours_plain`` run the element-wise work as
+the stage did before kd/fused.py (``fuse_before``: megatron-core's compiled SwiGLU and
 bias-dropout-add on CUDA, which Megatron-Bridge's Llama provider switches on, nothing on CPU)
 and without sequence parallelism, which megatron-core's torch norm refuses: the guide's and
 Model-Optimizer's settings ask for it at TP > 1, but without TE they cannot have it. On one
@@ -88,33 +92,35 @@ class Variant:
     sharded: str = "auto"  # train.distributed_optimizer: "true" | "false" | "auto"
     kd_loss: str = "full"  # "full" = ModelOpt's LogitsKLLoss | "chunked" = kd/kd_loss.py
     sequence_parallel: str = "auto"  # train.sequence_parallel: "off" | "auto" (on at TP > 1)
-    fuse: str = "auto"  # train.fuse: "before" (FUSE_BEFORE) | "auto" (all on CUDA)
+    fuse: str = "auto"  # train.fuse: "before" (fuse_before()) | "auto" (all on CUDA)
     compile_teacher: bool = False  # kd.compile_teacher
 
 
-BEFORE = dict(sequence_parallel="off", fuse="before")  # the stage before issue 26
+BEFORE = dict(sequence_parallel="off", fuse="before")  # the stage before kd/fused.py
 VARIANTS = {
-    "reference": Variant("local", "given", 1, False, "false", **BEFORE),
+    "guide": Variant("local", "given", 1, False, "false", **BEFORE),
     "sdpa": Variant("sdpa", "given", 1, False, "false", **BEFORE),
     "auto_tp": Variant("sdpa", "auto", 1, False, "false", **BEFORE),
-    # the distill stage's defaults before issue 26: auto layout, distributed optimizer whenever
-    # dp > 1 (issue 14), no SP, only megatron-core's own compiled SwiGLU / bias-dropout-add
+    # the distill stage's defaults before kd/fused.py: auto layout, distributed optimizer
+    # whenever dp > 1, no SP, only megatron-core's own compiled SwiGLU / bias-dropout-add
     "ours_plain": Variant(**BEFORE),
     # the distill stage's defaults now: + sequence parallelism at TP > 1, every fusion
     "ours": Variant(),
     "ours_ct": Variant(compile_teacher=True),
     "ours_overlap": Variant(overlap=True),
-    # + the chunked KD loss (issue 14.3), the layout chosen with its smaller logit memory
+    # + the chunked KD loss, the layout chosen with its smaller logit memory
     "ours_chunked": Variant(kd_loss="chunked"),
     # Model-Optimizer's examples/megatron_bridge/distill.py as its README runs it, without TE:
     # TP = all GPUs of the node (--tp), its default --mbs 1, distributed optimizer, overlapped
     # gradient reduce and parameter gather
-    "anchor": Variant("sdpa", "given", 1, True, "true", **BEFORE),
+    "modelopt": Variant("sdpa", "given", 1, True, "true", **BEFORE),
 }
+# former variant names (deprecated): still accepted by --variants, run as the new name
+ALIASES = {"reference": "guide", "anchor": "modelopt"}
 
 
 def fuse_before(device: str) -> tuple[str, ...]:
-    """``train.fuse`` that reproduces the stage before issue 26: Megatron-Bridge's Llama provider
+    """``train.fuse`` that reproduces the stage before kd/fused.py: Megatron-Bridge's Llama provider
     switched megatron-core's compiled SwiGLU and bias-dropout-add on (kd.distill disabled them on
     CPU only); norms and RoPE ran unfused."""
     return ("swiglu", "residual") if device == "cuda" else ()
@@ -494,7 +500,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="runs of every variant, interleaved (A B C A B C): median and spread")
     p.add_argument("--iters", type=int, default=15)
     p.add_argument("--warmup", type=int, default=4, help="iterations left out of the median")
-    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--variants", default=",".join(VARIANTS),
+                   help="comma-separated, from: " + ", ".join(VARIANTS) + " (deprecated "
+                   "names: reference = guide, anchor = modelopt)")
     p.add_argument("--device", default="auto")
     p.add_argument(
         "--peak-tflops",
@@ -546,7 +554,7 @@ def main(argv: list[str] | None = None) -> int:
     result["fuse_before"] = list(fuse_before(device))
 
     def layout_of(v: Variant, fields: dict):
-        if v.tp == "given" and v.mbs != "auto":  # the seed's / anchor's own settings, as they run
+        if v.tp == "given" and v.mbs != "auto":  # the guide's / Model-Optimizer's own settings
             rc = "none" if args.recompute == "auto" else args.recompute
             return Layout(args.tp, 1, args.world // args.tp, v.mbs, rc, 0.0, 0.0, (),
                           sequence_parallel=sequence_parallel(fields["sequence_parallel"],
@@ -558,6 +566,10 @@ def main(argv: list[str] | None = None) -> int:
                       sequence_parallel=fields["sequence_parallel"])
 
     names = args.variants.split(",")
+    for old in [n for n in names if n in ALIASES]:
+        print(f"--variants: {old!r} is now {ALIASES[old]!r} (the old name is deprecated)",
+              file=sys.stderr)
+    names = [ALIASES.get(n, n) for n in names]
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         p.error(f"--variants: unknown {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
@@ -644,10 +656,10 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         result["variants"][name] = combine(runs[name])
     v = result["variants"]
-    base = v.get("reference", {}).get("step_ms_median")
+    base = v.get("guide", {}).get("step_ms_median")
     for name in v:
-        if name != "reference" and base and v[name].get("step_ms_median"):
-            result[f"speedup_{name}_vs_reference"] = round(base / v[name]["step_ms_median"], 3)
+        if name != "guide" and base and v[name].get("step_ms_median"):
+            result[f"speedup_{name}_vs_guide"] = round(base / v[name]["step_ms_median"], 3)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(table(result))
@@ -716,7 +728,7 @@ def table(result: dict) -> str:
         f"seq {result['seq']}, gbs {result['gbs']}",
         "| variant | attention | TP | DP | mbs | overlap | KD loss | SP | fused | compiled teacher "
         "| step ms (spread, repeats) "
-        "| tokens/s/GPU | TFLOP/s/GPU | MFU | x reference | peak alloc GiB (max rank) "
+        "| tokens/s/GPU | TFLOP/s/GPU | MFU | x guide | peak alloc GiB (max rank) "
         "| estimate GiB | loss first -> last |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -731,7 +743,7 @@ def table(result: dict) -> str:
             f"{v.get('step_ms_median')} ({v.get('step_ms_spread')}, {v.get('repeats')}) | "
             f"{v.get('tokens_per_s_per_gpu')} | "
             f"{v.get('model_tflops_per_gpu')} | {v.get('mfu')} | "
-            f"{result.get(f'speedup_{name}_vs_reference', 1.0 if name == 'reference' else '-')} "
+            f"{result.get(f'speedup_{name}_vs_guide', 1.0 if name == 'guide' else '-')} "
             f"| {peak} | {v.get('estimated_peak_gib')} | "
             f"{v.get('loss_first')} -> {v.get('loss_last')} |"
         )

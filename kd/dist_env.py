@@ -27,7 +27,8 @@ def export_env(set_cuda_visible_devices: bool = False) -> DistEnv:
     """Export the torch.distributed env vars for this process and return them.
 
     ``set_cuda_visible_devices``: pin each task to GPU ``LOCAL_RANK`` (for clusters that do
-    not bind GPUs per task themselves; see submitit issue #1704).
+    not bind GPUs per task themselves; see
+    https://github.com/facebookincubator/submitit/issues/1704).
     """
     in_slurm_task = "SLURM_JOB_ID" in os.environ and "SLURM_PROCID" in os.environ
     in_local_job = os.environ.get("SUBMITIT_EXECUTOR") == "local"  # submitit LocalExecutor tasks

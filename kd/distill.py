@@ -476,7 +476,7 @@ def dataset_config(spec: DistillSpec, on_gpu: bool):
     )
 
 
-# ---------------------------------------------------------------- the anchor's options (issue 15)
+# ----------------------------------------- the options of Model-Optimizer's distill.py
 # Model-Optimizer's examples/megatron_bridge/distill.py offers these; each is declared and
 # checked once in kd/sections.py (Train.recompute*, Optimizer, Checkpoint, Logging, ...) and
 # reaches this stage through the spec; here they become Megatron-Bridge config objects.
@@ -606,7 +606,8 @@ def index_cache_dir(spec: DistillSpec) -> str:
 
 
 def check_options(spec: DistillSpec, device: str) -> None:
-    """The anchor options that depend on where distill runs (the rest are checked at load)."""
+    """The options of Model-Optimizer's distill.py that depend on where distill runs (the rest
+    are checked at load)."""
     if spec.checkpoint.async_save and device != "cuda":
         raise ValueError(
             "checkpoint.async_save=true needs CUDA GPUs: megatron-core's persistent async "

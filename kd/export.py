@@ -1,10 +1,10 @@
 """Export stage: one Megatron checkpoint of the distilled student -> a Hugging Face model dir.
 
-``AutoBridge.export_ckpt`` semantics (the seed's ``--hf-model``): a dense student is written
+``AutoBridge.export_ckpt`` semantics (the guide's ``--hf-model``): a dense student is written
 through the bridge of ``hf_template`` (the base architecture's config and tokenizer); a
 heterogeneous Puzzletron AnyModel student (``block_configs``) is written through its own dir, so
 the export keeps the AnyModel layout (``subblocks_safetensors/``). In both cases the student's
-``config.json`` is copied over the exported one, as the seed does, so ``block_configs`` and the
+``config.json`` is copied over the exported one, as the guide does, so ``block_configs`` and the
 pruned shapes survive. Loading an AnyModel export with transformers needs modelopt's
 ``deci_x_patcher``.
 

@@ -36,7 +36,7 @@ import sys
 import time
 from typing import Any
 
-from kd import provenance
+from kd import provenance, stages
 
 try:  # submitit is on every node that runs jobs; keep the module importable without it
     from submitit.helpers import Checkpointable
@@ -62,7 +62,8 @@ class StageJob(Checkpointable):
         before = provenance.marker_stat(marker)
         try:
             module = importlib.import_module(self.module)
-            if self.module == "kd.distill":
+            st = stages.get(self.stage)
+            if st and st.requeue and self.module == st.module:  # saves, then asks to requeue
                 result = self._distill(module)
             else:
                 result = module.run(self.spec)

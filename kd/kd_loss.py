@@ -1,5 +1,5 @@
 """Chunked logit KL loss for distillation: the same value and gradient as ModelOpt's
-``LogitsKLLoss``, without the full-vocabulary fp32 intermediates (issue 14, item 3).
+``LogitsKLLoss``, without the full-vocabulary fp32 intermediates.
 
 ModelOpt's ``LogitsKLLoss`` upcasts the student and teacher logits ([seq, batch, vocab/TP],
 bf16) to fp32, takes both log-softmaxes and the elementwise KL, and autograd keeps several of

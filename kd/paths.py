@@ -22,29 +22,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-STAGES = (
-    "prepare_data",
-    "distill",
-    "export_hf",
-    "eval_student_before",
-    "eval_teacher",
-    "eval_student_after",
-    "report",
-)
+from kd.stages import CANDIDATE_PREFIX, NAMES, SELECT_STAGE, candidate_stage, get
+
+STAGES = NAMES  # the pipeline's stages, in graph order (kd/stages.py declares each)
 EVAL_ROLES = ("student_before", "student_after", "teacher")
-SELECT_STAGE = "select"  # checkpoint selection: picks a candidate_<N>, writes RUN/export/hf
-CANDIDATE_PREFIX = "candidate_"
-
-
-def candidate_stage(iteration: int) -> str:
-    """The stage that exports (and quick-evaluates) one candidate iteration."""
-    return f"{CANDIDATE_PREFIX}{iteration}"
+__all__ = ["CANDIDATE_PREFIX", "EVAL_ROLES", "SELECT_STAGE", "STAGES", "RunPaths",
+           "candidate_stage", "is_stage", "iteration_dir", "latest_iteration"]
 
 
 def is_stage(name: str) -> bool:
-    digits = name.removeprefix(CANDIDATE_PREFIX)
-    return (name in STAGES or name == SELECT_STAGE
-            or (name != digits and digits.isdigit() and not digits.startswith("0")))
+    return get(name) is not None
 
 
 @dataclass(frozen=True)

@@ -412,7 +412,7 @@ KDOptions = KD  # the name the distill stage uses
 @dataclass(frozen=True)
 class Export(Section):
     enabled: bool = True
-    hf_template: str | None = None  # the seed's --hf-model: base architecture of the student
+    hf_template: str | None = None  # the guide's --hf-model: base architecture of the student
     iteration: int | None = knob(None, positive)  # None: the last saved iteration
 
 

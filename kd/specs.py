@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from kd import stages
 from kd.sections import (
     KD,
     Checkpoint,
@@ -127,27 +128,13 @@ class SelectSpec:
 
 
 # ---------------------------------------------------------------- JSON form (standalone sbatch)
-STAGE_SPECS = {
-    "prepare_data": ("kd.data", DataSpec),
-    "distill": ("kd.distill", DistillSpec),
-    "export_hf": ("kd.export", ExportSpec),
-    "eval_student_before": ("kd.evaluate", EvalSpec),
-    "eval_teacher": ("kd.evaluate", EvalSpec),
-    "eval_student_after": ("kd.evaluate", EvalSpec),
-    "report": ("kd.report", ReportSpec),
-    "select": ("kd.selection", SelectSpec),
-}
+STAGE_SPECS = {s.name: (s.module, globals()[s.spec]) for s in stages.FIXED.values()}
 
 
 def stage_spec(stage: str) -> tuple[str, type]:
     """(module, spec class) of a stage: the fixed ones, and ``candidate_<N>`` of selection."""
-    from kd.paths import CANDIDATE_PREFIX, is_stage
-
-    if stage in STAGE_SPECS:
-        return STAGE_SPECS[stage]
-    if is_stage(stage) and stage.startswith(CANDIDATE_PREFIX):
-        return "kd.selection", CandidateSpec
-    raise ValueError(f"unknown stage {stage!r}: one of {', '.join(STAGE_SPECS)} or candidate_<N>")
+    found = stages.stage(stage)  # ValueError naming the known stages
+    return found.module, globals()[found.spec]
 
 
 def spec_from_dict(cls: type, data: dict):

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """kdlaunch: the command line of the launcher, and the parser pieces its commands share.
 
-    kdlaunch distill --cluster slurm --config seed_llama31_8b --dry-run
+    kdlaunch distill --cluster slurm --config guide_llama31_8b --dry-run
     kdlaunch status runs/kd1 [--logs distill | --cancel | --wait]
     kdlaunch report --before A.json --after B.json --teacher C.json --out report/
     kdlaunch sweep [run] configs/sweeps/nightly_tiny.yaml --cluster ci

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -202,8 +203,27 @@ def resolve_cluster_path(ref: str) -> Path:
     return candidate
 
 
+# Former names of shipped experiments: still loaded, with a one-line notice on stderr, so that
+# recorded commands keep running.
+RENAMED_EXPERIMENTS = {"seed_llama31_8b": "guide_llama31_8b"}
+
+
+def experiment_path(ref: str) -> Path:
+    """``named_yaml`` in configs/experiments, following ``RENAMED_EXPERIMENTS`` (as a name or
+    as the shipped file's former path)."""
+    path = named_yaml(ref, EXPERIMENTS_DIR)
+    old = path.stem if path.suffix in (".yaml", ".yml") else None
+    shipped = path.parent.parts[-2:] == ("configs", "experiments")
+    if not path.exists() and old in RENAMED_EXPERIMENTS and shipped:
+        new = RENAMED_EXPERIMENTS[old]
+        print(f"kdlaunch: experiment {old!r} is now {new!r} (configs/experiments/{new}.yaml); "
+              f"the old name is deprecated", file=sys.stderr)
+        return EXPERIMENTS_DIR / f"{new}.yaml"
+    return path
+
+
 def experiment_dict(ref: str, overrides: list[str] = ()) -> dict:
-    return _with_overrides(_read_yaml(named_yaml(ref, EXPERIMENTS_DIR)), list(overrides))
+    return _with_overrides(_read_yaml(experiment_path(ref)), list(overrides))
 
 
 def cluster_dict(ref: str, overrides: list[str] = ()) -> dict:

@@ -26,7 +26,7 @@ The distill step (``step_time``), per training step of one rank::
   the FLOPs (the MFU the step would reach without overheads), ``o`` the cost of one layer of one
   micro-batch (kernel launches, element-wise kernels, TP collectives), layers = student +
   teacher layers;
-* ``k``: megatron-core's unfused local attention (the seed's setting; the stage uses SDPA)
+* ``k``: megatron-core's unfused local attention (the guide's setting; the stage uses SDPA)
   costs ``k`` seconds per 1e9 of ``micro_batch x seq^2 x heads / tp x (teacher + 3 x student
   attention layers)``;
 * gradient traffic: fp32 gradients (``2 (dp-1)/dp x 4 B`` per student parameter of the rank;
@@ -65,6 +65,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kd import stages as registry
 from launch.gpus import GPU_KINDS
 
 AUTO = "auto"
@@ -349,7 +350,7 @@ def _least_squares(a: list[list[float]], b: list[float]) -> list[float] | None:
 
 
 # ---------------------------------------------------------------- stage constants
-# GPU nodes. Distill set-up and the first-step warm-up: issue 9's two launcher runs
+# GPU nodes. Distill set-up and the first-step warm-up: the two launcher runs
 # (h100x4_2026-11-28.json, distill_wall_s against their steps); eval: lm-eval set-up from the
 # same runs' evals, efficiency from benchmarks/eval_throughput.py's run
 # (h100x4_2026-11-28_issue8.json); I/O rates and the process start are stated assumptions.
@@ -373,23 +374,14 @@ ROUND_MIN = 5  # auto limits are whole multiples of this
 FLOOR_MIN = 15  # and never below (submitit counts a USR2 as a timeout under 10 min)
 FALLBACK_MIN = {"prepare_data": 240, "distill": 240, "export_hf": 120, "eval": 240,
                 "report": 15}  # auto without an estimate: the former defaults
-FIELDS = {"prepare_data": "cluster.stages.prepare_data_min", "distill": "cluster.time_min",
-          "export_hf": "cluster.stages.export_min", "eval": "cluster.stages.eval_min",
-          "report": "cluster.stages.report_min"}
-EVAL_STAGES = {"eval_student_before": "student_before", "eval_teacher": "teacher",
-               "eval_student_after": "student_after"}
+FIELDS = registry.TIME_FIELDS  # time kind -> the cluster field that sets it (kd/stages.py)
+EVAL_STAGES = registry.EVAL_STAGES  # stage -> eval role
 
 
 def kind_of_stage(stage: str) -> str:
     """The cluster time field a stage reads: prepare_data, distill, export_hf, eval, report."""
-    if stage in EVAL_STAGES:
-        return "eval"
-    return stage if stage in FIELDS else "export_hf" if stage.startswith("candidate_") \
-        or stage == "select" else stage
-
-
-def time_field(stage: str) -> str:
-    return FIELDS.get(kind_of_stage(stage), "cluster.stages.eval_min")
+    found = registry.get(stage)
+    return found.time if found else stage
 
 
 # ---------------------------------------------------------------- estimates
@@ -745,10 +737,11 @@ def _unmodelled(exp, kind: str) -> list[str]:
 
 
 def _pinned(cluster, key: str) -> object:
-    if key == "distill":
-        return cluster.time_min
-    return getattr(cluster.stages, {"prepare_data": "prepare_data_min", "export_hf": "export_min",
-                                    "eval": "eval_min", "report": "report_min"}[key])
+    """The value of the cluster field that sets time kind ``key`` (``cluster.stages.eval_min``)."""
+    value = cluster
+    for part in FIELDS[key].split(".")[1:]:
+        value = getattr(value, part)
+    return value
 
 
 def _round_up(minutes: float) -> int:
@@ -793,21 +786,14 @@ def allocations(d: DistillEstimate, limit_min: float, signal_delay_s: float) -> 
 def stage_limits(exp, cluster) -> dict[str, int]:
     """{stage: minutes} the plan puts on the standard stages (pinned or auto). Without any
     ``auto`` time this reads nothing."""
-    keys = ("distill", "prepare_data", "export_hf", "eval", "report")
-    if not any(_is_auto(_pinned(cluster, k)) for k in keys):
-        out = {"distill": int(cluster.time_min),
-               "prepare_data": int(cluster.stages.prepare_data_min),
-               "export_hf": int(cluster.stages.export_min), "report": int(cluster.stages.report_min)}
-        out.update({s: int(cluster.stages.eval_min) for s in EVAL_STAGES})
-        return out
+    if not any(_is_auto(_pinned(cluster, k)) for k in FIELDS):
+        return {st.name: int(_pinned(cluster, st.time)) for st in registry.PIPELINE}
     pred = predict(exp, cluster)
     out = {s: e.limit_min for s, e in pred.stages.items()}
-    for stage, key in (("distill", "distill"), ("prepare_data", "prepare_data"),
-                       ("export_hf", "export_hf"), ("report", "report"),
-                       *((s, "eval") for s in EVAL_STAGES)):
-        if stage not in out:  # a stage this experiment leaves out: any sane number
-            value = _pinned(cluster, key)
-            out[stage] = FALLBACK_MIN[key] if _is_auto(value) else int(value)
+    for st in registry.PIPELINE:
+        if st.name not in out:  # a stage this experiment leaves out: any sane number
+            value = _pinned(cluster, st.time)
+            out[st.name] = FALLBACK_MIN[st.time] if _is_auto(value) else int(value)
     return out
 
 
@@ -945,7 +931,7 @@ def graph_stages(pred: Prediction, graph, exp=None) -> list[tuple[Any, StageEsti
         elif job.stage == "select":
             seconds = start
         e = StageEstimate(job.stage, seconds, job.gpus_per_node * job.nodes, job.time_min,
-                          "its export's and eval's limits", time_field(job.stage),
+                          "its export's and eval's limits", registry.time_field(job.stage),
                           why="" if seconds is not None else "its export or eval has none")
         out.append((job, e))
     return out

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Queue the whole KD pipeline: data prep -> distill -> HF export -> MMLU evals -> report.
 
-    python launch/distill.py --cluster slurm --config configs/experiments/seed_llama31_8b.yaml
+    python launch/distill.py --cluster slurm --config configs/experiments/guide_llama31_8b.yaml
     python launch/distill.py --cluster local --config tiny_demo train.train_iters=20
     python launch/distill.py --cluster my_cluster --config X.yaml --dry-run
 

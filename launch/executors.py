@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from kd import stages
 from launch import shell
 from launch.config import REPO, Cluster
 from launch.graph import Job
@@ -70,8 +71,9 @@ def setup_lines(cluster: Cluster, job: Job) -> list[str]:
             raise shell.UnsafeValue(f"cluster.env.{k}: its name says it holds a secret; "
                                     f"{shell.ENV_HINT}")
         lines.append(f"export {k}={shell.quote(f'cluster.env.{k}', v)}")
-    if job.stage == "distill" and job.gpus_per_node:
-        lines += fragment("distill_env.sh")
+    st = stages.get(job.stage)
+    if st and st.env_fragment and job.gpus_per_node:
+        lines += fragment(st.env_fragment)
     lines += [shell.shell_line(f"cluster.setup[{i}]", ln) for i, ln in enumerate(cluster.setup)]
     return lines
 

@@ -5,8 +5,9 @@
 a number (or ``none``/``full``) and a ``Layout`` that says what was chosen and why; values the
 experiment pins are kept and only checked later by the pre-flight.
 
-The rule (measured with benchmarks/kd_throughput.py, issue 8: on 4 x H100 at seq 4096, TP=4 ->
-TP=1 x DP=4 was 6.5x the tokens/s/GPU, micro-batch 1 -> 4 another 1.46x):
+The rule (measured with benchmarks/kd_throughput.py,
+benchmarks/results/h100x4_2026-11-28_issue8.json: on 4 x H100 at seq 4096, TP=4 -> TP=1 x DP=4
+was 6.5x the tokens/s/GPU, micro-batch 1 -> 4 another 1.46x):
 1. model parallelism as small as fits: the smallest ``tp x pp`` (TP first, within one node,
    dividing every attention and KV head count; PP dividing both models' layer counts) whose
    estimated peak at micro-batch 1 fits ``AUTO_FILL`` of ``cluster.gpu_memory_gib``. Lower TP

@@ -22,6 +22,7 @@ import os
 import platform
 import socket
 import subprocess
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -189,6 +190,7 @@ def write(path: Path, manifest: dict[str, Any]) -> None:
 
 
 def new(run_dir: Path, experiment: dict, cluster: dict) -> dict[str, Any]:
+    """The JSON form of a fresh manifest (:meth:`Manifest.create` wraps it)."""
     return {
         "kdlaunch_manifest": VERSION,
         "run_dir": str(run_dir),
@@ -202,3 +204,130 @@ def new(run_dir: Path, experiment: dict, cluster: dict) -> dict[str, Any]:
         "launches": [],
         "stages": {},
     }
+
+
+@dataclass
+class Manifest:
+    """``RUN/manifest.json`` of one run, typed: a launch changes it only through these methods
+    and writes it with :meth:`save` (atomically, secrets refused). :meth:`load` is the strict
+    reader (:func:`read`: a bad file is a :class:`ManifestError`, exit 2); older manifests load
+    too, keys this version does not know (``versions`` before ``login_node``) are kept as they
+    were."""
+
+    path: Path
+    run_dir: str
+    experiment: dict[str, Any]
+    stages: dict[str, dict[str, Any]]  # stage -> record: module, deps, spec, folder, job_id, ...
+    launches: list[dict[str, Any]]  # one entry per launch: submitted, skipped, adopted, ...
+    config_hash: str | None = None
+    cluster: dict[str, Any] = field(default_factory=dict)
+    created: str | None = None
+    updated: str | None = None
+    git_revision: str | None = None
+    login_node: dict[str, Any] | None = None
+    cost: dict[str, Any] | None = None  # launch/cost.py record: the launch's prediction
+    version: int = VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    _KEYS = ("run_dir", "created", "updated", "config_hash", "experiment", "cluster",
+             "git_revision", "login_node", "launches", "stages", "cost")
+
+    @classmethod
+    def load(cls, path: Path) -> Manifest | None:
+        """The run's manifest at ``path``, validated; None when there is none."""
+        data = read(path)
+        if data is None:
+            return None
+        if "kdlaunch_sweep" in data:
+            raise ManifestError(f"{path} is a sweep night's manifest, not a run's; {FIX}")
+        return cls.from_dict(data, Path(path))
+
+    @classmethod
+    def create(cls, path: Path, run_dir: Path, experiment: dict, cluster: dict) -> Manifest:
+        """A new run's manifest (not written yet: :meth:`save`)."""
+        return cls.from_dict(new(run_dir, experiment, cluster), Path(path))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], path: Path) -> Manifest:
+        known = {k: data[k] for k in cls._KEYS if k in data}
+        extra = {k: v for k, v in data.items() if k not in cls._KEYS and k != "kdlaunch_manifest"}
+        known.setdefault("run_dir", str(Path(path).parent))
+        known["cluster"] = known.get("cluster") or {}
+        return cls(path=Path(path), version=data.get("kdlaunch_manifest", VERSION), extra=extra,
+                   **known)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (the key order of :func:`new`, then ``cost``, then older keys)."""
+        out: dict[str, Any] = {"kdlaunch_manifest": self.version}
+        for key in self._KEYS:
+            value = getattr(self, key)
+            if key != "cost" or value is not None:
+                out[key] = value
+        out.update(self.extra)
+        return out
+
+    def save(self) -> None:
+        """Write it atomically (temp file + rename); refuses a secret anywhere in it."""
+        data = self.to_dict()
+        write(self.path, data)
+        self.updated = data["updated"]
+
+    # ------------------------------------------------------------ a launch's changes
+    def check_config(self, experiment: dict) -> None:
+        """Refuse (ConfigError) a launch of another config into this run directory."""
+        now_hash = config_hash(experiment)
+        if self.config_hash != now_hash:
+            raise ConfigError(f"--run-dir {self.path.parent} holds a run of a different config "
+                              f"(hash {self.config_hash} there, {now_hash} now); use another "
+                              f"--run-dir")
+
+    def set_cluster(self, cluster: dict[str, Any]) -> None:
+        """The profile of the latest launch (the cluster may change between launches)."""
+        self.cluster = cluster
+
+    def set_cost(self, record: dict[str, Any]) -> None:
+        """The launch's cost prediction (launch/cost.py ``record``)."""
+        self.cost = record
+
+    def refresh(self) -> None:
+        """Under the run's lock: take the job ids and launches a concurrent launch recorded."""
+        disk = read(self.path)
+        if disk and "kdlaunch_sweep" not in disk and disk.get("config_hash") == self.config_hash:
+            self.stages, self.launches = disk["stages"], disk["launches"]
+
+    def begin_launch(self, cluster_name: str, argv: list[str]) -> dict[str, Any]:
+        """A new launch entry (filled in by the submit loop: submitted, skipped, adopted)."""
+        entry: dict[str, Any] = {"time": now(), "cluster": cluster_name, "argv": list(argv),
+                                 "submitted": [], "skipped": [], "adopted": []}
+        self.launches.append(entry)
+        return entry
+
+    def stage(self, name: str) -> dict[str, Any]:
+        """The record of stage ``name`` (an empty one for a stage not recorded yet)."""
+        return self.stages.setdefault(name, {})
+
+    def job_id(self, name: str) -> str | None:
+        jid = self.stages.get(name, {}).get("job_id")
+        return str(jid) if jid else None
+
+    def state(self, name: str) -> str | None:
+        return self.stages.get(name, {}).get("state")
+
+    def plan_stage(self, name: str, **fields: Any) -> None:
+        """What the graph says of a stage (module, deps, spec, folder)."""
+        self.stage(name).update(fields)
+
+    def record_job(self, name: str, job_id: str, log: str) -> None:
+        """Stage ``name`` was just queued as ``job_id``: an earlier failure no longer applies."""
+        rec = self.stage(name)
+        rec.update(job_id=job_id, state="SUBMITTED", submitted=now(), log=log)
+        rec.pop("error", None)
+        rec.pop("finished", None)
+
+    def mark(self, name: str, state: str, finished: bool = False, **fields: Any) -> None:
+        """Stage ``name`` is in ``state`` (with ``finished``: ended now); ``fields``: job_id,
+        log, error."""
+        rec = self.stage(name)
+        rec.update(state=state, **fields)
+        if finished:
+            rec["finished"] = now()

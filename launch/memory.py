@@ -16,12 +16,12 @@ parallelism where the layout has them):
   ``ACT_SCORES * heads * seq^2 * mbs / tp`` when attention is the unfused local one (SDPA keeps
   no score matrix);
 - with sequence parallelism (``sequence_parallel=True``, the stage's default at TP > 1 since
-  issue 26) the ``ACT_LAYER`` term is divided by tp too: each rank keeps the norm inputs,
+  kd/fused.py) the ``ACT_LAYER`` term is divided by tp too: each rank keeps the norm inputs,
   residuals and dropout masks of its slice of the sequence, and the column-parallel linears
   save their SP-sharded input (re-gathered in backward). That is Korthikanti et al.'s analysis
   (34 sbh/t instead of (10 + 24/t) sbh), **not a fit**: every layout the coefficients were fitted
   to, and every held-out one, ran without sequence parallelism (without TE it was off until
-  issue 26), so ``ACT_LAYER`` itself was measured unsplit;
+  kd/fused.py), so ``ACT_LAYER`` itself was measured unsplit;
 - with ``recompute=True`` (full, one layer per checkpoint): each layer's bf16 input
   ``2 * seq * mbs * hidden`` (``/ tp`` with sequence parallelism: the checkpointed input is the
   rank's slice) plus the largest single layer's activations;

@@ -1,6 +1,6 @@
 """Experiment + cluster + run directory -> JobGraph: pure data, no I/O.
 
-The graph of the seed pipeline::
+The graph of the guide's pipeline::
 
     prepare_data -> distill -> export_hf -> eval_student_after --+
     eval_student_before (no dependency) -------------------------+-> report
@@ -18,6 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from kd import stages
 from kd.paths import RunPaths
 from kd.specs import (
     DataSpec,
@@ -81,10 +82,16 @@ def plan(exp: Experiment, cluster: Cluster, run_dir: str | Path,
     device = "cuda" if gpus else "cpu"
     jobs: list[Job] = []
 
-    def add(stage: str, module: str, spec: Any, deps: tuple[str, ...] = (), **kw: Any) -> None:
+    def add(name: str, spec: Any, deps: tuple[str, ...] = (), **kw: Any) -> None:
+        st = stages.stage(name)  # module, resources, requeue: declared once in kd/stages.py
+        if st.resources == "cluster":
+            kw = {"nodes": cluster.nodes, "tasks_per_node": tasks_per_node(cluster),
+                  "gpus_per_node": gpus, "cpus_per_task": cluster.cpus_per_task,
+                  "mem_gb": cluster.mem_gb, **kw}
         kw.setdefault("cpus_per_task", res.cpus_per_task)
         kw.setdefault("mem_gb", res.mem_gb)
-        jobs.append(Job(stage=stage, module=module, spec=spec, deps=deps, **kw))
+        jobs.append(Job(stage=name, module=st.module, spec=spec, deps=deps,
+                        time_min=limits[name], requeue=st.requeue, **kw))
 
     student, teacher = _abs(exp.student.path), _abs(exp.teacher.path)
     needs_data = any(not s.prefix for s in exp.data.sources)
@@ -97,15 +104,14 @@ def plan(exp: Experiment, cluster: Cluster, run_dir: str | Path,
                                         for s in d.sources),
                        tokenizer=_abs(d.tokenizer) or student,
                        workers=min(d.workers, res.cpus_per_task))  # the CPUs the job gets
-        add("prepare_data", "kd.data",
+        add("prepare_data",
             DataSpec(data=data, out_dir=str(paths.data),
-                     done_marker=str(paths.stage_done("prepare_data"))),
-            time_min=limits["prepare_data"])
+                     done_marker=str(paths.stage_done("prepare_data"))))
 
     require_resolved(exp)
     t = exp.train
     data_owner = owner.get("prepare_data", paths)
-    add("distill", "kd.distill",
+    add("distill",
         DistillSpec(
             student=student, teacher=teacher,
             data_blend=data_blend(exp, data_owner),
@@ -119,19 +125,16 @@ def plan(exp: Experiment, cluster: Cluster, run_dir: str | Path,
             keep_iterations=keep_iterations(exp),
             trust_remote_code=exp.trust_remote_code,
             world_size=cluster.nodes * tasks_per_node(cluster)),
-        deps=("prepare_data",) if needs_data else (),
-        nodes=cluster.nodes, tasks_per_node=tasks_per_node(cluster), gpus_per_node=gpus,
-        cpus_per_task=cluster.cpus_per_task, mem_gb=cluster.mem_gb, time_min=limits["distill"],
-        requeue=True)
+        deps=("prepare_data",) if needs_data else ())
 
     if exp.export.enabled:
-        add("export_hf", "kd.export",
+        add("export_hf",
             ExportSpec(checkpoints=str(paths.checkpoints), out_dir=str(paths.hf_export),
                        student=student,
                        export=replace(exp.export, hf_template=_abs(exp.export.hf_template)),
                        done_marker=str(paths.stage_done("export_hf")),
                        trust_remote_code=exp.trust_remote_code),
-            deps=("distill",), time_min=limits["export_hf"])
+            deps=("distill",))
 
     if exp.eval.enabled:
         e = exp.eval
@@ -143,14 +146,14 @@ def plan(exp: Experiment, cluster: Cluster, run_dir: str | Path,
         for stage, role, model, deps in evals:
             if stage in owner:
                 continue
-            add(stage, "kd.evaluate",
+            add(stage,
                 EvalSpec(role=role, model=model, out_file=str(paths.eval_result(role)),
                          eval=ev, device="cuda" if eval_gpus else "cpu",
                          cache_dir=_abs(cluster.eval_cache_dir) if role == "teacher" else None,
                          seed=t.seed, done_marker=str(paths.stage_done(stage)),
                          trust_remote_code=exp.trust_remote_code),
-                deps=deps, gpus_per_node=eval_gpus, time_min=limits[stage])
-        add("report", "kd.report",
+                deps=deps, gpus_per_node=eval_gpus)
+        add("report",
             ReportSpec(before=str(owner.get("eval_student_before", paths)
                                   .eval_result("student_before")),
                        after=str(paths.eval_result("student_after")),
@@ -158,7 +161,7 @@ def plan(exp: Experiment, cluster: Cluster, run_dir: str | Path,
                        title=f"Knowledge distillation: {exp.name}",
                        done_marker=str(paths.stage_done("report"))),
             deps=("eval_student_before", "eval_teacher", "eval_student_after"),
-            time_min=limits["report"], cpus_per_task=1)
+            cpus_per_task=1)
     external = {stage: rp.root for stage, rp in owner.items()
                 if any(stage in j.deps for j in jobs)}
     graph = JobGraph(run_dir=paths.root, jobs=tuple(jobs), external=external)

@@ -51,7 +51,7 @@ def check_time(exp: Experiment, cluster: Cluster, echo=print) -> None:
 
 
 def check_options(exp: Experiment, cluster: Cluster) -> None:
-    """The anchor's options (issue 15) that depend on the cluster or on files."""
+    """The options of Model-Optimizer's distill.py that depend on the cluster or on files."""
     if exp.checkpoint.async_save and not cluster.gpus_per_node:
         raise ConfigError(
             f"checkpoint.async_save=true needs CUDA GPUs (cluster {cluster.name!r} has none): "

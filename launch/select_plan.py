@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+from kd import stages
 from kd.paths import SELECT_STAGE, RunPaths, candidate_stage
 from kd.sections import MMLU_GROUPS, VAL_LOSS, Select
 from kd.specs import CandidateSpec, SelectSpec, replace_fields
@@ -58,13 +59,13 @@ def with_selection(graph: JobGraph, select: Select, iterations: list[int], tenso
                                 cache_dir=None,
                                 done_marker=str(cand.stage_done("eval_student_after")))
         stage = candidate_stage(it)
-        new.append(replace(export, stage=stage, module="kd.selection",
+        new.append(replace(export, stage=stage, module=stages.CANDIDATE.module,
                            spec=CandidateSpec(iteration=it, export=ex, eval=ev,
                                               done_marker=str(paths.stage_done(stage))),
                            gpus_per_node=after.gpus_per_node if ev else export.gpus_per_node,
                            time_min=export.time_min + (after.time_min if ev else 0)))
     sel = replace(
-        export, stage=SELECT_STAGE, module="kd.selection", deps=tuple(j.stage for j in new),
+        export, stage=SELECT_STAGE, module=stages.SELECT.module, deps=tuple(j.stage for j in new),
         cpus_per_task=1,
         spec=SelectSpec(candidates=tuple((it, str(paths.candidate_dir(it))) for it in iterations),
                         out_dir=export.spec.out_dir, selection_dir=str(paths.select),

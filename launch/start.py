@@ -66,15 +66,13 @@ class Launch:
         with submit.run_lock(run_dir):
             # read under the lock: a launch that held it before this one recorded its job ids,
             # which this one adopts instead of submitting them a second time
-            manifest = mf.read(path) or mf.new(run_dir, exp_resolved, cluster_resolved)
-            if manifest.get("config_hash") != mf.config_hash(exp_resolved):
-                raise ConfigError(f"--run-dir {run_dir} holds a run of a different config "
-                                  f"(hash {manifest.get('config_hash')} there, "
-                                  f"{mf.config_hash(exp_resolved)} now); use another --run-dir")
-            manifest["cluster"] = cluster_resolved
+            manifest = (mf.Manifest.load(path)
+                        or mf.Manifest.create(path, run_dir, exp_resolved, cluster_resolved))
+            manifest.check_config(exp_resolved)
+            manifest.set_cluster(cluster_resolved)
             # the prediction that status, the report and the sweep trend compare
-            manifest["cost"] = cost.record(self.prediction, self.graph, self.experiment)
-            mf.write(path, manifest)
+            manifest.set_cost(cost.record(self.prediction, self.graph, self.experiment))
+            manifest.save()
             return submit.launch(self.graph, self.cluster, manifest, self.run_name, wait=wait,
                                  echo=echo, backend=self.backend)
 

@@ -45,6 +45,7 @@ if __package__ in (None, ""):
 
 from kd import checkpoints as ckpts  # noqa: E402
 from kd import provenance as prov  # noqa: E402
+from kd import stages as registry  # noqa: E402
 from kd.paths import RunPaths  # noqa: E402
 from launch import backends, cli  # noqa: E402
 from launch import manifest as mf  # noqa: E402
@@ -375,8 +376,9 @@ def render_rows(run_dir: Path, manifest: dict, rows: dict[str, dict]) -> tuple[s
         lines.append(f"{stage:<20} {r['state']:<12} {r['job_id'] or '-':<10} "
                      f"{r['elapsed'] or '-':<10} {r['restarts'] if r['restarts'] != '' else '-':<8} "
                      f"{r['log'] or '-'}")
-        if stage == "distill":
-            ckpt = Path(run_dir) / "distill" / "checkpoints"
+        st = registry.get(stage)
+        if st and st.checkpoints:
+            ckpt = RunPaths(run_dir).checkpoints
             if ckpt.is_dir():
                 lines.append(f"    {ckpts.describe(ckpt)}")
         if r["state"] == "REQUEUED":

@@ -30,7 +30,7 @@ from launch import manifest as mf
 from launch.backends import ACTIVE, COMPLETED, FAILED, Backend, SubmitError
 from launch.config import Cluster
 from launch.executors import job_folder
-from launch.graph import Job, JobGraph
+from launch.graph import JobGraph
 
 
 def describe(graph: JobGraph) -> str:
@@ -92,19 +92,7 @@ def run_lock(run_dir: Path, wait_s: float | None = None):
         os.close(fd)  # releases the flock
 
 
-def _refresh(manifest: dict, path: Path) -> None:
-    """Under the lock: take the job ids and launches a concurrent launch recorded meanwhile."""
-    disk = mf.read(path)
-    if disk and disk.get("config_hash") == manifest.get("config_hash"):
-        manifest["stages"], manifest["launches"] = disk["stages"], disk["launches"]
-
-
-def _stage_record(job: Job, graph: JobGraph) -> dict[str, Any]:
-    return {"module": job.module, "deps": list(job.deps), "spec": asdict(job.spec),
-            "folder": str(job_folder(graph.run_dir, job.stage))}
-
-
-def launch(graph: JobGraph, cluster: Cluster, manifest: dict, run_name: str,
+def launch(graph: JobGraph, cluster: Cluster, manifest: mf.Manifest, run_name: str,
            wait: bool = False, echo=print, backend: Backend | None = None,
            poll_s: float = 0.5) -> int:
     """Submit every unfinished stage through the cluster's backend, holding the run
@@ -116,10 +104,8 @@ def launch(graph: JobGraph, cluster: Cluster, manifest: dict, run_name: str,
     paths.jobs.mkdir(parents=True, exist_ok=True)
     paths.stages.mkdir(parents=True, exist_ok=True)
     with run_lock(graph.run_dir):
-        _refresh(manifest, paths.manifest)
-        entry = {"time": mf.now(), "cluster": cluster.name, "argv": sys.argv[1:],
-                 "submitted": [], "skipped": [], "adopted": []}
-        manifest["launches"].append(entry)
+        manifest.refresh()  # what a concurrent launch recorded meanwhile
+        entry = manifest.begin_launch(cluster.name, sys.argv[1:])
         ids = _submit_graph(graph, backend, manifest, entry, echo)
         if ids is None:
             return 1
@@ -132,7 +118,7 @@ class _Launched:
 
     graph: JobGraph
     backend: Backend
-    manifest: dict
+    manifest: mf.Manifest
     ids: dict[str, str]
     echo: Any
     poll_s: float
@@ -155,26 +141,25 @@ def _done(paths: RunPaths, stage: str) -> bool:
     return paths.stage_done(stage).exists()
 
 
-def _submit_graph(graph: JobGraph, backend: Backend, manifest: dict, entry: dict,
+def _submit_graph(graph: JobGraph, backend: Backend, manifest: mf.Manifest, entry: dict,
                   echo) -> dict[str, str] | None:
     """The one skip / adopt / submit / record loop. Returns {stage: job id} of the stages
     submitted now, or None when the backend refused one (what this launch queued is then
     cancelled: ``_abort``)."""
     paths = RunPaths(graph.run_dir)
-    stages = manifest["stages"]
-    old_ids = [str(s["job_id"]) for s in stages.values() if s.get("job_id")]
+    old_ids = [jid for s in manifest.stages if (jid := manifest.job_id(s))]
     old_states = backend.states(old_ids)[0] if old_ids else {}
     job_ids = external_job_ids(graph, backend)
     submitted: dict[str, str] = {}
     for job in graph.jobs:
-        rec = stages.setdefault(job.stage, {})
-        rec.update(_stage_record(job, graph))
+        manifest.plan_stage(job.stage, module=job.module, deps=list(job.deps),
+                            spec=asdict(job.spec), folder=str(job_folder(graph.run_dir, job.stage)))
         if _done(paths, job.stage):
-            rec["state"] = COMPLETED
+            manifest.mark(job.stage, COMPLETED)
             entry["skipped"].append(job.stage)
             echo(f"  {job.stage:<20} complete, skipped")
             continue
-        prev = str(rec.get("job_id") or "")
+        prev = manifest.job_id(job.stage) or ""
         if prev and old_states.get(prev, {}).get("state") in ACTIVE:
             job_ids[job.stage] = prev
             entry["adopted"].append(job.stage)
@@ -187,24 +172,19 @@ def _submit_graph(graph: JobGraph, backend: Backend, manifest: dict, entry: dict
             _abort(graph, backend, manifest, entry, job.stage, e, echo)
             return None
         job_ids[job.stage] = submitted[job.stage] = jid
-        rec.update(job_id=jid, state="SUBMITTED", submitted=mf.now(),
-                   log=str(backend.logs(job, jid)))
-        rec.pop("error", None)
-        rec.pop("finished", None)
+        manifest.record_job(job.stage, jid, str(backend.logs(job, jid)))
         entry["submitted"].append(job.stage)
-        mf.write(paths.manifest, manifest)
+        manifest.save()
         after = f"  (afterok {', '.join(deps)})" if deps else ""
         echo(f"  {job.stage:<20} submitted job {jid}{after}")
-    mf.write(paths.manifest, manifest)
+    manifest.save()
     return submitted
 
 
-def follow(graph: JobGraph, backend: Backend, manifest: dict, ids: dict[str, str], echo,
+def follow(graph: JobGraph, backend: Backend, manifest: mf.Manifest, ids: dict[str, str], echo,
            poll_s: float = 0.5, sleep=time.sleep) -> int:
     """Record the jobs ``ids`` ({stage: job id}) in the manifest until each has ended (for a
     backend that runs them here); 1 when one failed or was not run."""
-    paths = RunPaths(graph.run_dir)
-    stages = manifest["stages"]
     external = {s for s, owner in graph.external.items() if not _done(RunPaths(owner), s)}
     seen: dict[str, str] = {}
     while True:
@@ -217,37 +197,36 @@ def follow(graph: JobGraph, backend: Backend, manifest: dict, ids: dict[str, str
             if not state or state == seen.get(job.stage):
                 continue
             seen[job.stage] = state
-            rec = stages[job.stage]
-            rec.update(state=state, **{k: row[k] for k in ("job_id", "log") if k in row})
+            manifest.mark(job.stage, state, finished=state == COMPLETED,
+                          **{k: row[k] for k in ("job_id", "log") if k in row})
+            rec = manifest.stage(job.stage)
             if state == "RUNNING":
                 echo(f"  {job.stage:<20} running (job {rec['job_id']}); log: {rec['log']}")
             elif state == COMPLETED:
-                rec["finished"] = mf.now()
                 echo(f"  {job.stage:<20} completed")
             elif state == "CANCELLED" and row.get("error", "").startswith("dependency failed"):
-                bad = [d for d in job.deps
-                       if d in external or stages.get(d, {}).get("state") in FAILED]
-                rec["error"] = "dependency failed: " + ", ".join(bad or ["?"])
+                bad = [d for d in job.deps if d in external or manifest.state(d) in FAILED]
+                manifest.mark(job.stage, state, error="dependency failed: " + ", ".join(bad or ["?"]))
                 echo(f"  {job.stage:<20} not run: {rec['error']}")
             elif state in FAILED:
-                rec.update(finished=mf.now(), error=row.get("error") or _last_error(rec["log"]))
+                manifest.mark(job.stage, state, finished=True,
+                              error=row.get("error") or _last_error(rec["log"]))
                 echo(f"  {job.stage:<20} {state}: {rec['error']}\n    log: {rec.get('log')}")
-            mf.write(paths.manifest, manifest)
+            manifest.save()
         if all(seen.get(s) == COMPLETED or seen.get(s) in FAILED for s in ids):
             break
         sleep(poll_s)
-    failed = [s for s in graph.stages if stages.get(s, {}).get("state") in FAILED]
+    failed = [s for s in graph.stages if manifest.state(s) in FAILED]
     if failed:
         echo(f"failed or not run: {', '.join(failed)}")
         return 1
     return 0
 
 
-def _abort(graph: JobGraph, backend: Backend, manifest: dict, entry: dict, stage: str,
+def _abort(graph: JobGraph, backend: Backend, manifest: mf.Manifest, entry: dict, stage: str,
            error: Exception, echo) -> None:
     """Cancel the jobs this launch queued before ``stage`` failed to submit; record it all."""
-    stages = manifest["stages"]
-    ids = [str(stages[s]["job_id"]) for s in entry["submitted"] if stages[s].get("job_id")]
+    ids = [jid for s in entry["submitted"] if (jid := manifest.job_id(s))]
     message = " ".join(str(error).split())[:500]
     cancelled: list[str] = []
     if ids:
@@ -256,11 +235,11 @@ def _abort(graph: JobGraph, backend: Backend, manifest: dict, entry: dict, stage
         except SubmitError as e:
             echo(f"  could not cancel {', '.join(ids)}: {e}; cancel them by hand")
     for s in entry["submitted"]:
-        if str(stages[s].get("job_id")) in cancelled:
-            stages[s].update(state="CANCELLED", error=f"cancelled: submitting {stage} failed")
-    stages[stage].update(state="NOT_SUBMITTED", error=message)
+        if manifest.job_id(s) in cancelled:
+            manifest.mark(s, "CANCELLED", error=f"cancelled: submitting {stage} failed")
+    manifest.mark(stage, "NOT_SUBMITTED", error=message)
     entry.update(failed_stage=stage, error=message, cancelled=cancelled)
-    mf.write(RunPaths(graph.run_dir).manifest, manifest)
+    manifest.save()
     echo(f"  {stage:<20} sbatch refused it: {message}")
     if cancelled:
         echo(f"  cancelled the jobs this launch had queued: {', '.join(cancelled)}")

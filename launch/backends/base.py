@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+from kd import stages
 from launch.graph import Job, JobGraph
 
 COMPLETED = "COMPLETED"
@@ -100,8 +101,10 @@ class Backend(Protocol):
 
 
 def log_path(run_dir: Path, job: Job, job_id: str) -> Path:
-    """submitit's log of ``job``: the last rank for distill (training progress), else rank 0."""
+    """submitit's log of ``job``: the rank whose log matters (``kd.stages``: the last one for
+    distill, where Megatron prints training progress), else rank 0."""
     from launch.executors import job_folder
 
-    task = job.nodes * job.tasks_per_node - 1 if job.stage == "distill" else 0
+    st = stages.get(job.stage)
+    task = job.nodes * job.tasks_per_node - 1 if st and st.log_rank == "last" else 0
     return job_folder(run_dir, job.stage) / f"{job_id}_{task}_log.out"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 
+from kd import stages
 from launch import slurm_info
 from launch.config import Cluster
 from launch.schema import ConfigError
@@ -56,7 +57,8 @@ def check_live(graph, cluster: Cluster, default_partition, echo=print) -> None:
     part = parts[name]
     members = {n: v for n, v in nodes.items() if name in v["partitions"]}
     for job in graph.jobs:
-        where = "cluster" if job.stage == "distill" else "cluster.stages"
+        st = stages.get(job.stage)
+        where = st.resource_field if st else "cluster.stages"
         _check_job_fits(job, name, part, members, where)
     acct, why = slurm_info.accounting()
     if acct is None:
@@ -64,14 +66,6 @@ def check_live(graph, cluster: Cluster, default_partition, echo=print) -> None:
              f"sbatch at submission")
         return
     check_account_qos(graph, cluster, acct, name, part, echo)
-
-
-def time_field(stage: str) -> str:
-    """The cluster profile field that sets ``stage``'s time limit."""
-    if stage == "distill":
-        return "cluster.time_min"
-    short = {"export_hf": "export", "report": "report", "prepare_data": "prepare_data"}
-    return f"cluster.stages.{short.get(stage, 'eval')}_min"
 
 
 def check_account_qos(graph, cluster: Cluster, acct, partition: str, part: dict,
@@ -124,7 +118,7 @@ def check_account_qos(graph, cluster: Cluster, acct, partition: str, part: dict,
     wall = acct.qos_max_wall_min.get(qos)
     for job in graph.jobs:
         if wall is not None and job.time_min > wall:
-            field = time_field(job.stage)
+            field = stages.time_field(job.stage)
             raise ConfigError(f"stage {job.stage}: {field}={job.time_min} min is over QOS "
                               f"{qos}'s MaxWall of {wall:.0f} min (sbatch would refuse it or "
                               f"leave it pending); lower {field} or use another cluster.qos")
@@ -133,7 +127,7 @@ def check_account_qos(graph, cluster: Cluster, acct, partition: str, part: dict,
 def _check_job_fits(job, name: str, part: dict, members: dict[str, dict], where: str) -> None:
     stage = f"stage {job.stage}"
     if part["max_time_min"] is not None and job.time_min > part["max_time_min"]:
-        field = time_field(job.stage)
+        field = stages.time_field(job.stage)
         raise ConfigError(f"{stage}: {field}={job.time_min} min is over partition {name}'s "
                           f"MaxTime of {part['max_time_min']:.0f} min; lower {field} or choose "
                           f"another cluster.partition")

@@ -1,4 +1,4 @@
-"""Build the 8B-shaped KD pair of issue 14 on the GPU (random bf16 weights, no Hub).
+"""Build the 8B-shaped KD pair on the GPU (Llama-3.1-8B widths; random bf16 weights, no Hub).
 
     python scripts/gpu/build_8b.py ROOT [--layers 32] [--docs 4000]
     python scripts/gpu/build_8b.py ROOT --tiny          # same recipe, CPU-sized (pre-flight)

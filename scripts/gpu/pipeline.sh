@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The GPU work of issues 3, 9 and 8 on one 4-GPU device machine, phase by phase;
-# issue 8's benchmarks: "setup assets data bench4 bench2 evalbench" (one job at a time, so no
-# timing shares the machine with another run); started in the
+# The GPU work on one device machine, phase by phase: the TP=2 GPU test and launcher runs
+# ("setup gputest tp2 tp4"), the 1B-pair benchmarks ("setup assets data bench4 bench2
+# evalbench": one job at a time, so no timing shares the machine with another run), held-out
+# memory layouts ("val"), the 8B-shaped pair ("assets8b lossbench bench8b"); started in the
 # background by scripts/gpu/device_run.sh (which outlives one `run` call). Idempotent: a phase
 # with a done marker is skipped, so a rerun continues. State in $KD_GPU_WORK (/tmp/kdgpu):
 # progress.log, logs/<phase>.log, results/*.json, runs/<run>/ (launcher run dirs).
@@ -45,8 +46,8 @@ if want setup; then
   say "setup: $(tail -n 1 "$W/logs/setup.log")"
 fi
 
-# GPUs 2,3: issue 3 (tests/kd/test_gpu.py, TP=2). GPUs 0,1 meanwhile: issue 9 at TP=2 through
-# the launcher (submitit gives it GPUs 0,1). Then all 4 GPUs: issue 9 at TP=4.
+# GPUs 2,3: the GPU test (tests/kd/test_gpu.py, TP=2). GPUs 0,1 meanwhile: a launcher run at
+# TP=2 (submitit gives it GPUs 0,1). Then all 4 GPUs: a launcher run at TP=4.
 {
   want gputest && CUDA_VISIBLE_DEVICES=2,3 KD_GPU_REPORT=$W/results/gpu_test.jsonl \
     phase gputest 600 python -m pytest tests/kd/test_gpu.py -s -q -p no:cacheprovider \
@@ -59,7 +60,7 @@ want tp2 && phase tp2 900 bash -c 'launch "$@"' - tp2 cluster.gpus_per_node=2 tr
 wait
 want tp4 && phase tp4 900 bash -c 'launch "$@"' - tp4
 
-# Issue 8, nothing else running: assets, tokenized data, then the KD benchmark on 4 and on 2
+# The 1B-pair benchmarks, nothing else running: assets, tokenized data, then the KD benchmark on 4 and on 2
 # GPUs (seq 4096, ~1B teacher, ~0.5B student), then MMLU eval throughput on one GPU.
 BENCH_DATA=$W/data/synth_text_document
 tokenize() {
@@ -75,10 +76,10 @@ print(data.run(DataSpec(data=Data(sources=(DataSource(name="synth", jsonl=".cach
                         out_dir=sys.argv[1])))
 PY
 }
-kdbench() {  # kdbench WORLD [VARIANTS]: GPUs 0..WORLD-1, reference TP = WORLD
+kdbench() {  # kdbench WORLD [VARIANTS]: GPUs 0..WORLD-1, the guide's TP = WORLD
   python benchmarks/kd_throughput.py --student .cache/gpu_1b/student_small \
     --teacher .cache/gpu_1b/teacher --data "$BENCH_DATA" --world "$1" --tp "$1" --seq 4096 \
-    --gbs 16 --iters "${KD_BENCH_ITERS:-10}" --warmup 3 --variants "${2:-reference,sdpa,auto_tp,ours,ours_overlap}" \
+    --gbs 16 --iters "${KD_BENCH_ITERS:-10}" --warmup 3 --variants "${2:-guide,sdpa,auto_tp,ours,ours_overlap}" \
     --work "$W/bench$1" --out "$W/results/kd_throughput_$1gpu.json"
 }
 kdval() {  # kdval NAME STUDENT SEQ GBS VARIANTS [ARGS...]: layouts measured after the memory fit
@@ -96,7 +97,7 @@ if want assets || want data || want bench4 || want bench2 || want evalbench || w
 fi
 want data && phase data 300 bash -c tokenize
 want bench4 && CUDA_VISIBLE_DEVICES=0,1,2,3 phase bench4 900 bash -c 'kdbench 4'
-want bench2 && CUDA_VISIBLE_DEVICES=0,1 phase bench2 700 bash -c 'kdbench 2 reference,sdpa,ours'
+want bench2 && CUDA_VISIBLE_DEVICES=0,1 phase bench2 700 bash -c 'kdbench 2 guide,sdpa,ours'
 # held-out checks of the memory estimate (and the gains of micro-batch 8 and recompute's cost)
 want val && CUDA_VISIBLE_DEVICES=0,1,2,3 phase val 560 bash -c '
   kdval val_big student 4096 16 ours &&
@@ -106,18 +107,18 @@ want evalbench && CUDA_VISIBLE_DEVICES=0 phase evalbench 600 python benchmarks/e
   --model .cache/gpu_1b/teacher --batch-sizes 1,auto --n-test 10 --work "$W/evalbench" \
   --out "$W/results/eval_throughput.json"
 
-# Issue 14: the 8B-shaped pair (scripts/gpu/build_8b.py; teacher depth KD_8B_LAYERS, 32 = the
-# real 8B, 12 = what fits one 80 GB card with unsharded Adam), the KD loss alone, then side by
-# side on all visible GPUs, 80 GB budget each (issue 26's set by default): the guide's settings
-# (reference), Model-Optimizer's (anchor), ours before issue 26 (ours_plain: no SP, no norm/RoPE
-# fusion), ours now (SP at TP > 1, every fusion) and ours + the compiled teacher (ours_ct).
+# The 8B-shaped pair (scripts/gpu/build_8b.py; teacher depth KD_8B_LAYERS, 32 = the real 8B,
+# 12 = what fits one 80 GB card with unsharded Adam), the KD loss alone, then side by side on
+# all visible GPUs, 80 GB budget each: the guide's settings (guide), Model-Optimizer's
+# distill.py settings (modelopt), ours without SP and the norm/RoPE fusions (ours_plain), ours
+# now (SP at TP > 1, every fusion) and ours + the compiled teacher (ours_ct).
 B8=${KD_8B_ROOT:-$W/gpu_8b}
 NGPU=$(python -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 1)
 bench8b() {
   python benchmarks/kd_throughput.py --student "$B8/student" --teacher "$B8/teacher" \
     --data "$B8/data_text_document" --world "$NGPU" --tp "$NGPU" --seq 4096 \
     --gbs "${KD_8B_GBS:-16}" --iters "${KD_8B_ITERS:-23}" --warmup 3 --repeats "${KD_8B_REPEATS:-2}" \
-    --gpu-memory-gib 79.6 --variants "${KD_8B_VARIANTS:-reference,anchor,ours_plain,ours,ours_ct}" \
+    --gpu-memory-gib 79.6 --variants "${KD_8B_VARIANTS:-guide,modelopt,ours_plain,ours,ours_ct}" \
     --timeout 900 --work "$W/bench8b" --out "$W/results/kd_8b_${NGPU}gpu.json"
 }
 export -f bench8b

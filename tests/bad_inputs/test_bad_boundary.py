@@ -1,4 +1,4 @@
-"""Issue 13, the sealed boundary: hostile and careless input through the real CLIs, in-process.
+"""The sealed boundary: hostile and careless input through the real CLIs, in-process.
 
 Every refused case asserts: exit code 2, the field or file named in one message (no
 traceback), nothing queued (the launch/submission functions are never reached), nothing written

@@ -150,7 +150,7 @@ CASES: list[Case] = [
     Case(TYPES, "save-interval-zero", "train.save_interval", overrides=("train.save_interval=0",)),
     Case(TYPES, "eval-iters-negative", "train.eval_iters", overrides=("train.eval_iters=-1",)),
     Case(TYPES, "cp-2", "train.cp", overrides=("train.cp=2",)),
-    # issue 26: sequence parallelism, fusions, the compiled teacher (kd/sections.py Train, KD)
+    # sequence parallelism, fusions, the compiled teacher (kd/sections.py Train, KD)
     Case(TYPES, "fuse-unknown", "train.fuse", overrides=("train.fuse=[norm, layernorm]",)),
     Case(TYPES, "fuse-word", "train.fuse", overrides=("train.fuse=all",)),
     Case(TYPES, "sequence-parallel-word", "train.sequence_parallel",
@@ -162,7 +162,8 @@ CASES: list[Case] = [
     Case(LAYOUT, "sequence-parallel-auto-tp-chose-1", "train.sequence_parallel",
          overrides=("train.tp=auto", "train.sequence_parallel=true")),
     Case(TYPES, "workers-zero", "data.workers", overrides=("data.workers=0",)),
-    # the anchor's options (issue 15): kd/sections.py Train, Optimizer, Checkpoint, Logging
+    # the options of Model-Optimizer's distill.py: kd/sections.py Train, Optimizer, Checkpoint,
+    # Logging
     Case(TYPES, "recompute-module-moe", "train.recompute_modules[0]",
          overrides=("train.recompute=selective", "train.recompute_modules=[moe]")),
     Case(TYPES, "recompute-module-typo", "train.recompute_modules[1]",

@@ -1,8 +1,8 @@
-"""Every command the docs show works as written, and every relative link resolves (issue 18).
+"""Every command the docs show works as written, and every relative link resolves.
 
-Commands are collected from README.md, CONTRIBUTING.md, docs/*.md (fenced blocks and inline
-code that starts like a command) and from the runbook header of every file in configs/ (its
-`$ ` lines). ``RULES`` gives each one a kind; a command no rule matches fails
+Commands are collected from README.md, CONTRIBUTING.md, CHANGELOG.md, docs/*.md (fenced blocks
+and inline code that starts like a command) and from the runbook header of every file in
+configs/ (its `$ ` lines). ``RULES`` gives each one a kind; a command no rule matches fails
 ``test_every_command_is_classified``:
 
 - ``real``: run as written, in a scratch copy of the repository (``scratch`` fixture: the same
@@ -33,7 +33,8 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-MARKDOWN = [REPO / "README.md", REPO / "CONTRIBUTING.md", *sorted((REPO / "docs").glob("*.md"))]
+MARKDOWN = [REPO / "README.md", REPO / "CONTRIBUTING.md", REPO / "CHANGELOG.md",
+            *sorted((REPO / "docs").glob("*.md"))]
 CONFIGS = sorted((REPO / "configs").glob("*/*.yaml"))
 COMMAND_WORDS = ("python ", "make ", "bash ", "source ", "scripts/", "sudo ", ".venv/bin/")
 SHELL_BLOCKS = ("", "bash", "sh", "shell")

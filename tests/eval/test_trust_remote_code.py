@@ -1,4 +1,4 @@
-"""``trust_remote_code`` (issue 15) reaches lm-eval. Here, beside the other eval tests, so the
+"""``trust_remote_code`` reaches lm-eval. Here, beside the other eval tests, so the
 lm-eval import is paid once per session."""
 
 from __future__ import annotations

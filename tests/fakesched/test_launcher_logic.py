@@ -54,7 +54,9 @@ def stub_run(fake_slurm, make_experiment, tmp_path):  # noqa: F811
         run_dir = run_dir or tmp_path / "run"
         graph = _stub(plan(exp, cl, run_dir))
         run_dir.mkdir(parents=True, exist_ok=True)
-        manifest = mf.read(run_dir / "manifest.json") or mf.new(run_dir, to_dict(exp), to_dict(cl))
+        path = run_dir / "manifest.json"
+        manifest = (mf.Manifest.load(path)
+                    or mf.Manifest.create(path, run_dir, to_dict(exp), to_dict(cl)))
         out: list[str] = []
         code = launch(graph, cl, manifest, exp.name, wait=wait, echo=out.append)
         return code, run_dir, "\n".join(out)

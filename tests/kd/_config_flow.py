@@ -1,7 +1,7 @@
-"""What kd.distill turns the anchor options (issue 15) into: ``summary(config)`` of a built
-Megatron-Bridge ConfigContainer (the probe prints it for a real run), and, as a script, the
-checkpoint and logger configs of a DistillSpec JSON without building any model (for the
-options a CPU run cannot use: async save, W&B). Prints one ``KD_CONFIG`` JSON line.
+"""What kd.distill turns the options of Model-Optimizer's distill.py into: ``summary(config)``
+of a built Megatron-Bridge ConfigContainer (the probe prints it for a real run), and, as a
+script, the checkpoint and logger configs of a DistillSpec JSON without building any model (for
+the options a CPU run cannot use: async save, W&B). Prints one ``KD_CONFIG`` JSON line.
 Usage: python tests/kd/_config_flow.py SPEC.json"""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ def pick(obj, names) -> dict:
 
 
 def summary(c) -> dict:
-    """The fields of a ConfigContainer the anchor options set."""
+    """The fields of a ConfigContainer those options set."""
     return {
         "optimizer": pick(c.optimizer, ("adam_beta1", "adam_beta2", "adam_eps", "weight_decay",
                                         "clip_grad", "lr", "min_lr")),

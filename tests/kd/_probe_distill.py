@@ -1,7 +1,7 @@
 """Run kd.distill's CLI with a probe on the built KD model: after training, report whether the
 teacher got gradients or changed, and digests of the student's weights as built (HF), before the
-first optimizer step (after any checkpoint load) and at the end; print what the anchor options
-became in the Bridge config (``KD_CONFIG``, tests/kd/_config_flow.py).
+first optimizer step (after any checkpoint load) and at the end; print what the options of
+Model-Optimizer's distill.py became in the Bridge config (``KD_CONFIG``, tests/kd/_config_flow.py).
 Usage: python tests/kd/_probe_distill.py --spec S.json"""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The options Model-Optimizer's distill.py offers (issue 15, item 3), on the compute side:
+"""The options Model-Optimizer's distill.py offers, on the compute side:
 checkpoint retention by the completeness rule, the checks that depend on where distill runs, and
 each option reaching Megatron-Bridge's ConfigContainer."""
 

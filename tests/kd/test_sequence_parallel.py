@@ -1,4 +1,4 @@
-"""Sequence parallelism and the fusions without Transformer Engine (issue 26), on CPU over gloo.
+"""Sequence parallelism and the fusions without Transformer Engine, on CPU over gloo.
 
 One 2-rank job (``tests/kd/_sp_probe.py``) runs the unit checks and five 20-iteration distill
 runs at TP2 one after the other in the same processes (Megatron-Bridge's ``distill()`` with

@@ -31,7 +31,7 @@ def hf_pair(tmp_path: Path) -> tuple[Path, Path]:
 
 @pytest.fixture
 def make_experiment(tmp_path: Path, hf_pair):
-    """Write an experiment YAML (seed-like values, local files) and return its path."""
+    """Write an experiment YAML (the guide's values, local files) and return its path."""
     student, teacher = hf_pair
     jsonl = tmp_path / "corpus.jsonl"
     jsonl.write_text('{"text": "w1 w2 w3"}\n')

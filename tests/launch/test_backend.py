@@ -176,8 +176,9 @@ def local_graph(make_experiment, tmp_path):
         graph = dataclasses.replace(graph, jobs=tuple(
             dataclasses.replace(j, module=STUBS) for j in graph.jobs))
         run_dir.mkdir(parents=True, exist_ok=True)
-        manifest = mf.read(run_dir / "manifest.json") or mf.new(run_dir, to_dict(exp),
-                                                                to_dict(cl))
+        path = run_dir / "manifest.json"
+        manifest = (mf.Manifest.load(path)
+                    or mf.Manifest.create(path, run_dir, to_dict(exp), to_dict(cl)))
         return graph, cl, manifest
     return go
 
@@ -246,9 +247,9 @@ def test_kdlaunch_entry_point_dispatches(tmp_path):
     module, _, func = target.partition(":")
     assert (module, func) == ("launch.cli", "main")
     res = subprocess.run([sys.executable, "-m", module, "distill", "--cluster", "pyxis_nemo",
-                          "--config", "seed_llama31_8b", "--dry-run", "--run-dir",
+                          "--config", "guide_llama31_8b", "--dry-run", "--run-dir",
                           str(tmp_path / "r")], cwd=REPO, capture_output=True, text=True)
-    # the seed's models are not here: graph and sbatch printed, pre-flight refuses (exit 2)
+    # the guide's models are not here: graph and sbatch printed, pre-flight refuses (exit 2)
     assert "===== sbatch: report =====" in res.stdout
     assert res.returncode == 2 and "student.path" in res.stderr, res.stderr
     assert "usage: kdlaunch distill" in subprocess.run(

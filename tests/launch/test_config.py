@@ -27,14 +27,27 @@ def test_shipped_experiments_load(path):
     assert path.read_text().startswith("#"), "each experiment starts with a runbook comment"
 
 
-def test_seed_experiment_matches_the_guide():
-    exp = cfg.load_experiment("seed_llama31_8b")
+def test_guide_experiment_matches_the_guide():
+    exp = cfg.load_experiment("guide_llama31_8b")
     t = exp.train
     assert (t.tp, t.pp, t.seq_length, t.micro_batch_size, t.global_batch_size) == (8, 1, 4096, 1, 4)
     assert (t.train_iters, t.lr, t.min_lr, t.lr_warmup_iters) == (100, 1e-4, 1e-5, 10)
     assert (t.eval_interval, t.eval_iters, t.log_interval) == (10, 10, 1)
     assert exp.export.hf_template == "meta-llama/Llama-3.1-8B-Instruct"
     assert exp.data.sources[0].weight == 1.0
+
+
+@pytest.mark.parametrize("ref", ["seed_llama31_8b", "configs/experiments/seed_llama31_8b.yaml"])
+def test_the_former_experiment_name_still_loads_with_a_notice(ref, capsys):
+    """Recorded commands name the guide's experiment by its former name (a name or the shipped
+    path): it loads configs/experiments/guide_llama31_8b.yaml and says so on stderr, once."""
+    exp = cfg.load_experiment(ref)
+    assert exp == cfg.load_experiment("guide_llama31_8b")
+    err = capsys.readouterr().err
+    assert err.count("'seed_llama31_8b' is now 'guide_llama31_8b'") == 1 and "deprecated" in err
+    assert err.count("\n") == 1
+    with pytest.raises(ConfigError):  # other unknown names are still refused
+        cfg.load_experiment("seed_llama31_9b")
 
 
 def test_pyxis_example_uses_nemo_image_and_8_gpus():
@@ -168,9 +181,9 @@ def test_a_new_knob_is_one_line(make_experiment, tmp_path):
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     src = copy / "kd" / "sections.py"
     text = src.read_text()
-    anchor = "    split: str = knob("
-    assert text.count(anchor) == 1
-    src.write_text(text.replace(anchor, ONE_LINE + anchor))
+    marker = "    split: str = knob("
+    assert text.count(marker) == 1
+    src.write_text(text.replace(marker, ONE_LINE + marker))
     exp = make_experiment(train={"tp": 1, "pp": 1, "micro_batch_size": 1, "recompute": "none",
                                  "global_batch_size": 4, "warmup_style": "cosine"})
 

@@ -7,8 +7,8 @@
   ``kd_flops_per_token``.
 - ``time: auto`` (safety factor, rounding, floor, cap, fallback without an estimate) and the
   pre-flight's refusal of a pinned distill time, through ``launch/distill.py``'s ``main``.
-- The dry run's estimate (the seed on pyxis_nemo, a sweep's night), the manifest's record,
-  ``kd.runcost`` on a run directory, ``status`` and the sweep trend's ratio over nights.
+- The dry run's estimate (the guide's experiment on pyxis_nemo, a sweep's night), the manifest's
+  record, ``kd.runcost`` on a run directory, ``status`` and the sweep trend's ratio over nights.
 The predicted-vs-measured section of a real local run's report is checked by the local demo
 run (tests/e2e/test_pipeline.py ``check_finished_run``).
 """
@@ -54,16 +54,16 @@ def recorded_points() -> dict[str, list[tuple[str, cost.StepShape, float]]]:
     tests/launch/test_memory.py does. Left out: ``ours_chunked`` (kd/kd_loss.py's chunked KD
     loss: a benchmark variant, not a stage setting) and the 12-layer run's repeat on an earlier
     machine (the same layouts as the fitted run)."""
-    groups: dict[str, list] = {"fitted": [], "held out: H200 x4 (issue 8 validation)": [],
+    groups: dict[str, list] = {"fitted": [], "held out: H200 x4 (memory validation)": [],
                                "held out: 8B widths, 1 x H200 (seq 2048, full recompute)": [],
-                               "held out: H100 x4, two jobs at once (issue 8/9)": [],
+                               "held out: H100 x4, two jobs at once": [],
                                "held out: 8B widths, 1 x H100 (2026-12-07)": []}
     fit, val, l12, busy, h100 = groups.values()
     d = load("h100x4_2026-11-28_issue8.json")
     for key, world in (("kd_throughput_4gpu", 4), ("kd_throughput_2gpu", 2)):
         r = d[key]
         for name, v in r["variants"].items():
-            fit.append((f"issue8 {world} GPUs {name}",
+            fit.append((f"1B pair {world} GPUs {name}",
                         _shape(SMALL_BENCH_S, BIG_T, world, r["seq"], r["gbs"], v, "h100"),
                         v["step_ms_median"] / 1e3))
     d = load("h200x1_2026-11-28_issue14_8b.json")
@@ -102,6 +102,7 @@ def recorded_points() -> dict[str, list[tuple[str, cost.StepShape, float]]]:
     # of memory after 4 iterations and are left out
     r = load("h100x1_2026-12-07_fusions_8b12.json")["raw"]
     for name, v in r["variants"].items():
+        # as recorded: "anchor" is Model-Optimizer's distill.py settings (now ``modelopt``)
         if name in ("anchor", "ours_plain"):
             h100.append((f"8B widths 12 layers H100 {name}",
                          _shape(s12, t12, 1, r["seq"], r["gbs"], v, "h100"),
@@ -175,7 +176,7 @@ def test_step_model_on_fitted_and_held_out_layouts():
 
 
 def test_stage_constants_reproduce_the_recorded_launcher_runs():
-    """In sample (no held-out stage runs exist yet): issue 9's two launcher runs on 4 x H100
+    """In sample (no held-out stage runs exist yet): the two launcher runs on 4 x H100
     (the 1B pair at TP2 and TP4, 50 iterations): the distill stage's wall time (done marker
     ``wall_s``: after imports) within 10 %, each eval (32 fake-MMLU questions, 5-shot) within
     35 %; benchmarks/eval_throughput.py's 570 questions within 25 % (its harness has no lm-eval
@@ -205,8 +206,8 @@ def test_stage_constants_reproduce_the_recorded_launcher_runs():
 
 # ---------------------------------------------------------------- time: auto
 def write_pair(root: Path, layers: int = 32) -> tuple[Path, Path]:
-    """config.json only (all the estimate and the layout read): the seed guide's pair, the
-    Llama-3.1-8B teacher and issue 14's AnyModel student."""
+    """config.json only (all the estimate and the layout read): the guide's pair, the
+    Llama-3.1-8B teacher and the 8B-shaped AnyModel student (scripts/gpu/build_8b.py)."""
     student, teacher = llama8b_widths(layers)
     out = []
     for role, c in (("student", student), ("teacher", teacher)):
@@ -219,20 +220,20 @@ def write_pair(root: Path, layers: int = 32) -> tuple[Path, Path]:
     return out[0], out[1]
 
 
-def seed(tmp_path: Path, *exp_over: str, cluster: str = "pyxis_nemo", cl_over=()):
+def guide(tmp_path: Path, *exp_over: str, cluster: str = "pyxis_nemo", cl_over=()):
     from launch import layout
 
     student, teacher = write_pair(tmp_path / "models")
     cl = cfg.load_cluster(cluster, ["python=python", *cl_over])
-    exp, _ = layout.load_experiment("seed_llama31_8b", [f"student.path={student}",
-                                                        f"teacher.path={teacher}", *exp_over], cl)
+    exp, _ = layout.load_experiment("guide_llama31_8b", [f"student.path={student}",
+                                                         f"teacher.path={teacher}", *exp_over], cl)
     return exp, cl
 
 
 def test_auto_limits_are_the_estimate_times_the_safety_factor_rounded_up(tmp_path):
     from launch.plan import plan
 
-    exp, cl = seed(tmp_path, "train.train_iters=3000")
+    exp, cl = guide(tmp_path, "train.train_iters=3000")
     pred = cost.predict(exp, cl)
     d = pred.stages["distill"]
     assert not d.pinned and d.seconds > 3000 * 1.0  # ~1.1 s per step at TP8
@@ -260,12 +261,12 @@ def test_auto_limits_are_the_estimate_times_the_safety_factor_rounded_up(tmp_pat
 
 
 def test_without_model_configs_auto_falls_back_to_the_former_defaults():
-    """The shipped seed (placeholder paths): no estimate, the former defaults, so the golden
-    sbatch of the seed on pyxis_nemo keeps its --time lines."""
+    """The shipped guide experiment (placeholder paths): no estimate, the former defaults, so the
+    golden sbatch of the guide's experiment on pyxis_nemo keeps its --time lines."""
     from launch import layout
 
     cl = cfg.load_cluster("pyxis_nemo")
-    exp, _ = layout.load_experiment("seed_llama31_8b", [], cl)
+    exp, _ = layout.load_experiment("guide_llama31_8b", [], cl)
     pred = cost.predict(exp, cl)
     assert {s: e.limit_min for s, e in pred.stages.items()} == {
         "prepare_data": 240, "distill": 240, "export_hf": 120, "eval_student_before": 240,
@@ -308,7 +309,7 @@ def launch_main(tmp_path, *argv):
 
     student, teacher = write_pair(tmp_path / "models")
     flags = [a for a in argv if a.startswith("--")]
-    return main(["--cluster", "local_gpu", "--config", "seed_llama31_8b", "--run-dir",
+    return main(["--cluster", "local_gpu", "--config", "guide_llama31_8b", "--run-dir",
                  str(tmp_path / "run"), *flags, f"student.path={student}",
                  f"teacher.path={teacher}", "eval.enabled=false", "cluster.gpus_per_node=8",
                  "cluster.gpu_kind=h100", *(a for a in argv if a not in flags)])
@@ -317,7 +318,7 @@ def launch_main(tmp_path, *argv):
 def test_preflight_refuses_a_pinned_time_that_needs_more_restarts_than_allowed(tmp_path,
                                                                                capsys):
     """Through launch/distill.py's main, the real pre-flight: 5,000 iterations at ~1.1 s per
-    step and the seed's validation every 10 iterations is over 2 h; 30 min per allocation takes
+    step and the guide's validation every 10 iterations is over 2 h; 30 min per allocation takes
     4 restarts; max_requeues=2 refuses it before anything exists, naming the field, the restarts
     and both fixes."""
     code = launch_main(tmp_path, "train.train_iters=5000", "cluster.time_min=30",
@@ -352,11 +353,11 @@ def test_preflight_refuses_a_pinned_time_that_needs_more_restarts_than_allowed(t
 
 
 # ---------------------------------------------------------------- dry runs
-def test_seed_dry_run_prints_estimate_gpu_hours_and_limits(tmp_path, capsys):
+def test_guide_dry_run_prints_estimate_gpu_hours_and_limits(tmp_path, capsys):
     from launch.distill import main
 
     student, teacher = write_pair(tmp_path / "models")
-    code = main(["--cluster", "pyxis_nemo", "--config", "seed_llama31_8b", "--dry-run",
+    code = main(["--cluster", "pyxis_nemo", "--config", "guide_llama31_8b", "--dry-run",
                  "--run-dir", str(tmp_path / "run"), f"student.path={student}",
                  f"teacher.path={teacher}", "cluster.python=python"])
     out = capsys.readouterr().out
@@ -397,7 +398,7 @@ def fake_run(tmp_path: Path, steps_ms=(900.0, 410.0, 400.0, 420.0), walls=None) 
     from launch import manifest as mf
     from launch.plan import plan
 
-    exp, cl = seed(tmp_path, "train.train_iters=40")
+    exp, cl = guide(tmp_path, "train.train_iters=40")
     run = tmp_path / "run"
     g = plan(exp, cl, run)
     pred = cost.predict(exp, cl)

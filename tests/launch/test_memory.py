@@ -1,7 +1,7 @@
 """The KD memory estimate (launch/memory.py) against peak memory measured on GPUs: the 12 layouts
 its coefficients were fitted to (benchmarks/results/h100x4_2026-11-28*.json) and 4 held-out
 layouts measured after the fit (h200x4_2026-11-28_issue8_val.json: a 1B student at 56 GiB,
-micro-batch 8, micro-batch 1 at seq 2048, full recompute), each within 15 % (the issue's bar;
+micro-batch 8, micro-batch 1 at seq 2048, full recompute), each within 15 % (the bar;
 all are within 7 %); and the pre-flight check that uses it."""
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from launch.schema import ConfigError
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "benchmarks" / "results"
 MEASURED = json.loads((RESULTS / "h100x4_2026-11-28.json").read_text())
-ISSUE8 = json.loads((RESULTS / "h100x4_2026-11-28_issue8.json").read_text())
+BENCH_1B = json.loads((RESULTS / "h100x4_2026-11-28_issue8.json").read_text())
 HELD_OUT = json.loads((RESULTS / "h200x4_2026-11-28_issue8_val.json").read_text())["runs"]
-ISSUE14 = json.loads((RESULTS / "h200x1_2026-11-28_issue14_8b.json").read_text())
+BENCH_8B = json.loads((RESULTS / "h200x1_2026-11-28_issue14_8b.json").read_text())
 
 
 def llama(layers, hidden, ffn, heads, kv, vocab):
@@ -55,15 +55,15 @@ def measured_points():
         ("1B sdpa mbs1", BIG_S, BIG_T, 2, 2048, 1, "sdpa", bench["sdpa_mbs1"]),
         ("1B sdpa mbs2", BIG_S, BIG_T, 2, 2048, 2, "sdpa", bench["ours"]),
         ("1B TP=4 mbs2", BIG_S, BIG_T, 4, 2048, 2, "sdpa", runs[4]),
-        *issue8_points(),
+        *bench_1b_points(),
     ]
 
 
-def issue8_points():
+def bench_1b_points():
     out = []
     for key in ("kd_throughput_4gpu", "kd_throughput_2gpu"):
-        for name, v in ISSUE8[key]["variants"].items():
-            out.append((f"{key} {name}", SMALL_BENCH_S, BIG_T, v["tp"], ISSUE8[key]["seq"],
+        for name, v in BENCH_1B[key]["variants"].items():
+            out.append((f"{key} {name}", SMALL_BENCH_S, BIG_T, v["tp"], BENCH_1B[key]["seq"],
                         v["micro_batch_size"], v["attention"], v))
     return out
 
@@ -85,11 +85,11 @@ def llama8b_widths(layers):  # scripts/gpu/build_8b.py: teacher and its AnyModel
     return {**teacher, "block_configs": blocks}, teacher
 
 
-def issue14_points():
+def bench_8b_points():
     """Layouts at the 8B widths (12 layers), measured after the fit: held out by construction."""
     student, teacher = llama8b_widths(12)
-    runs = [(4096, ISSUE14["kd_throughput"])] + [
-        (r["seq"], r) for r in ISSUE14["held_out_layout_runs"].values()]
+    runs = [(4096, BENCH_8B["kd_throughput"])] + [
+        (r["seq"], r) for r in BENCH_8B["held_out_layout_runs"].values()]
     return [(f"8B-width seq{seq} {name} {v['recompute']}", student, teacher, v["tp"], seq,
              v["micro_batch_size"], v["attention"], v)
             for seq, r in runs for name, v in r["variants"].items()]
@@ -97,7 +97,7 @@ def issue14_points():
 
 def test_parameter_counts_match_the_built_models():
     student, teacher = llama8b_widths(12)
-    assets = ISSUE14["pair"]
+    assets = BENCH_8B["pair"]
     assert f"{parameters(teacher) / 1e9:.2f}B" in assets["teacher"]
     assert f"{parameters(student) / 1e9:.2f}B" in assets["student"]
     gpu = {r["run"]: r for r in MEASURED["issue3_test_gpu"]}
@@ -130,12 +130,13 @@ def test_preflight_refuses_a_layout_that_does_not_fit(make_experiment, tmp_path)
         preflight.check_memory(exp, cl)
     exp8 = cfg.load_experiment(str(make_experiment()), ["train.tp=8", "train.pp=1",
                                                          "train.recompute=none"])
-    preflight.check_memory(exp8, cl)  # the seed's layout fits 80 GB
+    preflight.check_memory(exp8, cl)  # the guide's layout fits 80 GB
 
 
-@pytest.mark.parametrize("point", issue14_points(), ids=lambda p: p[0])
+@pytest.mark.parametrize("point", bench_8b_points(), ids=lambda p: p[0])
 def test_estimate_within_10_percent_on_held_out_8b_width_layouts(point):
-    """Issue 14's bar for held-out layouts (all 7 are within 3.5 %), incl. the chunked KD loss."""
+    """The bar for held-out layouts of the 8B-shaped pair (all 7 are within 3.5 %), incl. the
+    chunked KD loss."""
     _, student, teacher, tp, seq, mbs, attention, run = point
     measured = max(run["peak_allocated_gib_per_rank"])
     est = estimate(student, teacher, tp=tp, seq=seq, mbs=mbs, attention=attention,

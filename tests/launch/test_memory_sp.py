@@ -1,4 +1,4 @@
-"""Sequence parallelism in the memory estimate, the auto layout and the pre-flight (issue 26).
+"""Sequence parallelism in the memory estimate, the auto layout and the pre-flight.
 
 With SP each TP rank keeps the norm inputs, residuals and dropout masks of its slice of the
 sequence: ``launch/memory.py`` divides its ``ACT_LAYER`` term (and, with full recompute, the
@@ -18,7 +18,7 @@ from launch.memory import ACT_LAYER, GIB, estimate
 from launch.schema import ConfigError
 
 from .test_layout import LLAMA_8B, shaped  # noqa: F401  (shaped: a fixture)
-from .test_memory import held_out_points, issue14_points, measured_points
+from .test_memory import bench_8b_points, held_out_points, measured_points
 
 
 def test_sp_splits_the_norm_and_residual_term_over_tp():
@@ -45,9 +45,9 @@ def test_sp_with_full_recompute_splits_the_checkpointed_inputs_too():
 
 def test_the_fitted_and_held_out_layouts_ran_without_sp():
     """The coefficients say nothing about SP: no layout they were fitted or checked on had it
-    (without TE it was off until issue 26). A result recorded with SP must not join the fit
+    (without TE it was off until kd/fused.py). A result recorded with SP must not join the fit
     without refitting; it is a held-out check of the analytic split instead."""
-    points = measured_points() + held_out_points() + issue14_points()
+    points = measured_points() + held_out_points() + bench_8b_points()
     assert len(points) == 14 + 4 + 7
     for name, *_, run in points:
         assert not run.get("sequence_parallel"), name

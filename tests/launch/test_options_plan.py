@@ -1,5 +1,5 @@
-"""The anchor's options (issue 15) on the login node: YAML -> Experiment -> the stage specs the
-plan builds (no torch)."""
+"""The options of Model-Optimizer's distill.py on the login node: YAML -> Experiment -> the
+stage specs the plan builds (no torch)."""
 
 from __future__ import annotations
 

@@ -20,14 +20,14 @@ GOLDEN = REPO / "tests" / "golden" / "sbatch"
 RUN_DIR = Path("/runs/golden")
 
 
-def seed_graph(cluster_name: str, *cluster_over: str):
+def guide_graph(cluster_name: str, *cluster_over: str):
     cl = cfg.load_cluster(cluster_name, ["python=python", *cluster_over])
-    exp, _ = layout.load_experiment("seed_llama31_8b", [], cl)
+    exp, _ = layout.load_experiment("guide_llama31_8b", [], cl)
     return exp, cl, plan(exp, cl, RUN_DIR)
 
 
-def test_seed_graph_edges():
-    _, _, g = seed_graph("pyxis_nemo")
+def test_guide_graph_edges():
+    _, _, g = guide_graph("pyxis_nemo")
     assert g.stages == ("prepare_data", "distill", "export_hf", "eval_student_before",
                         "eval_teacher", "eval_student_after", "report")
     deps = {j.stage: j.deps for j in g.jobs}
@@ -48,7 +48,7 @@ def test_distill_spec_carries_the_resolved_layout_and_the_stage_holds_it():
     was resolved for, and the stage refuses any other (a job that somehow got other nodes)."""
     from kd.distill import validate
 
-    _, cl, g = seed_graph("pyxis_nemo", "nodes=2")
+    _, cl, g = guide_graph("pyxis_nemo", "nodes=2")
     spec = g.job("distill").spec
     assert spec.world_size == 16 and spec.data_parallel_size == 2
     assert spec.train.distributed_optimizer is True  # auto resolved for dp 2, not left "auto"
@@ -63,7 +63,7 @@ def test_distill_spec_carries_the_resolved_layout_and_the_stage_holds_it():
 def test_pretokenized_prefix_skips_data_prep(tmp_path):
     cl = cfg.load_cluster("slurm")
     exp, _ = layout.load_experiment(
-        "seed_llama31_8b", [f"data.sources=[{{name: w, prefix: {tmp_path}/w}}]"], cl)
+        "guide_llama31_8b", [f"data.sources=[{{name: w, prefix: {tmp_path}/w}}]"], cl)
     g = plan(exp, cl, RUN_DIR)
     assert "prepare_data" not in g.stages and g.job("distill").deps == ()
     assert g.job("distill").spec.data_blend == ((1.0, f"{tmp_path}/w"),)
@@ -71,9 +71,9 @@ def test_pretokenized_prefix_skips_data_prep(tmp_path):
 
 @pytest.mark.parametrize("cluster", ["pyxis_nemo", "ci"])
 def test_dry_run_matches_golden(cluster):
-    exp, cl, g = seed_graph(cluster)
+    exp, cl, g = guide_graph(cluster)
     text = dry_run_text(g, backends.for_cluster(cl, g.run_dir, exp.name))
-    golden = GOLDEN / f"seed__{cluster}.txt"
+    golden = GOLDEN / f"guide__{cluster}.txt"
     if os.environ.get("KD_UPDATE_GOLDEN"):
         golden.parent.mkdir(parents=True, exist_ok=True)
         golden.write_text(text)
@@ -81,7 +81,7 @@ def test_dry_run_matches_golden(cluster):
 
 
 def test_pyxis_arguments_in_srun_line():
-    exp, cl, g = seed_graph("pyxis_nemo")
+    exp, cl, g = guide_graph("pyxis_nemo")
     text = sbatch_text(g.job("distill"), cl, RUN_DIR, exp.name, ["123"])
     srun = next(line for line in text.splitlines() if line.startswith("srun "))
     assert "'--container-image=nvcr.io#nvidia/nemo:26.02'" in srun
@@ -98,7 +98,7 @@ def test_shell_metacharacters_are_inert(tmp_path):
     cl = cfg.load_cluster("slurm", [f"env.MY_VAR={evil}", "partition=p;touch x"])
     # quotes and backticks cannot be carried by a '#SBATCH' line (launch.shell refuses them, see
     # tests/bad_inputs/test_bad_boundary.py); every other metacharacter is quoted
-    exp, _ = layout.load_experiment("seed_llama31_8b", [f"name=a b x; touch {canary}; "
+    exp, _ = layout.load_experiment("guide_llama31_8b", [f"name=a b x; touch {canary}; "
                                                         f"$(touch {canary})"], cl)
     g = plan(exp, cl, tmp_path / "run dir; touch x")
     text = sbatch_text(g.job("distill"), cl, g.run_dir, exp.name, ["1"])
@@ -130,24 +130,24 @@ def test_help_and_dry_run(tmp_path):
     subprocess.run([sys.executable, "launch/distill.py", "--help"], cwd=REPO, check=True,
                    capture_output=True)
     res = subprocess.run([sys.executable, "launch/distill.py", "--cluster", "pyxis_nemo",
-                          "--config", "seed_llama31_8b", "--dry-run", "--run-dir",
+                          "--config", "guide_llama31_8b", "--dry-run", "--run-dir",
                           str(tmp_path / "run")], cwd=REPO, capture_output=True, text=True)
     out = res.stdout
     assert "===== sbatch: report =====" in out
-    # the seed's models are not on this machine: the graph is printed, and pre-flight's refusal
+    # the guide's models are not on this machine: the graph is printed, and pre-flight's refusal
     # makes --dry-run exit 2 so that it can serve as a check in scripts
     assert res.returncode == 2 and "student.path" in res.stderr, res.stderr
     assert not (tmp_path / "run").exists()
 
 
 def test_standalone_sbatch_matches_golden(tmp_path):
-    exp, cl, g = seed_graph("pyxis_nemo")
+    exp, cl, g = guide_graph("pyxis_nemo")
     out = tmp_path / "standalone"
     backends.for_cluster(cl, g.run_dir, exp.name).emit_scripts(g, out)
     parts = [f"===== {p.name} =====\n{p.read_text()}" for p in sorted(out.glob("*.sbatch"))]
     parts.append(f"===== submit.sh =====\n{(out / 'submit.sh').read_text()}")
     text = "\n".join(parts).replace(str(out), "{OUT}")  # the golden names no temp path
-    golden = GOLDEN / "standalone__seed__pyxis_nemo.txt"
+    golden = GOLDEN / "standalone__guide__pyxis_nemo.txt"
     if os.environ.get("KD_UPDATE_GOLDEN"):
         golden.write_text(text)
     assert text == golden.read_text(), f"re-record with KD_UPDATE_GOLDEN=1 if intended ({golden})"
@@ -163,7 +163,7 @@ def test_spec_json_round_trip():
 
     from kd.specs import STAGE_SPECS, spec_from_dict
 
-    _, _, g = seed_graph("pyxis_nemo")
+    _, _, g = guide_graph("pyxis_nemo")
     for job in g.jobs:
         cls = STAGE_SPECS[job.stage][1]
         data = json.loads(json.dumps(dataclasses.asdict(job.spec)))
@@ -171,15 +171,15 @@ def test_spec_json_round_trip():
 
 
 def test_stage_specs_round_trip_through_the_one_converter():
-    """``kd.job --spec`` JSON goes through launch.schema.build: every stage spec of the seed graph
-    comes back equal; a foreign key or a NaN is refused naming the field."""
+    """``kd.job --spec`` JSON goes through launch.schema.build: every stage spec of the guide's
+    graph comes back equal; a foreign key or a NaN is refused naming the field."""
     import dataclasses
     import json
 
     from kd.specs import STAGE_SPECS, spec_from_dict
     from launch.schema import ConfigError
 
-    _, _, g = seed_graph("pyxis_nemo")
+    _, _, g = guide_graph("pyxis_nemo")
     for job in g.jobs:
         cls = STAGE_SPECS[job.stage][1]
         data = json.loads(json.dumps(dataclasses.asdict(job.spec)))

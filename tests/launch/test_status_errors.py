@@ -177,7 +177,7 @@ StopIteration
 '''
 
 CASES = {
-    # the report of issue 24: every line of the traceback behind torch's "[rank0]: "
+    # a reported failure: every line of the traceback behind torch's "[rank0]: "
     "distrib_optimizer_assert_with_rank_prefixes": (
         {"11_0_log.out": starting("n1") + prefixed("[rank0]: ", with_submitit(DISTRIB_OPTIMIZER)).replace(
              "[rank0]: [W302", "[rank0]:[W302").rstrip("\n"),
@@ -279,7 +279,7 @@ def test_first_error_line(tmp_path, logs, expected):
 
 
 def test_cli_prints_the_exception_not_the_traceback_header(tmp_path, monkeypatch):
-    """The issue's report end to end: ``python launch/status.py RUN_DIR`` with sacct saying the
+    """A reported failure end to end: ``python launch/status.py RUN_DIR`` with sacct saying the
     distill job failed."""
     logs, expected = CASES["distrib_optimizer_assert_with_rank_prefixes"]
     run = make_run(tmp_path, logs)

@@ -1,4 +1,4 @@
-"""Fixtures: the seed guide's two MMLU tables as lm-eval results files (see seed_tables.py)."""
+"""Fixtures: the guide's two MMLU tables as lm-eval results files (see guide_tables.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.report.seed_tables import REGRESSION, SUCCESS, write_case
+from tests.report.guide_tables import REGRESSION, SUCCESS, write_case
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""lm-eval-shaped results with known numbers: the seed guide's MMLU tables (Llama-3.1-8B-Instruct,
+"""lm-eval-shaped results with known numbers: the guide's MMLU tables (Llama-3.1-8B-Instruct,
 ``--limit 100``, 5-shot). The guide gives no stderrs; ``group`` derives them as lm-eval does for
 one subject, sqrt(p(1-p)/(n-1)), from the question counts (5700 at limit 100)."""
 
@@ -37,7 +37,7 @@ REGRESSION = {
 }
 MODELS = {
     "before": "/ckpt/llama31_8b_pruned",
-    "after": "/runs/seed/export/hf",
+    "after": "/runs/guide/export/hf",
     "teacher": "/ckpt/meta-llama/Llama-3.1-8B-Instruct",
 }
 

@@ -17,7 +17,7 @@ import pytest
 
 from kd import report, results
 from kd.specs import ReportSpec
-from tests.report.seed_tables import REGRESSION, SUCCESS, write_case
+from tests.report.guide_tables import REGRESSION, SUCCESS, write_case
 
 # one subject per MMLU category, as in the local MMLU copy
 LEAVES = {"mmlu_humanities": "mmlu_philosophy", "mmlu_other": "mmlu_nutrition",
@@ -153,8 +153,8 @@ def test_paired_test_finds_a_regression_the_independent_test_calls_noise(tmp_pat
                     "noise")
 
 
-def test_seed_sized_regression_is_significant_when_paired(tmp_path):
-    """The seed's -1.30 points (0.6626 -> 0.6496 over 5700 questions) that the independent test
+def test_guide_sized_regression_is_significant_when_paired(tmp_path):
+    """The guide's -1.30 points (0.6626 -> 0.6496 over 5700 questions) that the independent test
     calls noise (z = -1.5), with 200 questions lost and 126 gained: paired z = -4.1."""
     before_flat = [float(i < 3777) for i in range(5700)]  # 3777 / 5700 = 0.6626
     after_flat = [float(200 <= i < 3777 + 126) for i in range(5700)]  # 3703 / 5700 = 0.6496
@@ -168,7 +168,7 @@ def test_seed_sized_regression_is_significant_when_paired(tmp_path):
             "z = -1.5 (combined stderr 0.89 points)") in text
 
 
-def test_seed_tables_without_samples_keep_their_verdicts_and_say_so(tmp_path):
+def test_guide_tables_without_samples_keep_their_verdicts_and_say_so(tmp_path):
     for case, outcome in ((SUCCESS, "improved"), (REGRESSION, "within noise")):
         files = write_case(tmp_path / outcome, case)
         records = {role: results.load(path) for role, path in files.items()}

@@ -1,4 +1,4 @@
-"""Report stage: golden Markdown/CSV from the seed guide's tables, verdicts, comparability, CLI.
+"""Report stage: golden Markdown/CSV from the guide's tables, verdicts, comparability, CLI.
 
 Re-record the golden files with ``KD_UPDATE_GOLDEN=1 pytest tests/report``.
 """
@@ -14,7 +14,7 @@ import pytest
 
 from kd import report, results
 from kd.specs import ReportSpec
-from tests.report.seed_tables import REGRESSION, SUCCESS, lm_eval_results, write_case
+from tests.report.guide_tables import REGRESSION, SUCCESS, lm_eval_results, write_case
 
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN = REPO / "tests" / "golden" / "report"

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
-import re
 import platform
+import re
 import shutil
 
 import pytest
@@ -17,7 +17,7 @@ from kd import provenance as prov
 from kd.job import StageJob
 from kd.paths import RunPaths
 from kd.specs import ReportSpec
-from tests.report.seed_tables import SUCCESS, write_case
+from tests.report.guide_tables import SUCCESS, write_case
 
 GPU_RECORD = {
     "schema": 1, "stage": "distill", "python": platform.python_version(), "wall_s": 3725.0,

@@ -88,7 +88,7 @@ def test_nothing_launched_yet(sweep_yaml, capsys):
 
 
 def test_nothing_finished_every_member_queued(sweep_yaml, fake_slurm, capsys):
-    """The issue's crash: every member still queued, an empty history (ZeroDivisionError)."""
+    """A crash once seen: every member still queued, an empty history (ZeroDivisionError)."""
     path = sweep_yaml()
     write_night(path, DATE, dict.fromkeys(MEMBERS, GOOD))
     night = path.parent / "sweeps" / "unit_sweep" / DATE
