@@ -140,60 +140,14 @@ def variant_fields(v: Variant, device: str) -> dict:
 # --------------------------------------------------------------------------- FLOPs
 
 
-def layer_shapes(config: dict) -> list[dict]:
-    """Per layer: hidden, heads, kv heads, head dim, FFN width (0 = no-op), attention on/off."""
-    hidden = config["hidden_size"]
-    heads = config["num_attention_heads"]
-    head_dim = config.get("head_dim") or hidden // heads
-    kv = config.get("num_key_value_heads") or heads
-    blocks = config.get("block_configs")
-    if not blocks:
-        return [
-            dict(
-                hidden=hidden,
-                heads=heads,
-                kv=kv,
-                head_dim=head_dim,
-                ffn=config["intermediate_size"],
-                attention=True,
-            )
-        ] * config["num_hidden_layers"]
-    out = []
-    for block in blocks:
-        attn, ffn = block.get("attention", {}), block.get("ffn", {})
-        attention = not (attn.get("no_op") or attn.get("replace_with_linear"))
-        width = (
-            0 if ffn.get("no_op") else ffn.get("intermediate_size") or config["intermediate_size"]
-        )
-        out.append(
-            dict(
-                hidden=hidden,
-                heads=heads,
-                kv=attn.get("num_key_value_heads") or kv,
-                head_dim=head_dim,
-                ffn=width,
-                attention=attention,
-            )
-        )
-    return out
-
-
-def forward_flops_per_token(config: dict, seq: int) -> float:
-    """2 * matmul weights + causal attention (QK^T and AV), per token, forward only."""
-    total = 2.0 * config["hidden_size"] * config["vocab_size"]  # LM head
-    for s in layer_shapes(config):
-        if s["attention"]:
-            q_width, kv_width = s["heads"] * s["head_dim"], s["kv"] * s["head_dim"]
-            total += 2.0 * s["hidden"] * (2 * q_width + 2 * kv_width)  # q, o, k, v
-            total += 2.0 * seq * q_width  # QK^T + AV with a causal mask (half of s x s)
-        total += 2.0 * 3 * s["hidden"] * s["ffn"]  # SwiGLU: gate, up, down
-    return total
-
-
 def kd_flops_per_token(student: Path, teacher: Path, seq: int) -> float:
+    """The MFU column's FLOPs: launch/cost.py's formula (one formula for the estimate and the
+    measurement), on the models' config.json."""
+    from launch.cost import kd_flops_per_token as flops
+
     s = json.loads((student / "config.json").read_text())
     t = json.loads((teacher / "config.json").read_text())
-    return 3.0 * forward_flops_per_token(s, seq) + forward_flops_per_token(t, seq)
+    return flops(s, t, seq)
 
 
 # --------------------------------------------------------------------------- one rank
