@@ -337,7 +337,7 @@ CASES: list[Case] = [
     Case(PROFILE, "save-longer-than-signal", "cluster.signal_delay_s",
          overrides=("cluster.signal_delay_s=5", "cluster.save_time_s=60")),
     Case(PROFILE, "signal-beyond-limit", "cluster.signal_delay_s",
-         overrides=("cluster.signal_delay_s=100000",)),
+         overrides=("cluster.time_min=30", "cluster.signal_delay_s=100000")),
     Case(PROFILE, "save-time-negative", "cluster.save_time_s",
          overrides=("cluster.save_time_s=-1",)),
     Case(PROFILE, "requeues-negative", "cluster.max_requeues",

@@ -105,7 +105,8 @@ def test_requeue_node_down_preemption_and_controller_outage(slurm_cluster, demo_
            # tp, pp, micro-batch and the distributed optimizer stay `auto` (ci: DP 2, sharded)
            f"train.train_iters={train_iters}", f"train.save_interval={save_interval}",
            "train.global_batch_size=64", "train.eval_interval=1000",
-           # USR2 45 s before the limit (preemption sends it too); 30 min: no time-limit requeue
+           # USR2 45 s before the limit (preemption sends it too); ci's auto limit (>= 15 min): no
+           # time-limit requeue
            "cluster.signal_delay_s=45", "cluster.save_time_s=10", "cluster.max_requeues=5"]
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
